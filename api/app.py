@@ -1,0 +1,59 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from celery import Celery
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import health, videos
+from api.state import AppState
+from jobs.broker import make_celery
+from jobs.db import make_engine, make_session_factory
+from jobs.dispatch import CeleryPublisher, make_markers, make_sweeper
+from jobs.settings import Settings, get_settings
+from jobs.storage import make_storage
+
+
+def build_state(settings: Settings, celery_app: Celery | None = None) -> AppState:
+    app = celery_app or make_celery(settings)
+    session_factory = make_session_factory(make_engine(settings))
+    storage = make_storage(settings)
+    return AppState(
+        settings=settings,
+        session_factory=session_factory,
+        storage=storage,
+        celery=app,
+        publisher=CeleryPublisher(app, make_markers(settings)),
+        sweeper=make_sweeper(settings, app, session_factory) if settings.sweeper_enabled else None,
+    )
+
+
+def create_app(settings: Settings | None = None, *, celery_app: Celery | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = build_state(settings, celery_app)
+        with suppress(Exception):  # /readyz reports an unreachable store; reads still work
+            state.storage.ensure_ready()
+        if state.sweeper is not None:
+            state.sweeper.start()
+        app.state.vidq = state
+        yield
+        if state.sweeper is not None:
+            state.sweeper.stop()
+
+    app = FastAPI(
+        title="vidq",
+        version="0.1.0",
+        summary="Text-to-video generation jobs, shaped like OpenAI's Videos API.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(videos.router)
+    return app

@@ -1,0 +1,75 @@
+"""Request dependencies as typed aliases: the DB session, the settings, storage and the caller's key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.state import AppState
+from jobs.errors import Forbidden, Unauthenticated
+from jobs.keys import authenticate
+from jobs.models import ApiKey
+from jobs.settings import Settings
+from jobs.storage import Storage
+
+_bearer = HTTPBearer(auto_error=False, description="An API key created with `vidq keys create`.")
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.vidq  # type: ignore[no-any-return]
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    session = state.session_factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_settings_dep(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_storage(state: StateDep) -> Storage:
+    return state.storage
+
+
+StorageDep = Annotated[Storage, Depends(get_storage)]
+
+
+def get_current_key(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> ApiKey:
+    if credentials is None:
+        raise Unauthenticated("send your API key as 'Authorization: Bearer <key>'", code="missing_api_key")
+    return authenticate(session=session, plaintext=credentials.credentials)
+
+
+CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
+
+
+def get_admin_key(key: CurrentKey) -> ApiKey:
+    if not key.is_admin:
+        raise Forbidden("this needs an admin key")
+    return key
+
+
+AdminKey = Annotated[ApiKey, Depends(get_admin_key)]

@@ -1,0 +1,137 @@
+"""`generate` command: one video from the command line, with progress on stderr.
+
+Shared by `python -m engine generate` and the service's `vidq generate` (which adds these
+arguments to its own parser), so both behave the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from engine.registry import (
+    WAN21_T2V_1_3B,
+    ModelSpec,
+    SpecViolationError,
+    UnknownModelError,
+    find_spec,
+    parse_size,
+)
+from engine.request import GenerationRequest
+from engine.settings import ATTENTION_BACKENDS
+
+if TYPE_CHECKING:
+    from engine.request import StepInfo
+
+# Defaults for a model folder the registry does not know: those of the 1.3B model.
+FALLBACK_SPEC = WAN21_T2V_1_3B
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `generate` options to `parser`; unset sampling options default to the model's spec."""
+    parser.add_argument("--model", required=True, help="registry name (e.g. tiny-wan), local folder or hub id")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--size", help="WxH, e.g. 832x480 (default: the model's)")
+    parser.add_argument("--num-frames", type=int, help="4k+1 frames (default: the model's)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale; <= 1 disables it")
+    parser.add_argument("--seed", type=int, help="default: random (printed, to reproduce the video)")
+    parser.add_argument("--fps", type=int, help="frames per second of the mp4 (default: the model's)")
+    parser.add_argument("--out", type=Path, default=Path("out.mp4"), help="mp4 path; a .jpg thumbnail goes beside it")
+    parser.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, help="default: VIDQ_ATTENTION_BACKEND or auto")
+
+
+class StepProgress:
+    """A one-line progress bar: steps done, rate and time left, redrawn in place."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+
+    def __call__(self, info: StepInfo) -> None:
+        step, total, elapsed = info.step, info.total, info.elapsed_s
+        rate = step / elapsed if elapsed > 0 else 0.0
+        eta = (total - step) / rate if rate > 0 else 0.0
+        filled = self.width * step // total
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r  [{bar}] {step}/{total}  {rate:.2f} it/s  ETA {_clock(eta)}")
+        if step == total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def _format_bytes(count: int | None) -> str:
+    return "n/a (CPU)" if count is None else f"{count / 2**30:.2f} GiB"
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Run the `generate` command described by `args`; returns the process exit code."""
+    err = sys.stderr
+    known_spec = find_spec(str(args.model))
+    spec: ModelSpec = known_spec or FALLBACK_SPEC
+    try:
+        width, height = parse_size(args.size) if args.size else (spec.default_width, spec.default_height)
+    except ValueError as exc:
+        err.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    request = GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        width=width,
+        height=height,
+        num_frames=args.num_frames if args.num_frames is not None else spec.default_frames,
+        num_inference_steps=args.steps if args.steps is not None else spec.default_steps,
+        guidance_scale=args.guidance if args.guidance is not None else spec.default_guidance,
+        seed=seed,
+        fps=args.fps if args.fps is not None else spec.default_fps,
+    )
+    try:
+        if known_spec is not None:  # refuse before spending seconds on imports and loading
+            known_spec.validate(
+                width=request.width, height=request.height, num_frames=request.num_frames,
+                num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
+                fps=request.fps, prompt=request.prompt,
+            )
+        # Imported here so `--help` and argument errors stay instant (torch takes seconds to import).
+        from engine.engine import Engine
+
+        start = time.perf_counter()
+        err.write(f"loading {args.model} ...\n")
+        engine = Engine(args.model, device=args.device, attention_backend=args.attention_backend)
+        err.write(
+            f"loaded in {time.perf_counter() - start:.1f} s on {engine.device} "
+            f"({engine.dtype}, attention {engine.attention_backend}); seed {seed}\n"
+        )
+        result = engine.generate(
+            request,
+            on_step=StepProgress(err),
+            on_stage=lambda name: err.write(f"{name} ...\n"),
+            output_path=args.out,
+        )
+    except (SpecViolationError, UnknownModelError, ValueError) as exc:
+        err.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err.write("\ninterrupted\n")
+        return EXIT_INTERRUPTED
+
+    err.write("stage timings:\n")
+    for name, seconds in result.stage_timings_s.items():
+        err.write(f"  {name:<20} {seconds:8.3f} s\n")
+    err.write(f"  {'total':<20} {sum(result.stage_timings_s.values()):8.3f} s\n")
+    err.write(f"peak memory: {_format_bytes(result.peak_memory_bytes)}\n")
+    err.write(f"wrote {result.video_path} and {result.thumbnail_path}\n")
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""Output files: video encoding and thumbnails."""

@@ -1,0 +1,358 @@
+"""Wan2.1 text-to-video DiT, in plain torch.
+
+Parameter names and config fields are those of diffusers' `WanTransformer3DModel`, so the
+`transformer/` folder of a diffusers Wan2.1 checkpoint (config.json + safetensors, sharded or
+not) loads unchanged. The arithmetic follows diffusers too (float32 norms, modulation and
+residuals); the parity test holds the two together.
+
+Hooks for later work attach without editing this file: blocks are separate modules called in
+one loop (`forward` pre/post hooks can offload or prefetch them), attention goes through
+`engine.attention.attention`, and RoPE tables are computed once per forward for the whole
+sequence so a sequence-parallel rank can slice its shard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from engine.attention import attention, resolve_backend
+from engine.models.ops import (
+    apply_rope,
+    gated_residual,
+    layer_norm_fp32,
+    modulate,
+    rms_norm,
+    rope_for_grid,
+    rope_frequencies,
+    timestep_embedding,
+)
+from engine.models.safetensors_io import load_state_dict, save_state_dict
+
+
+@dataclass(frozen=True)
+class WanTransformerConfig:
+    """The fields of diffusers' `WanTransformer3DModel` config.json, same names and defaults.
+
+    Only text-to-video is implemented: the image-conditioning fields must stay None.
+    """
+
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    num_attention_heads: int = 40
+    attention_head_dim: int = 128
+    in_channels: int = 16
+    out_channels: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    ffn_dim: int = 13824
+    num_layers: int = 40
+    cross_attn_norm: bool = True
+    qk_norm: str | None = "rms_norm_across_heads"
+    eps: float = 1e-6
+    image_dim: int | None = None
+    added_kv_proj_dim: int | None = None
+    rope_max_seq_len: int = 1024
+    pos_embed_seq_len: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        if self.image_dim is not None or self.added_kv_proj_dim is not None or self.pos_embed_seq_len is not None:
+            raise NotImplementedError("image-conditioned Wan (I2V) is not supported; only text-to-video")
+        if self.qk_norm != "rms_norm_across_heads":
+            raise NotImplementedError(f"qk_norm={self.qk_norm!r}; only 'rms_norm_across_heads' is supported")
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> WanTransformerConfig:
+        """Build from a config.json dict; diffusers' private keys ("_class_name", ...) are ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in raw if not k.startswith("_") and k not in known)
+        if unknown:
+            raise ValueError(f"unknown WanTransformer3DModel config fields: {unknown}")
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"_class_name": "WanTransformer3DModel", **asdict(self), "patch_size": list(self.patch_size)}
+
+
+class RMSNorm(nn.Module):
+    """Holds the `weight` that `ops.rms_norm` scales by (name matches `torch.nn.RMSNorm`)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm evaluated in float32, returned in the input's dtype (diffusers' `FP32LayerNorm`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm_fp32(x, self.eps, self.weight, self.bias).to(x.dtype)
+
+
+class WanAttention(nn.Module):
+    """Multi-head attention with RMS-normed q/k; self-attention when `context` is None."""
+
+    def __init__(self, dim: int, heads: int, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # index 0 matches diffusers' key "to_out.0"
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+        self.backend = "sdpa"  # concrete name; set by WanTransformer3DModel.set_attention_backend
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        # x [B, S, C]; context [B, L, C] (cross-attention) or None (self-attention)
+        kv_source = x if context is None else context
+        query = self.norm_q(self.to_q(x)).unflatten(2, (self.heads, -1))  # [B, S, H, D]
+        key = self.norm_k(self.to_k(kv_source)).unflatten(2, (self.heads, -1))  # [B, L, H, D]
+        value = self.to_v(kv_source).unflatten(2, (self.heads, -1))  # [B, L, H, D]
+        if rope is not None:
+            query = apply_rope(query, *rope)
+            key = apply_rope(key, *rope)
+        out = attention(query, key, value, self.backend)  # [B, S, H, D]
+        out = out.flatten(2, 3).type_as(query)  # [B, S, C]
+        return self.to_out[0](out)
+
+
+class GELUProjection(nn.Module):
+    """Linear followed by tanh-approximated GELU (diffusers' `GELU`, parameter `proj`)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.gelu(self.proj(x), approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    """dim -> ffn_dim -> dim; `net` indices 0 and 2 match diffusers' keys (1 was dropout)."""
+
+    def __init__(self, dim: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.net = nn.ModuleList([GELUProjection(dim, ffn_dim), nn.Identity(), nn.Linear(ffn_dim, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class WanTransformerBlock(nn.Module):
+    """Self-attention, cross-attention to the text, feed-forward; adaLN-modulated by the timestep."""
+
+    def __init__(self, config: WanTransformerConfig) -> None:
+        super().__init__()
+        dim = config.inner_dim
+        self.eps = config.eps
+        self.attn1 = WanAttention(dim, config.num_attention_heads, config.eps)
+        self.attn2 = WanAttention(dim, config.num_attention_heads, config.eps)
+        self.norm2 = (
+            FP32LayerNorm(dim, config.eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
+        )
+        self.ffn = FeedForward(dim, config.ffn_dim)
+        # norm1/norm3 have no parameters: they are `ops.modulate` calls.
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        timestep_proj: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        # x [B, S, C]; context [B, L, C]; timestep_proj [B, 6, C]; rope cos/sin [1, S, 1, D]
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
+            self.scale_shift_table + timestep_proj.float()
+        ).chunk(6, dim=1)  # each [B, 1, C] float32
+
+        x = gated_residual(x, self.attn1(modulate(x, shift_sa, scale_sa, self.eps), rope=rope), gate_sa)
+        x = x + self.attn2(self.norm2(x.float()).type_as(x), context=context)
+        x = gated_residual(x, self.ffn(modulate(x, shift_ff, scale_ff, self.eps)), gate_ff)
+        return x
+
+
+class TimestepEmbedder(nn.Module):
+    """Linear-SiLU-Linear over the sinusoidal timestep embedding (diffusers' `TimestepEmbedding`)."""
+
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(nn.functional.silu(self.linear_1(x)))
+
+
+class TextProjection(nn.Module):
+    """Linear-GELU(tanh)-Linear from the text encoder's width to the model's."""
+
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(nn.functional.gelu(self.linear_1(x), approximate="tanh"))
+
+
+class ConditionEmbedder(nn.Module):
+    """Timestep -> (temb [B, C], 6 modulation vectors [B, 6*C]); text [B, L, text_dim] -> [B, L, C]."""
+
+    def __init__(self, config: WanTransformerConfig) -> None:
+        super().__init__()
+        dim = config.inner_dim
+        self.freq_dim = config.freq_dim
+        self.time_embedder = TimestepEmbedder(config.freq_dim, dim)
+        self.time_proj = nn.Linear(dim, dim * 6)
+        self.text_embedder = TextProjection(config.text_dim, dim)
+
+    def forward(
+        self, timestep: torch.Tensor, text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        t_freq = timestep_embedding(timestep, self.freq_dim)  # [B, freq_dim] float32
+        t_freq = t_freq.to(self.time_embedder.linear_1.weight.dtype)
+        temb = self.time_embedder(t_freq).type_as(text)  # [B, C]
+        timestep_proj = self.time_proj(nn.functional.silu(temb))  # [B, 6C]
+        return temb, timestep_proj, self.text_embedder(text)
+
+
+class WanRotaryEmbedding(nn.Module):
+    """Precomputed 3-D RoPE tables: head_dim split into time, height and width parts."""
+
+    def __init__(self, head_dim: int, max_seq_len: int) -> None:
+        super().__init__()
+        h_dim = w_dim = 2 * (head_dim // 6)
+        self.split_sizes = (head_dim - h_dim - w_dim, h_dim, w_dim)
+        cos, sin = zip(*(rope_frequencies(d, max_seq_len) for d in self.split_sizes), strict=True)
+        # Built on the CPU explicitly so meta-device construction still yields real tables.
+        self.register_buffer("freqs_cos", torch.cat(cos, dim=1), persistent=False)  # [P, head_dim]
+        self.register_buffer("freqs_sin", torch.cat(sin, dim=1), persistent=False)
+
+    def forward(self, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_for_grid(self.freqs_cos, self.freqs_sin, self.split_sizes, grid)
+
+
+class WanTransformer3DModel(nn.Module):
+    """Predicts the flow (velocity) for noisy video latents given a timestep and text embeddings."""
+
+    # Kept in float32 whatever the load dtype (same list as diffusers): small, precision-critical.
+    _keep_in_fp32_modules: ClassVar[tuple[str, ...]] = (
+        "rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3",
+    )
+    # Keys some checkpoints carry that this architecture does not use.
+    _keys_to_ignore_on_load_unexpected: ClassVar[tuple[str, ...]] = ("norm_added_q",)
+
+    def __init__(self, config: WanTransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.inner_dim
+        self.rope = WanRotaryEmbedding(config.attention_head_dim, config.rope_max_seq_len)
+        self.patch_embedding = nn.Conv3d(
+            config.in_channels, dim, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.condition_embedder = ConditionEmbedder(config)
+        self.blocks = nn.ModuleList(WanTransformerBlock(config) for _ in range(config.num_layers))
+        self.proj_out = nn.Linear(dim, config.out_channels * math.prod(config.patch_size))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def set_attention_backend(self, backend: str) -> str:
+        """Select the attention kernel for every layer ("auto" resolved for this model's device)."""
+        resolved = resolve_backend(backend, self.proj_out.weight.device)
+        for module in self.modules():
+            if isinstance(module, WanAttention):
+                module.backend = resolved
+        return resolved
+
+    def forward(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """hidden_states [B, C_in, F, H, W]; timestep [B]; encoder_hidden_states [B, L, text_dim]
+        -> flow prediction [B, C_out, F, H, W] in hidden_states' dtype.
+
+        Classifier-free guidance runs as one batch: B=2 with (cond, uncond) text embeddings.
+        """
+        batch, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.config.patch_size
+        grid = (frames // p_t, height // p_h, width // p_w)  # (F', H', W') token grid
+
+        rope = self.rope(grid)  # cos, sin [1, S, 1, D], S = F'*H'*W'
+        x = self.patch_embedding(hidden_states)  # [B, C, F', H', W']
+        x = x.flatten(2).transpose(1, 2).contiguous()  # [B, S, C]
+
+        temb, timestep_proj, context = self.condition_embedder(timestep, encoder_hidden_states)
+        timestep_proj = timestep_proj.unflatten(1, (6, -1))  # [B, 6, C]
+
+        for block in self.blocks:
+            x = block(x, context, timestep_proj, rope)
+
+        shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)  # each [B, 1, C]
+        x = modulate(x, shift, scale, self.config.eps)
+        x = self.proj_out(x)  # [B, S, C_out * p_t * p_h * p_w]
+
+        x = x.reshape(batch, *grid, p_t, p_h, p_w, -1)  # [B, F', H', W', p_t, p_h, p_w, C_out]
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C_out, F', p_t, H', p_h, W', p_w]
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)  # [B, C_out, F, H, W]
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> WanTransformer3DModel:
+        """Load a diffusers-format `transformer/` folder (config.json + safetensors, sharded or not).
+
+        The model is built on the meta device (no random init, no double memory) and the
+        checkpoint tensors are assigned in, cast to `dtype` except `_keep_in_fp32_modules`.
+        """
+        folder = Path(folder)
+        config = WanTransformerConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        with torch.device("meta"):
+            model = cls(config)
+        state = load_state_dict(folder, device=device)
+        state = {
+            name: tensor
+            for name, tensor in state.items()
+            if not any(part in cls._keys_to_ignore_on_load_unexpected for part in name.split("."))
+        }
+        state = {name: tensor.to(model.param_dtype(name, dtype)) for name, tensor in state.items()}
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.to(device).eval().requires_grad_(False)
+
+    def param_dtype(self, name: str, dtype: torch.dtype) -> torch.dtype:
+        """The dtype parameter `name` is kept in when the model runs in `dtype`."""
+        if any(part in self._keep_in_fp32_modules for part in name.split(".")):
+            return torch.float32
+        return dtype
+
+    def save_pretrained(self, folder: str | Path, max_shard_bytes: int | None = None) -> None:
+        """Write config.json and safetensors as diffusers does (sharded when `max_shard_bytes`)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        save_state_dict(self.state_dict(), folder, max_shard_bytes=max_shard_bytes)

@@ -1,0 +1,71 @@
+"""What a caller asks the engine for, what it gets back, and what it sees per step.
+
+Torch and numpy appear only in annotations here, so these types import without them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+@dataclass
+class GenerationRequest:
+    """Per-request sampling parameters (the third configuration layer, after settings and spec).
+
+    `num_frames` must be 4k + 1 and `width`/`height` multiples of 16; the engine checks them
+    against the model's spec when it has one. `guidance_scale` <= 1 disables classifier-free
+    guidance (one transformer pass per step instead of two).
+    """
+
+    prompt: str
+    width: int
+    height: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    fps: int
+    negative_prompt: str = ""
+
+    @property
+    def do_cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Passed to `on_step` after each denoising step.
+
+    `step` is 1-based (1..total); `elapsed_s` counts from the start of the denoising loop;
+    `latents` is the live tensor [1, 16, F', H/8, W/8] (read it, do not modify it).
+    """
+
+    step: int
+    total: int
+    elapsed_s: float
+    latents: torch.Tensor
+
+
+@dataclass
+class GenerationResult:
+    """A finished generation.
+
+    `frames` is uint8 [F, H, W, 3]. `stage_timings_s` maps stage names to wall seconds.
+    `peak_memory_bytes` is the peak accelerator memory over the run (None on CPU).
+    `video_path`/`thumbnail_path` are set when the caller asked for an mp4.
+    """
+
+    frames: np.ndarray
+    stage_timings_s: dict[str, float]
+    peak_memory_bytes: int | None
+    seed: int
+    latents: torch.Tensor
+    video_path: Path | None = None
+    thumbnail_path: Path | None = None
+    stage_peak_memory_bytes: dict[str, int] = field(default_factory=dict)

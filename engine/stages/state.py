@@ -1,0 +1,40 @@
+"""The one object a pipeline's stages read from and write to."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.request import GenerationRequest, StepInfo
+
+OnStep = Callable[[StepInfo], None]
+OnStage = Callable[[str], None]
+
+
+@dataclass
+class PipelineState:
+    """A request travelling through the stages; each stage fills in the fields it provides.
+
+    Tensor shapes (batch 1, C = 16 latent channels, F' = (F - 1) // 4 + 1):
+    prompt_embeds / negative_prompt_embeds [1, 512, text_dim]; latents [1, C, F', H/8, W/8]
+    float32; frames uint8 [F, H, W, 3].
+    """
+
+    request: GenerationRequest
+    on_step: OnStep | None = None
+    on_stage: OnStage | None = None
+    output_path: Path | None = None
+
+    prompt_embeds: torch.Tensor | None = None
+    negative_prompt_embeds: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    frames: np.ndarray | None = None
+    video_path: Path | None = None
+    thumbnail_path: Path | None = None
+
+    stage_timings_s: dict[str, float] = field(default_factory=dict)
+    stage_peak_memory_bytes: dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,28 @@
+"""The Celery application: broker configuration shared by the API (which publishes) and the worker
+(which consumes and registers the task bodies). Only names live here, never task logic."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from jobs.settings import Settings
+
+RENDER_TASK = "vidq.render"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("vidq", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,  # a message leaves the queue only after the job is done
+        task_reject_on_worker_lost=True,  # a killed worker puts its message back
+        worker_prefetch_multiplier=1,  # a GPU worker holds one job at a time, not a backlog
+        task_ignore_result=True,  # results live in Postgres, not in a result backend
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_default_queue="default",
+    )
+    return app

@@ -1,0 +1,150 @@
+"""Client-facing job operations: the plain functions behind the REST routes.
+
+Every lookup is scoped to the owner's key, and another client's job is reported as missing (404),
+never as forbidden, so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from jobs.db import utcnow
+from jobs.dispatch import add_to_outbox
+from jobs.errors import Conflict, InvalidParameter, NotFound
+from jobs.ids import new_job_id
+from jobs.models import ApiKey, Job
+from jobs.states import JobStatus, is_terminal
+from jobs.storage import Storage
+from jobs.transitions import cancel
+from jobs.validation import JobRequest, resolve_job_params
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 100
+
+
+def request_fingerprint(request: JobRequest) -> str:
+    """A stable hash of what the client sent, for ``Idempotency-Key`` comparisons."""
+    return hashlib.sha256(json.dumps(asdict(request), sort_keys=True).encode()).hexdigest()
+
+
+def _find_idempotent(session: Session, owner: ApiKey, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == key))
+
+
+def _replay(existing: Job, fingerprint: str) -> Job:
+    if existing.request_hash != fingerprint:
+        raise InvalidParameter(
+            "this Idempotency-Key was already used with a different request body",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    return existing
+
+
+def create_job(
+    *,
+    session: Session,
+    owner: ApiKey,
+    request: JobRequest,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Validate, store and enqueue a job in one transaction. Returns (job, created)."""
+    fingerprint = request_fingerprint(request)
+    if idempotency_key is not None:
+        existing = _find_idempotent(session, owner, idempotency_key)
+        if existing is not None:
+            return _replay(existing, fingerprint), False
+
+    params = resolve_job_params(request)
+    job = Job(
+        id=new_job_id(),
+        owner_id=owner.id,
+        **asdict(params),
+        status=JobStatus.QUEUED.value,
+        total_steps=params.num_inference_steps,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+        created_at=utcnow(),
+    )
+    session.add(job)
+    add_to_outbox(session=session, job=job)
+    try:
+        session.flush()
+    except IntegrityError:
+        # Two requests raced with the same Idempotency-Key: the other one won, answer with its job.
+        session.rollback()
+        existing = _find_idempotent(session, owner, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return _replay(existing, fingerprint), False
+    return job, True
+
+
+def get_job(*, session: Session, owner: ApiKey, job_id: str, for_update: bool = False) -> Job:
+    query = select(Job).where(Job.id == job_id, Job.owner_id == owner.id)
+    if for_update:
+        query = query.with_for_update()
+    job = session.scalar(query)
+    if job is None:
+        raise NotFound(f"no video with id {job_id!r}", param="video_id")
+    return job
+
+
+def list_jobs(
+    *,
+    session: Session,
+    owner: ApiKey,
+    limit: int = 20,
+    after: str | None = None,
+    status: JobStatus | None = None,
+) -> tuple[list[Job], bool]:
+    """Newest first; ``after`` is the last id of the previous page. Returns (page, has_more)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidParameter(f"limit must be between 1 and {MAX_PAGE}", param="limit")
+    query = select(Job).where(Job.owner_id == owner.id)
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    if after is not None:
+        query = query.where(Job.id < after)  # ids sort by creation time
+    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def queue_position(*, session: Session, job: Job) -> int | None:
+    """1 for the next job a worker of its queue will take; None once it is no longer queued."""
+    if job.status != JobStatus.QUEUED.value:
+        return None
+    ahead = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.status == JobStatus.QUEUED.value, Job.queue == job.queue, Job.id < job.id)
+    )
+    return int(ahead or 0) + 1
+
+
+def cancel_job(*, session: Session, owner: ApiKey, job_id: str) -> Job:
+    """Cancel a queued or running job; a running job's worker notices within one step."""
+    job = get_job(session=session, owner=owner, job_id=job_id, for_update=True)
+    if job.status == JobStatus.CANCELLED.value:
+        return job
+    if is_terminal(job.status):
+        raise Conflict(f"video {job_id} is already {job.status} and cannot be cancelled", code="not_cancellable")
+    cancel(job)
+    return job
+
+
+def delete_job(*, session: Session, owner: ApiKey, job_id: str, storage: Storage) -> None:
+    """Delete the job and its stored results. A running job is cancelled first (its worker stops)."""
+    job = get_job(session=session, owner=owner, job_id=job_id, for_update=True)
+    for key in (job.video_key, job.thumbnail_key):
+        if key:
+            storage.delete(key)
+    session.delete(job)

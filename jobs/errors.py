@@ -1,0 +1,41 @@
+"""Domain exceptions. Each carries a stable machine-readable ``code``; the API maps classes to HTTP
+statuses in one place (``api/errors.py``) and the worker maps them to a failed job's error code."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    code = "error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidParameter(DomainError):
+    code = "invalid_parameter"
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    code = "conflict"
+
+
+class Unauthenticated(DomainError):
+    code = "invalid_api_key"
+
+
+class Forbidden(DomainError):
+    code = "forbidden"
+
+
+class JobCancelled(DomainError):
+    """Raised inside a render when the job was cancelled, deleted or taken by another worker."""
+
+    code = "cancelled"

@@ -1,0 +1,93 @@
+"""Worker-side state changes of a job, each fenced on (job id, worker id, in_progress).
+
+The fence is what makes redelivery safe: once a job was cancelled, deleted, or handed to another
+worker after this one was presumed lost, every write from this worker matches no row and raises
+JobCancelled, so the stale render stops instead of overwriting the new owner's work.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from jobs.db import utcnow
+from jobs.errors import JobCancelled
+from jobs.models import Job
+from jobs.states import JobStatus
+from jobs.transitions import complete, fail, start
+
+
+def claim_job(*, session: Session, job_id: str, worker_id: str) -> Job | None:
+    """Move a queued job to in_progress under a row lock; None if it is not queued (already taken,
+    finished, cancelled or deleted), in which case the message is simply dropped."""
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None or job.status != JobStatus.QUEUED.value:
+        return None
+    start(job, worker_id=worker_id)
+    return job
+
+
+def _owned(job_id: str, worker_id: str):  # type: ignore[no-untyped-def]
+    return (Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.IN_PROGRESS.value)
+
+
+def _lock_owned(session: Session, job_id: str, worker_id: str) -> Job:
+    job = session.scalar(select(Job).where(*_owned(job_id, worker_id)).with_for_update())
+    if job is None:
+        raise JobCancelled(f"job {job_id} is no longer running on {worker_id}")
+    return job
+
+
+def ensure_owned(*, session: Session, job_id: str, worker_id: str) -> None:
+    """Raise JobCancelled unless this worker still runs the job (a cheap primary-key read)."""
+    found = session.scalar(select(Job.id).where(*_owned(job_id, worker_id)))
+    if found is None:
+        raise JobCancelled(f"job {job_id} is no longer running on {worker_id}")
+
+
+def record_progress(
+    *, session: Session, job_id: str, worker_id: str, stage: str, step: int, total_steps: int, progress: int
+) -> None:
+    result = session.execute(
+        update(Job)
+        .where(*_owned(job_id, worker_id))
+        .values(stage=stage, current_step=step, total_steps=total_steps, progress=progress, heartbeat_at=utcnow())
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise JobCancelled(f"job {job_id} is no longer running on {worker_id}")
+
+
+def record_heartbeat(*, session: Session, job_id: str, worker_id: str) -> bool:
+    result = session.execute(update(Job).where(*_owned(job_id, worker_id)).values(heartbeat_at=utcnow()))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def complete_owned(
+    *,
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    video_key: str,
+    thumbnail_key: str,
+    stage_timings: dict[str, float],
+    result_ttl_s: int,
+) -> Job:
+    job = _lock_owned(session, job_id, worker_id)
+    complete(
+        job,
+        video_key=video_key,
+        thumbnail_key=thumbnail_key,
+        stage_timings=stage_timings,
+        result_ttl_s=result_ttl_s,
+    )
+    return job
+
+
+def fail_owned(*, session: Session, job_id: str, worker_id: str, code: str, message: str) -> Job | None:
+    """Record a render failure; None if the job is no longer ours (then there is nothing to record)."""
+    try:
+        job = _lock_owned(session, job_id, worker_id)
+    except JobCancelled:
+        return None
+    fail(job, code=code, message=message)
+    return job

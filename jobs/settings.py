@@ -1,0 +1,94 @@
+"""Process settings for the service, read once from ``VIDQ_``-prefixed environment variables.
+
+Every setting has an embedded-mode default, so a newcomer's machine with no PostgreSQL, Redis or
+object store runs the whole product on SQLite, an in-process broker and a local folder.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET = "change-me"
+
+
+class Settings(BaseSettings):
+    """One typed object for every knob the API, the worker and the CLI share."""
+
+    model_config = SettingsConfigDict(env_prefix="VIDQ_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".vidq")
+
+    # Infrastructure. Empty means "embedded": SQLite, in-process broker, local folder.
+    database_url: str = ""
+    redis_url: str = ""
+    s3_endpoint: str = ""
+    s3_access_key: SecretStr = SecretStr("")
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_bucket: str = "vidq"
+    s3_region: str = "us-east-1"
+    s3_public_endpoint: str = ""  # where clients reach the store, when it differs from the worker's view
+    models_dir: Path | None = None
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET)
+
+    # Jobs
+    default_model: str = "tiny-wan"
+    max_attempts: int = Field(default=3, ge=1)
+    result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    presign_expiry_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+
+    # Dispatch and worker liveness
+    visibility_timeout_s: int = Field(default=6 * 3600, ge=60)  # longer than the longest job
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    redispatch_after_s: float = Field(default=15.0, gt=0)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    progress_write_interval_s: float = Field(default=1.0, ge=0)
+    sweeper_enabled: bool = True
+
+    # Worker
+    worker_models: str = ""  # comma-separated registry names; empty = every installed model
+    device: str = ""  # engine device, empty = cuda when available
+    attention_backend: str = "auto"
+
+    @model_validator(mode="after")
+    def _refuse_default_secret_in_production(self) -> Settings:
+        if self.environment == "production" and self.secret_key.get_secret_value() == DEFAULT_SECRET:
+            raise ValueError("VIDQ_SECRET_KEY must be set in production")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return not self.database_url
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'vidq.db'}"
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or "memory://"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def worker_model_names(self) -> list[str]:
+        return [m.strip() for m in self.worker_models.split(",") if m.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

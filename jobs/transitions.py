@@ -1,0 +1,70 @@
+"""Status changes applied to a Job row. Every one goes through ``check_transition``, so the table in
+``jobs.states`` is the only authority on what may happen, and each change sets its own timestamps."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from jobs.db import utcnow
+from jobs.models import Job
+from jobs.states import JobStatus, check_transition
+
+
+def start(job: Job, *, worker_id: str, now: datetime | None = None) -> None:
+    job.status = check_transition(job.status, JobStatus.IN_PROGRESS).value
+    now = now or utcnow()
+    job.attempts += 1
+    job.worker_id = worker_id
+    job.started_at = now
+    job.heartbeat_at = now
+    job.stage = None
+    job.progress = 0
+    job.current_step = 0
+    job.total_steps = job.num_inference_steps
+    job.error_code = job.error_message = None
+
+
+def complete(
+    job: Job,
+    *,
+    video_key: str,
+    thumbnail_key: str,
+    stage_timings: dict[str, float],
+    result_ttl_s: int,
+    now: datetime | None = None,
+) -> None:
+    job.status = check_transition(job.status, JobStatus.COMPLETED).value
+    now = now or utcnow()
+    job.completed_at = now
+    job.expires_at = now + timedelta(seconds=result_ttl_s)
+    job.video_key = video_key
+    job.thumbnail_key = thumbnail_key
+    job.stage_timings = stage_timings
+    job.progress = 100
+    job.stage = None
+
+
+def fail(job: Job, *, code: str, message: str, now: datetime | None = None) -> None:
+    job.status = check_transition(job.status, JobStatus.FAILED).value
+    job.completed_at = now or utcnow()
+    job.error_code = code
+    job.error_message = message[:4000]
+
+
+def cancel(job: Job, *, now: datetime | None = None) -> None:
+    job.status = check_transition(job.status, JobStatus.CANCELLED).value
+    job.completed_at = now or utcnow()
+
+
+def requeue(job: Job, *, reason: str | None = None) -> None:
+    """Back to the queue after a lost worker (or an operator's retry); attempts are kept."""
+    job.status = check_transition(job.status, JobStatus.QUEUED).value
+    job.worker_id = None
+    job.stage = None
+    job.heartbeat_at = None
+    job.dispatched_at = None
+    job.progress = 0
+    job.current_step = 0
+    job.completed_at = None
+    if reason:
+        job.error_message = reason

@@ -1,0 +1,105 @@
+"""Checks a job request against the model registry and fills in the model's defaults.
+
+The registry (``engine.registry``) is the one place that knows sizes, frame rules and defaults; it
+is deliberately torch-free so the API can import it without loading the engine.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from engine.registry import ModelSpec, SpecViolationError, UnknownModelError, get_spec, list_specs, parse_size
+from jobs.errors import InvalidParameter
+
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a client asked for; ``None`` means "the model's default"."""
+
+    prompt: str
+    model: str
+    negative_prompt: str = ""
+    size: str | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class JobParams:
+    """A fully resolved, valid request: every field set, the seed drawn if it was not given."""
+
+    model: str
+    queue: str
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+
+
+def queue_for(spec: ModelSpec) -> str:
+    """One Celery queue per model family, so a worker only receives what its GPU has loaded."""
+    return f"gpu.{spec.family}"
+
+
+def resolve_job_params(request: JobRequest) -> JobParams:
+    """Validate ``request`` and return it with defaults filled in; raise InvalidParameter naming the field."""
+    try:
+        spec = get_spec(request.model)
+    except UnknownModelError:
+        known = ", ".join(s.name for s in list_specs())
+        raise InvalidParameter(f"unknown model {request.model!r}; known: {known}", param="model") from None
+
+    size = request.size or spec.default_size
+    try:
+        width, height = parse_size(size)
+    except ValueError as exc:
+        raise InvalidParameter(str(exc), param="size") from None
+    num_frames = spec.default_frames if request.num_frames is None else request.num_frames
+    steps = spec.default_steps if request.num_inference_steps is None else request.num_inference_steps
+    guidance = spec.default_guidance if request.guidance_scale is None else request.guidance_scale
+    fps = spec.default_fps if request.fps is None else request.fps
+    try:
+        spec.validate(
+            width=width,
+            height=height,
+            num_frames=num_frames,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            fps=fps,
+            prompt=request.prompt,
+        )
+    except SpecViolationError as exc:
+        raise InvalidParameter(exc.message, param=exc.param) from None
+    if len(request.negative_prompt) > spec.max_prompt_chars:
+        raise InvalidParameter(
+            f"negative_prompt longer than {spec.max_prompt_chars} characters", param="negative_prompt"
+        )
+
+    seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidParameter(f"seed must be between 0 and {MAX_SEED}, got {seed}", param="seed")
+
+    return JobParams(
+        model=spec.name,
+        queue=queue_for(spec),
+        prompt=request.prompt.strip(),
+        negative_prompt=request.negative_prompt,
+        width=width,
+        height=height,
+        num_frames=num_frames,
+        fps=fps,
+        num_inference_steps=steps,
+        guidance_scale=float(guidance),
+        seed=seed,
+    )

@@ -1,0 +1,44 @@
+"""`python -m engine generate` end to end in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v2 as imageio
+from PIL import Image
+
+
+def test_cli_generate_writes_mp4_and_thumbnail(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "clip.mp4"
+    env = {**os.environ, "VIDQ_MODELS_DIR": str(tiny_folder.parent)}
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "generate", "--model", "tiny-wan", "--prompt", "a bird flies",
+         "--size", "96x64", "--num-frames", "13", "--steps", "3", "--seed", "1", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "3/3" in result.stderr and "it/s" in result.stderr
+    assert "denoising" in result.stderr and "peak memory" in result.stderr
+    reader = imageio.get_reader(out)
+    try:
+        assert reader.count_frames() == 13
+        assert reader.get_meta_data()["size"] == (96, 64)
+    finally:
+        reader.close()
+    with Image.open(out.with_suffix(".jpg")) as image:
+        assert image.size == (96, 64)
+
+
+def test_cli_rejects_a_size_the_model_does_not_offer(tiny_folder: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "VIDQ_MODELS_DIR": str(tiny_folder.parent)}
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "generate", "--model", "tiny-wan", "--prompt", "x",
+         "--size", "832x480", "--out", str(tmp_path / "x.mp4")],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    assert result.returncode == 2
+    assert "size" in result.stderr
+    assert not (tmp_path / "x.mp4").exists()

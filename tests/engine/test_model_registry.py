@@ -1,0 +1,103 @@
+"""The registry's rules, and that importing it stays cheap for the API."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from engine.registry import (
+    MAX_STEPS,
+    SpecViolationError,
+    UnknownModelError,
+    find_spec,
+    get_spec,
+    list_specs,
+    parse_size,
+)
+
+
+def test_registry_import_does_not_import_torch() -> None:
+    code = (
+        "import sys, engine.registry, engine.request, engine.cli, engine;"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_lazy_engine_attributes_resolve() -> None:
+    import engine
+
+    assert engine.GenerationRequest.__name__ == "GenerationRequest"
+    with pytest.raises(AttributeError):
+        _ = engine.NoSuchThing
+
+
+@pytest.mark.parametrize(("frames", "allowed"), [(5, True), (9, True), (33, True), (37, False),
+                                                  (1, False), (8, False), (10, False), (0, False)])
+def test_tiny_frames_rule(frames: int, allowed: bool) -> None:
+    assert get_spec("tiny-wan").frames_allowed(frames) is allowed
+
+
+def test_wan_frame_range_is_4k_plus_1_up_to_81() -> None:
+    spec = get_spec("wan2.1-t2v-1.3b")
+    assert spec.allowed_frames()[-1] == 81
+    assert all((n - 1) % 4 == 0 for n in spec.allowed_frames())
+    assert not spec.frames_allowed(82)
+
+
+def test_specs_have_expected_sizes_and_defaults() -> None:
+    small, large = get_spec("wan2.1-t2v-1.3b"), get_spec("wan2.1-t2v-14b")
+    assert small.sizes == ("832x480", "480x832")
+    assert small.hub_id == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    assert (small.default_steps, small.default_guidance, small.default_fps, small.flow_shift) == (50, 5.0, 16, 3.0)
+    assert "1280x720" in large.sizes and "720x1280" in large.sizes
+    assert large.flow_shift == 5.0
+    assert get_spec("tiny-wan").default_size == "64x64"
+    assert [s.name for s in list_specs()] == ["tiny-wan", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"]
+
+
+def test_unknown_model_is_a_key_error() -> None:
+    with pytest.raises(KeyError) as info:
+        get_spec("sora")
+    assert isinstance(info.value, UnknownModelError)
+    assert "tiny-wan" in str(info.value)
+
+
+def test_find_spec_by_hub_id() -> None:
+    assert find_spec("Wan-AI/Wan2.1-T2V-14B-Diffusers").name == "wan2.1-t2v-14b"
+    assert find_spec("someone/else") is None
+
+
+def test_parse_size() -> None:
+    assert parse_size("832x480") == (832, 480)
+    with pytest.raises(ValueError):
+        parse_size("832*480")
+
+
+VALID = dict(width=64, height=64, num_frames=9, num_inference_steps=4, guidance_scale=5.0, fps=8, prompt="a cat")
+
+
+@pytest.mark.parametrize(
+    ("override", "param"),
+    [
+        ({"width": 128}, "size"),
+        ({"num_frames": 10}, "num_frames"),
+        ({"num_frames": 37}, "num_frames"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": MAX_STEPS + 1}, "num_inference_steps"),
+        ({"guidance_scale": 25.0}, "guidance_scale"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": "x" * 2001}, "prompt"),
+        ({"fps": 0}, "fps"),
+    ],
+)
+def test_validate_names_the_bad_parameter(override: dict, param: str) -> None:
+    spec = get_spec("tiny-wan")
+    spec.validate(**VALID)  # the baseline is accepted
+    with pytest.raises(SpecViolationError) as info:
+        spec.validate(**{**VALID, **override})
+    assert info.value.param == param

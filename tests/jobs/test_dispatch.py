@@ -1,0 +1,153 @@
+"""The outbox relay and the sweeper against the real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.crud import create_job
+from jobs.db import session_scope, utcnow
+from jobs.dispatch import MemoryDispatchMarkers, relay_outbox, sweep
+from jobs.execution import claim_job
+from jobs.models import ApiKey, DispatchOutbox, Job
+from jobs.settings import Settings
+from jobs.validation import JobRequest
+
+
+class RecordingPublisher:
+    def __init__(self, markers: MemoryDispatchMarkers | None = None, fail: bool = False) -> None:
+        self.published: list[tuple[str, str]] = []
+        self.markers = markers
+        self.fail = fail
+        self._lock = threading.Lock()
+
+    def publish(self, job_id: str, queue: str) -> None:
+        if self.fail:
+            raise ConnectionError("broker down")
+        with self._lock:
+            self.published.append((job_id, queue))
+        if self.markers is not None:
+            self.markers.mark(job_id)
+
+
+def submit(session_factory: sessionmaker[Session], owner: ApiKey) -> str:
+    with session_scope(session_factory) as session:
+        job, _ = create_job(session=session, owner=owner, request=JobRequest(prompt="a cat", model="tiny-wan"))
+        return job.id
+
+
+def pending_outbox(session_factory: sessionmaker[Session], job_id: str) -> list[DispatchOutbox]:
+    with session_scope(session_factory) as session:
+        return list(
+            session.scalars(
+                select(DispatchOutbox).where(DispatchOutbox.job_id == job_id, DispatchOutbox.published_at.is_(None))
+            )
+        )
+
+
+def test_creating_a_job_writes_its_outbox_row_in_the_same_transaction(session_factory, owner) -> None:
+    job_id = submit(session_factory, owner)
+    rows = pending_outbox(session_factory, job_id)
+    assert [(r.job_id, r.queue) for r in rows] == [(job_id, "gpu.wan")]
+
+
+def test_relay_publishes_each_pending_row_once(session_factory, owner) -> None:
+    job_id = submit(session_factory, owner)
+    publisher = RecordingPublisher()
+    relay_outbox(session_factory=session_factory, publisher=publisher)
+    relay_outbox(session_factory=session_factory, publisher=publisher)
+    assert publisher.published.count((job_id, "gpu.wan")) == 1
+    assert pending_outbox(session_factory, job_id) == []
+    with session_scope(session_factory) as session:
+        assert session.get(Job, job_id).dispatched_at is not None
+
+
+def test_relay_keeps_rows_while_the_broker_is_down(session_factory, owner) -> None:
+    job_id = submit(session_factory, owner)
+    assert relay_outbox(session_factory=session_factory, publisher=RecordingPublisher(fail=True)) == 0
+    rows = pending_outbox(session_factory, job_id)
+    assert len(rows) == 1 and "broker down" in (rows[0].last_error or "")
+    publisher = RecordingPublisher()
+    relay_outbox(session_factory=session_factory, publisher=publisher)
+    assert (job_id, "gpu.wan") in publisher.published
+
+
+def test_concurrent_relays_never_publish_a_row_twice(session_factory, owner) -> None:
+    job_ids = [submit(session_factory, owner) for _ in range(30)]
+    publisher = RecordingPublisher()
+    threads = [
+        threading.Thread(target=relay_outbox, kwargs={"session_factory": session_factory, "publisher": publisher})
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    published_ids = [job_id for job_id, _ in publisher.published]
+    assert len(published_ids) == len(set(published_ids))
+    assert set(job_ids) <= set(published_ids)
+
+
+def test_sweeper_republishes_a_queued_job_whose_message_was_lost(session_factory, owner, db_settings) -> None:
+    markers = MemoryDispatchMarkers()
+    job_id = submit(session_factory, owner)
+    relay_outbox(session_factory=session_factory, publisher=RecordingPublisher(markers))
+    # the broker still holds the message: nothing to repair
+    publisher = RecordingPublisher(markers)
+    _age_dispatch(session_factory, job_id, db_settings)
+    sweep(session_factory=session_factory, publisher=publisher, markers=markers, settings=db_settings)
+    assert (job_id, "gpu.wan") not in publisher.published
+    # the broker forgot everything (Redis flushed): the job is published again
+    forgetful = MemoryDispatchMarkers()
+    publisher = RecordingPublisher(forgetful)
+    sweep(session_factory=session_factory, publisher=publisher, markers=forgetful, settings=db_settings)
+    assert (job_id, "gpu.wan") in publisher.published
+
+
+def test_sweeper_requeues_a_job_whose_worker_stopped_heartbeating(session_factory, owner, db_settings) -> None:
+    job_id = submit(session_factory, owner)
+    with session_scope(session_factory) as session:
+        claim_job(session=session, job_id=job_id, worker_id="dead-worker")
+    _stale_heartbeat(session_factory, job_id, db_settings)
+    publisher = RecordingPublisher()
+    sweep(session_factory=session_factory, publisher=publisher, markers=MemoryDispatchMarkers(), settings=db_settings)
+    with session_scope(session_factory) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.worker_id, job.attempts) == ("queued", None, 1)
+    assert (job_id, "gpu.wan") in publisher.published
+
+    # the second attempt's worker dies too: with max_attempts=2 the job fails for good
+    with session_scope(session_factory) as session:
+        claim_job(session=session, job_id=job_id, worker_id="dead-worker-2")
+    _stale_heartbeat(session_factory, job_id, db_settings)
+    sweep(session_factory=session_factory, publisher=publisher, markers=MemoryDispatchMarkers(), settings=db_settings)
+    with session_scope(session_factory) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.error_code, job.attempts) == ("failed", "worker_lost", 2)
+
+
+def test_sweeper_leaves_a_live_worker_alone(session_factory, owner, db_settings) -> None:
+    job_id = submit(session_factory, owner)
+    with session_scope(session_factory) as session:
+        claim_job(session=session, job_id=job_id, worker_id="live-worker")
+    sweep(
+        session_factory=session_factory,
+        publisher=RecordingPublisher(),
+        markers=MemoryDispatchMarkers(),
+        settings=db_settings,
+    )
+    with session_scope(session_factory) as session:
+        assert session.get(Job, job_id).status == "in_progress"
+
+
+def _age_dispatch(session_factory, job_id: str, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(session_factory) as session:
+        session.get(Job, job_id).dispatched_at = utcnow() - timedelta(seconds=settings.redispatch_after_s + 1)
+
+
+def _stale_heartbeat(session_factory, job_id: str, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    with session_scope(session_factory) as session:
+        session.get(Job, job_id).heartbeat_at = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s + 1)

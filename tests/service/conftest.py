@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from jobs.db import make_engine, make_session_factory, session_scope
+from jobs.keys import create_key
+from jobs.settings import Settings
+from tests.service.processes import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def api(service_settings: Settings) -> Iterator[TestClient]:
+    """The real app (lifespan, sweeper and all) against the real services."""
+    with TestClient(create_app(service_settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def make_key(service_settings: Settings) -> Callable[..., str]:
+    factory = make_session_factory(make_engine(service_settings))
+
+    def _make(name: str = "client", admin: bool = False) -> str:
+        with session_scope(factory) as session:
+            return create_key(session=session, name=name, is_admin=admin).plaintext
+
+    return _make
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def wait_for_job(
+    api: TestClient, key: str, job_id: str, until: Callable[[dict[str, Any]], bool], timeout_s: float = 120.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = api.get(f"/v1/videos/{job_id}", headers=auth(key)).json()
+        if until(job):
+            return job
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job never reached the expected state; last seen: {job}")
+        time.sleep(0.05)
+
+
+def finished(job: dict[str, Any]) -> bool:
+    return job["status"] in ("completed", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def start_worker(service_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def _start(**env: str) -> WorkerProcess:
+        log = Path(tmp_path_factory.mktemp("worker")) / "worker.log"
+        proc = WorkerProcess(service_settings, log, **env)
+        started.append(proc)
+        return proc.wait_ready()
+
+    yield _start
+    for proc in started:
+        proc.stop()

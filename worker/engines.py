@@ -1,0 +1,69 @@
+"""Warm engines, one per model, kept across jobs: loading weights costs far more than a job's setup."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from engine.registry import get_spec, list_specs
+from jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from engine import Engine
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODELS = ("tiny-wan",)  # written on first use, so every install serves it
+
+
+def installed_models(settings: Settings) -> list[str]:
+    """Registry models found in the models folder, plus the built-in random model."""
+    models_dir = settings.resolved_models_dir
+    found = [s.name for s in list_specs() if (models_dir / s.name / "model_index.json").is_file()]
+    return sorted(set(found) | set(BUILTIN_MODELS))
+
+
+def served_models(settings: Settings) -> list[str]:
+    """What this worker serves: ``VIDQ_WORKER_MODELS`` if set, else every installed model."""
+    return settings.worker_model_names or installed_models(settings)
+
+
+def queues_for_models(models: list[str]) -> list[str]:
+    from jobs.validation import queue_for
+
+    return sorted({queue_for(get_spec(m)) for m in models})
+
+
+class ModelUnavailable(LookupError):
+    """A job for a model this worker does not serve (same queue family, not installed here)."""
+
+
+class EnginePool:
+    def __init__(self, settings: Settings, served: list[str] | None = None) -> None:
+        self.settings = settings
+        self.served = served if served is not None else served_models(settings)
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model: str) -> Engine:
+        if model not in self.served:
+            raise ModelUnavailable(f"model {model!r} is not installed on this worker (serves {', '.join(self.served)})")
+        with self._lock:
+            engine = self._engines.get(model)
+            if engine is None:
+                from engine import Engine  # torch is imported only by processes that render
+
+                log.info("loading model %s", model)
+                engine = Engine(
+                    model,
+                    device=self.settings.device or None,
+                    models_dir=self.settings.resolved_models_dir,
+                    attention_backend=self.settings.attention_backend,
+                )
+                self._engines[model] = engine
+            return engine
+
+    @property
+    def loaded(self) -> list[str]:
+        return sorted(self._engines)

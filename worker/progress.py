@@ -1,0 +1,91 @@
+"""Turns the engine's stage and step callbacks into job progress.
+
+Every step is published on the event bus (cheap, live); the database row is written at most once
+per ``progress_write_interval_s`` (plus stage changes and the last step), so a fast model does not
+hammer PostgreSQL. Cancellation is checked on every step with a primary-key read, which is what
+lets a cancel take effect within one step.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from jobs.db import session_scope
+from jobs.execution import ensure_owned, record_progress
+from jobs.states import JobStage, JobStatus
+from worker.context import WorkerContext
+
+# Share of the progress bar each stage covers: (start %, end %).
+STAGE_SPAN: dict[JobStage, tuple[int, int]] = {
+    JobStage.TEXT_ENCODING: (0, 5),
+    JobStage.DENOISING: (5, 90),
+    JobStage.DECODING: (90, 95),
+    JobStage.ENCODING: (95, 97),
+    JobStage.UPLOADING: (97, 99),
+}
+
+
+def percent(stage: JobStage, step: int = 0, total: int = 0) -> int:
+    start, end = STAGE_SPAN[stage]
+    if stage is JobStage.DENOISING and total:
+        return start + (end - start) * step // total
+    return start
+
+
+class ProgressReporter:
+    def __init__(self, ctx: WorkerContext, job_id: str, total_steps: int) -> None:
+        self.ctx = ctx
+        self.job_id = job_id
+        self.total_steps = total_steps
+        self.stage = JobStage.TEXT_ENCODING
+        self.step = 0
+        self._last_write = 0.0
+        self._started = time.monotonic()
+
+    def _write(self, *, force: bool) -> None:
+        now = time.monotonic()
+        with session_scope(self.ctx.session_factory) as session:
+            if force or now - self._last_write >= self.ctx.settings.progress_write_interval_s:
+                record_progress(
+                    session=session,
+                    job_id=self.job_id,
+                    worker_id=self.ctx.worker_id,
+                    stage=self.stage.value,
+                    step=self.step,
+                    total_steps=self.total_steps,
+                    progress=percent(self.stage, self.step, self.total_steps),
+                )
+                self._last_write = now
+            else:
+                ensure_owned(session=session, job_id=self.job_id, worker_id=self.ctx.worker_id)
+
+    def _publish(self, **extra: Any) -> None:
+        self.ctx.events.publish(
+            self.job_id,
+            {
+                "type": "progress",
+                "id": self.job_id,
+                "status": JobStatus.IN_PROGRESS.value,
+                "stage": self.stage.value,
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "progress": percent(self.stage, self.step, self.total_steps),
+                "elapsed_s": round(time.monotonic() - self._started, 3),
+                **extra,
+            },
+        )
+
+    def on_stage(self, name: str) -> None:
+        """Called by the engine (and the worker, for uploading) when a stage begins."""
+        self.stage = JobStage(name)
+        self._write(force=True)
+        self._publish()
+
+    def on_step(self, info: Any) -> None:
+        """Called after each denoising step; raises JobCancelled to stop the render."""
+        self.step = int(info.step)
+        elapsed = float(info.elapsed_s)
+        eta = elapsed / self.step * (self.total_steps - self.step) if self.step else None
+        self._write(force=self.step == self.total_steps)
+        self._publish(step_elapsed_s=round(elapsed, 3), eta_seconds=None if eta is None else round(eta, 2))

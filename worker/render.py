@@ -1,0 +1,143 @@
+"""Rendering one job end to end: claim, generate, encode, upload, complete.
+
+The Celery task is a thin adapter over :func:`render_job`, which can be called directly (tests do).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from enum import StrEnum
+from pathlib import Path
+
+from jobs.db import session_scope
+from jobs.errors import JobCancelled
+from jobs.execution import claim_job, complete_owned, fail_owned
+from jobs.states import JobStage, JobStatus
+from jobs.storage import result_keys
+from worker.context import WorkerContext
+from worker.engines import ModelUnavailable
+from worker.heartbeat import JobHeartbeat
+from worker.progress import ProgressReporter
+
+log = logging.getLogger(__name__)
+
+
+class RenderOutcome(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # not queued any more: a duplicate or stale message
+
+
+def error_code_for(exc: BaseException) -> str:
+    """A stable code for a failed job's ``error.code``; the message carries the details."""
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or isinstance(exc, MemoryError):
+        return "out_of_memory"
+    if isinstance(exc, ModelUnavailable | FileNotFoundError):
+        return "model_unavailable"
+    if isinstance(exc, ValueError):
+        return "invalid_request"
+    return "render_error"
+
+
+def render_job(job_id: str, *, ctx: WorkerContext) -> RenderOutcome:
+    with session_scope(ctx.session_factory) as session:
+        job = claim_job(session=session, job_id=job_id, worker_id=ctx.worker_id)
+        if job is None:
+            log.info("job %s is not queued any more; message dropped", job_id)
+            return RenderOutcome.SKIPPED
+    log.info("job %s: attempt %d on %s", job_id, job.attempts, ctx.worker_id)
+    ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": JobStatus.IN_PROGRESS.value})
+
+    uploaded: list[str] = []
+    with JobHeartbeat(ctx, job_id):
+        try:
+            video_key, thumbnail_key, timings = _generate_and_upload(job, ctx, uploaded)
+            with session_scope(ctx.session_factory) as session:
+                complete_owned(
+                    session=session,
+                    job_id=job_id,
+                    worker_id=ctx.worker_id,
+                    video_key=video_key,
+                    thumbnail_key=thumbnail_key,
+                    stage_timings=timings,
+                    result_ttl_s=ctx.settings.result_ttl_s,
+                )
+        except JobCancelled as exc:
+            log.info("job %s stopped: %s", job_id, exc)
+            _remove(ctx, uploaded)  # cancelled or deleted while uploading: leave nothing behind
+            ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": JobStatus.CANCELLED.value})
+            return RenderOutcome.CANCELLED
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            _remove(ctx, uploaded)
+            code, message = error_code_for(exc), f"{type(exc).__name__}: {exc}"
+            with session_scope(ctx.session_factory) as session:
+                recorded = fail_owned(
+                    session=session, job_id=job_id, worker_id=ctx.worker_id, code=code, message=message
+                )
+            if recorded is None:
+                return RenderOutcome.CANCELLED
+            ctx.events.publish(
+                job_id,
+                {"type": "status", "id": job_id, "status": JobStatus.FAILED.value, "error": {"code": code}},
+            )
+            return RenderOutcome.FAILED
+    ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": JobStatus.COMPLETED.value})
+    return RenderOutcome.COMPLETED
+
+
+def _generate_and_upload(job, ctx: WorkerContext, uploaded: list[str]) -> tuple[str, str, dict[str, float]]:  # type: ignore[no-untyped-def]
+    from engine import GenerationRequest
+    from engine.io.video import encode_mp4, write_thumbnail
+
+    reporter = ProgressReporter(ctx, job.id, job.num_inference_steps)
+    reporter.on_stage(JobStage.TEXT_ENCODING.value)
+    load_started = time.perf_counter()
+    engine = ctx.engines.get(job.model)
+    load_s = time.perf_counter() - load_started
+
+    request = GenerationRequest(
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        width=job.width,
+        height=job.height,
+        num_frames=job.num_frames,
+        num_inference_steps=job.num_inference_steps,
+        guidance_scale=job.guidance_scale,
+        seed=job.seed,
+        fps=job.fps,
+    )
+    result = engine.generate(request, on_step=reporter.on_step, on_stage=reporter.on_stage)
+    timings = {name: round(float(s), 4) for name, s in result.stage_timings_s.items()}
+    if load_s > 0.01:
+        timings["model_load"] = round(load_s, 4)
+
+    video_key, thumbnail_key = result_keys(job.id)
+    with tempfile.TemporaryDirectory(prefix="vidq-") as tmp:
+        reporter.on_stage(JobStage.ENCODING.value)
+        started = time.perf_counter()
+        video_path, thumb_path = Path(tmp) / "video.mp4", Path(tmp) / "thumbnail.jpg"
+        encode_mp4(result.frames, video_path, fps=job.fps)
+        write_thumbnail(result.frames, thumb_path)
+        timings["encoding"] = round(time.perf_counter() - started, 4)
+
+        reporter.on_stage(JobStage.UPLOADING.value)
+        started = time.perf_counter()
+        ctx.storage.put_file(video_key, video_path, "video/mp4")
+        uploaded.append(video_key)
+        ctx.storage.put_file(thumbnail_key, thumb_path, "image/jpeg")
+        uploaded.append(thumbnail_key)
+        timings["uploading"] = round(time.perf_counter() - started, 4)
+    return video_key, thumbnail_key, timings
+
+
+def _remove(ctx: WorkerContext, keys: list[str]) -> None:
+    for key in keys:
+        try:
+            ctx.storage.delete(key)
+        except Exception as exc:
+            log.warning("could not remove %s: %s", key, exc)

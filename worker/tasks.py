@@ -1,0 +1,16 @@
+"""Celery task adapters: take an id, call one domain function, nothing else."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from jobs.broker import RENDER_TASK
+
+
+def register_tasks(app: Celery) -> None:
+    @app.task(name=RENDER_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def render(job_id: str) -> str:
+        from worker.celery_app import get_context
+        from worker.render import render_job
+
+        return render_job(job_id, ctx=get_context()).value
