@@ -45,7 +45,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=int, help="frames per second of the mp4 (default: the model's)")
     parser.add_argument("--out", type=Path, default=Path("out.mp4"), help="mp4 path; a .jpg thumbnail goes beside it")
     parser.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
-    parser.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, help="default: VIDQ_ATTENTION_BACKEND or auto")
+    parser.add_argument(
+        "--attention-backend", choices=ATTENTION_BACKENDS, help="default: VIDQ_ATTENTION_BACKEND or auto"
+    )
 
 
 class StepProgress:
@@ -101,9 +103,13 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         if known_spec is not None:  # refuse before spending seconds on imports and loading
             known_spec.validate(
-                width=request.width, height=request.height, num_frames=request.num_frames,
-                num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
-                fps=request.fps, prompt=request.prompt,
+                width=request.width,
+                height=request.height,
+                num_frames=request.num_frames,
+                num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale,
+                fps=request.fps,
+                prompt=request.prompt,
             )
         # Imported here so `--help` and argument errors stay instant (torch takes seconds to import).
         from engine.engine import Engine

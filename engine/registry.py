@@ -93,9 +93,7 @@ class ModelSpec:
 
     def frames_allowed(self, num_frames: int) -> bool:
         """True when `num_frames` is 4k + 1 and within [min_frames, max_frames]."""
-        return (
-            self.min_frames <= num_frames <= self.max_frames and (num_frames - 1) % FRAME_STEP == 0
-        )
+        return self.min_frames <= num_frames <= self.max_frames and (num_frames - 1) % FRAME_STEP == 0
 
     def allowed_frames(self) -> list[int]:
         """Every frame count this model accepts, ascending (for error messages and UIs)."""

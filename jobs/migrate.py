@@ -13,7 +13,7 @@ from jobs.settings import Settings
 
 def alembic_config(database_url: str) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.set_main_option("script_location", str(Path(next(iter(migrations.__path__)))))
     config.attributes["database_url"] = database_url  # not through the ini: URLs may contain '%'
     return config
 

@@ -74,7 +74,7 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        return self.redis_url or "memory://"
+        return self.redis_url or "memory://localhost/"
 
     @property
     def resolved_models_dir(self) -> Path:

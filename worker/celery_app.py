@@ -3,6 +3,8 @@ context, built in the process that runs tasks (after any fork) so no DB pool or 
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 
@@ -11,24 +13,27 @@ from jobs.settings import Settings, get_settings
 from worker.context import WorkerContext, build_context
 
 _context: WorkerContext | None = None
+_context_pid: int | None = None
 
 
 def get_context() -> WorkerContext:
-    global _context
     if _context is None:
-        _context = build_context(get_settings())
+        set_context(build_context(get_settings()))
+    assert _context is not None
     return _context
 
 
 def set_context(ctx: WorkerContext | None) -> None:
-    global _context
-    _context = ctx
+    global _context, _context_pid
+    _context, _context_pid = ctx, os.getpid()
 
 
 @worker_process_init.connect
 def _reset_after_fork(**_: object) -> None:
-    # A forked child must not reuse the parent's DB connections: drop them and build its own.
-    set_context(None)
+    # A forked child must not reuse the parent's DB connections or CUDA state: it builds its own.
+    # (The solo pool sends this signal too, in the same process: then the context stays.)
+    if _context_pid != os.getpid():
+        set_context(None)
 
 
 @worker_process_shutdown.connect

@@ -94,9 +94,7 @@ _KERNELS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, backend: str = "sdpa"
-) -> torch.Tensor:
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
     """Non-causal, unmasked multi-head attention.
 
     query [B, Sq, H, D], key/value [B, Skv, H, D] -> [B, Sq, H, D]. `backend` is a concrete name

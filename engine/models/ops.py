@@ -73,8 +73,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.type_as(x)
 
 
-def layer_norm_fp32(x: torch.Tensor, eps: float, weight: torch.Tensor | None = None,
-                    bias: torch.Tensor | None = None) -> torch.Tensor:
+def layer_norm_fp32(
+    x: torch.Tensor, eps: float, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """LayerNorm over the last dim computed in float32; returns float32."""
     return F.layer_norm(
         x.float(),

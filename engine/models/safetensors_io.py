@@ -38,9 +38,7 @@ def load_state_dict(
     return state
 
 
-def save_state_dict(
-    state: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int | None = None
-) -> list[Path]:
+def save_state_dict(state: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int | None = None) -> list[Path]:
     """Write `state` as one file, or as numbered shards plus an index when it exceeds `max_shard_bytes`."""
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in state.items()}
     shards: list[dict[str, torch.Tensor]] = [{}]

@@ -71,13 +71,45 @@ PAD, EOS, UNK = "<pad>", "</s>", "<unk>"  # ids 0, 1, 2 as in T5
 
 def _corpus() -> list[str]:
     """A few hundred English sentences in the register of video prompts, built deterministically."""
-    subjects = ["a cat", "a dog", "an old man", "a young woman", "two children", "a red car", "a small boat",
-                "a horse", "a robot", "a bird", "the astronaut", "a dancer"]
+    subjects = [
+        "a cat",
+        "a dog",
+        "an old man",
+        "a young woman",
+        "two children",
+        "a red car",
+        "a small boat",
+        "a horse",
+        "a robot",
+        "a bird",
+        "the astronaut",
+        "a dancer",
+    ]
     actions = ["walks", "runs", "jumps", "sleeps", "dances", "flies", "drives", "swims", "sings", "waits"]
-    places = ["on the beach", "in a forest", "through the city", "under the rain", "at sunset",
-              "in the snow", "across a bridge", "near the river", "in space", "on a busy street"]
-    styles = ["cinematic lighting", "slow motion", "high detail", "soft focus", "wide angle shot",
-              "close up", "golden hour", "static camera", "handheld camera", "vivid colors"]
+    places = [
+        "on the beach",
+        "in a forest",
+        "through the city",
+        "under the rain",
+        "at sunset",
+        "in the snow",
+        "across a bridge",
+        "near the river",
+        "in space",
+        "on a busy street",
+    ]
+    styles = [
+        "cinematic lighting",
+        "slow motion",
+        "high detail",
+        "soft focus",
+        "wide angle shot",
+        "close up",
+        "golden hour",
+        "static camera",
+        "handheld camera",
+        "vivid colors",
+    ]
     sentences = [
         f"{s} {a} {p}, {st}."
         for s, a, p, st in itertools.islice(itertools.product(subjects, actions, places, styles), 0, None, 37)
@@ -103,7 +135,10 @@ def _write_tokenizer(folder: Path) -> None:
         single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, tokenizer.token_to_id(EOS))]
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS, unk_token=UNK,
+        tokenizer_object=tokenizer,
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
         model_max_length=MAX_TEXT_TOKENS,
     )
     fast.save_pretrained(folder)

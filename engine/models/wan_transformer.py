@@ -229,9 +229,7 @@ class ConditionEmbedder(nn.Module):
         self.time_proj = nn.Linear(dim, dim * 6)
         self.text_embedder = TextProjection(config.text_dim, dim)
 
-    def forward(
-        self, timestep: torch.Tensor, text: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, timestep: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         t_freq = timestep_embedding(timestep, self.freq_dim)  # [B, freq_dim] float32
         t_freq = t_freq.to(self.time_embedder.linear_1.weight.dtype)
         temb = self.time_embedder(t_freq).type_as(text)  # [B, C]
@@ -260,7 +258,12 @@ class WanTransformer3DModel(nn.Module):
 
     # Kept in float32 whatever the load dtype (same list as diffusers): small, precision-critical.
     _keep_in_fp32_modules: ClassVar[tuple[str, ...]] = (
-        "rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3",
+        "rope",
+        "time_embedder",
+        "scale_shift_table",
+        "norm1",
+        "norm2",
+        "norm3",
     )
     # Keys some checkpoints carry that this architecture does not use.
     _keys_to_ignore_on_load_unexpected: ClassVar[tuple[str, ...]] = ("norm_added_q",)
@@ -349,6 +352,12 @@ class WanTransformer3DModel(nn.Module):
         if any(part in self._keep_in_fp32_modules for part in name.split(".")):
             return torch.float32
         return dtype
+
+    def cast(self, dtype: torch.dtype) -> WanTransformer3DModel:
+        """Cast parameters to `dtype` in place, keeping `_keep_in_fp32_modules` in float32."""
+        for name, param in self.named_parameters():
+            param.data = param.data.to(self.param_dtype(name, dtype))
+        return self
 
     def save_pretrained(self, folder: str | Path, max_shard_bytes: int | None = None) -> None:
         """Write config.json and safetensors as diffusers does (sharded when `max_shard_bytes`)."""

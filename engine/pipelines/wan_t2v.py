@@ -70,9 +70,7 @@ class WanT2VPipeline(Pipeline):
         on_stage: OnStage | None = None,
         output_path: Path | None = None,
     ) -> GenerationResult:
-        state = self.run(
-            PipelineState(request=request, on_step=on_step, on_stage=on_stage, output_path=output_path)
-        )
+        state = self.run(PipelineState(request=request, on_step=on_step, on_stage=on_stage, output_path=output_path))
         peaks = state.stage_peak_memory_bytes
         return GenerationResult(
             frames=state.frames,

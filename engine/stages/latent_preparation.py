@@ -35,9 +35,7 @@ class LatentPreparationStage(Stage):
     provides: ClassVar[tuple[str, ...]] = ("latents",)
     announced: ClassVar[bool] = False
 
-    def __init__(
-        self, device: torch.device, channels: int, temporal_factor: int, spatial_factor: int
-    ) -> None:
+    def __init__(self, device: torch.device, channels: int, temporal_factor: int, spatial_factor: int) -> None:
         super().__init__(device)
         self.channels = channels
         self.temporal_factor = temporal_factor
@@ -46,8 +44,12 @@ class LatentPreparationStage(Stage):
     def forward(self, state: PipelineState) -> None:
         request = state.request
         shape = latent_shape(
-            request.num_frames, request.height, request.width,
-            self.channels, self.temporal_factor, self.spatial_factor,
+            request.num_frames,
+            request.height,
+            request.width,
+            self.channels,
+            self.temporal_factor,
+            self.spatial_factor,
         )
         generator = torch.Generator("cpu").manual_seed(request.seed)
         noise = torch.randn(shape, generator=generator, dtype=torch.float32)

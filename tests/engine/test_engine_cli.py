@@ -15,9 +15,30 @@ def test_cli_generate_writes_mp4_and_thumbnail(tiny_folder: Path, tmp_path: Path
     out = tmp_path / "out" / "clip.mp4"
     env = {**os.environ, "VIDQ_MODELS_DIR": str(tiny_folder.parent)}
     result = subprocess.run(
-        [sys.executable, "-m", "engine", "generate", "--model", "tiny-wan", "--prompt", "a bird flies",
-         "--size", "96x64", "--num-frames", "13", "--steps", "3", "--seed", "1", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "generate",
+            "--model",
+            "tiny-wan",
+            "--prompt",
+            "a bird flies",
+            "--size",
+            "96x64",
+            "--num-frames",
+            "13",
+            "--steps",
+            "3",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr
     assert "3/3" in result.stderr and "it/s" in result.stderr
@@ -35,9 +56,24 @@ def test_cli_generate_writes_mp4_and_thumbnail(tiny_folder: Path, tmp_path: Path
 def test_cli_rejects_a_size_the_model_does_not_offer(tiny_folder: Path, tmp_path: Path) -> None:
     env = {**os.environ, "VIDQ_MODELS_DIR": str(tiny_folder.parent)}
     result = subprocess.run(
-        [sys.executable, "-m", "engine", "generate", "--model", "tiny-wan", "--prompt", "x",
-         "--size", "832x480", "--out", str(tmp_path / "x.mp4")],
-        capture_output=True, text=True, env=env, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "generate",
+            "--model",
+            "tiny-wan",
+            "--prompt",
+            "x",
+            "--size",
+            "832x480",
+            "--out",
+            str(tmp_path / "x.mp4"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
     )
     assert result.returncode == 2
     assert "size" in result.stderr

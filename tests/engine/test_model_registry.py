@@ -36,8 +36,10 @@ def test_lazy_engine_attributes_resolve() -> None:
         _ = engine.NoSuchThing
 
 
-@pytest.mark.parametrize(("frames", "allowed"), [(5, True), (9, True), (33, True), (37, False),
-                                                  (1, False), (8, False), (10, False), (0, False)])
+@pytest.mark.parametrize(
+    ("frames", "allowed"),
+    [(5, True), (9, True), (33, True), (37, False), (1, False), (8, False), (10, False), (0, False)],
+)
 def test_tiny_frames_rule(frames: int, allowed: bool) -> None:
     assert get_spec("tiny-wan").frames_allowed(frames) is allowed
 

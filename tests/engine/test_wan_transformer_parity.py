@@ -13,8 +13,18 @@ from engine.models.wan_transformer import WanTransformer3DModel, WanTransformerC
 
 # Small but not degenerate: 3 heads of 24 (uneven t/h/w RoPE split: 8/8/8), 3 layers.
 CONFIG = dict(
-    patch_size=(1, 2, 2), num_attention_heads=3, attention_head_dim=24, in_channels=16, out_channels=16,
-    text_dim=40, freq_dim=32, ffn_dim=96, num_layers=3, cross_attn_norm=True, eps=1e-6, rope_max_seq_len=64,
+    patch_size=(1, 2, 2),
+    num_attention_heads=3,
+    attention_head_dim=24,
+    in_channels=16,
+    out_channels=16,
+    text_dim=40,
+    freq_dim=32,
+    ffn_dim=96,
+    num_layers=3,
+    cross_attn_norm=True,
+    eps=1e-6,
+    rope_max_seq_len=64,
 )
 
 
@@ -66,9 +76,7 @@ def test_batched_cfg_forward_equals_two_single_forwards(reference: DiffusersWan)
 def test_parameter_names_match_diffusers(reference: DiffusersWan) -> None:
     ours = WanTransformer3DModel(WanTransformerConfig(**CONFIG))
     assert ours.state_dict().keys() == reference.state_dict().keys()
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {
-        k: v.shape for k, v in reference.state_dict().items()
-    }
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
 
 
 @torch.no_grad()

@@ -57,7 +57,9 @@ def finished(job: dict[str, Any]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def start_worker(service_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(
+    service_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def _start(**env: str) -> WorkerProcess:

@@ -1,0 +1,89 @@
+"""render_job called directly (no Celery), against the real PostgreSQL and a local storage folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.crud import create_job
+from jobs.db import session_scope
+from jobs.errors import JobCancelled
+from jobs.execution import claim_job, record_progress
+from jobs.keys import create_key
+from jobs.models import Job
+from jobs.settings import Settings
+from jobs.states import JobStage
+from jobs.transitions import requeue
+from jobs.validation import JobRequest
+from worker.context import WorkerContext, build_context
+from worker.progress import percent
+from worker.render import RenderOutcome, render_job
+
+
+@pytest.fixture(scope="module")
+def ctx(database_url: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> WorkerContext:
+    settings = Settings(
+        database_url=database_url, models_dir=models_dir, data_dir=tmp_path_factory.mktemp("data"), device="cpu"
+    )
+    return build_context(settings)
+
+
+def submit(ctx: WorkerContext, **fields: object) -> str:
+    with session_scope(ctx.session_factory) as session:
+        owner = create_key(session=session, name="render-test").record
+        job, _ = create_job(
+            session=session, owner=owner, request=JobRequest(prompt="a cat", model="tiny-wan", **fields)
+        )
+        return job.id
+
+
+def test_a_job_is_rendered_stored_and_never_rendered_twice(ctx: WorkerContext) -> None:
+    job_id = submit(ctx, num_inference_steps=2)
+    assert render_job(job_id, ctx=ctx) is RenderOutcome.COMPLETED
+    with session_scope(ctx.session_factory) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.attempts, job.current_step, job.progress) == ("completed", 1, 2, 100)
+        completed_at = job.completed_at
+    assert ctx.storage.exists(job.video_key) and ctx.storage.exists(job.thumbnail_key)
+
+    # the same message delivered again (e.g. after a broker restart) is dropped
+    assert render_job(job_id, ctx=ctx) is RenderOutcome.SKIPPED
+    with session_scope(ctx.session_factory) as session:
+        job = session.get(Job, job_id)
+        assert (job.attempts, job.completed_at) == (1, completed_at)
+
+
+def test_a_worker_presumed_lost_cannot_write_over_the_new_owner(ctx: WorkerContext) -> None:
+    job_id = submit(ctx)
+    with session_scope(ctx.session_factory) as session:
+        claim_job(session=session, job_id=job_id, worker_id="slow-worker")
+    with session_scope(ctx.session_factory) as session:
+        requeue(session.get(Job, job_id), reason="heartbeat missed")
+    with session_scope(ctx.session_factory) as session:
+        claim_job(session=session, job_id=job_id, worker_id="new-worker")
+
+    with pytest.raises(JobCancelled), session_scope(ctx.session_factory) as session:
+        record_progress(
+            session=session,
+            job_id=job_id,
+            worker_id="slow-worker",
+            stage="denoising",
+            step=3,
+            total_steps=4,
+            progress=50,
+        )
+    with session_scope(ctx.session_factory) as session:
+        job = session.get(Job, job_id)
+        assert (job.worker_id, job.current_step, job.attempts) == ("new-worker", 0, 2)
+
+
+def test_progress_percent_moves_forward_through_the_stages() -> None:
+    points = [
+        percent(JobStage.TEXT_ENCODING),
+        *(percent(JobStage.DENOISING, step, 10) for step in range(11)),
+        percent(JobStage.DECODING),
+        percent(JobStage.ENCODING),
+        percent(JobStage.UPLOADING),
+    ]
+    assert points == sorted(points) and points[0] == 0 and points[-1] < 100
