@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     sweeper_enabled: bool = True
 
     # Worker
+    worker_name: str = ""  # Celery node name; default vidq-<pid>@<host>
     worker_models: str = ""  # comma-separated registry names; empty = every installed model
     device: str = ""  # engine device, empty = cuda when available
     attention_backend: str = "auto"

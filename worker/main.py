@@ -43,7 +43,7 @@ def run_worker(settings: Settings, *, models: list[str] | None = None, loglevel:
                 "--pool=solo",  # the task runs in this process: one process owns one GPU
                 "--concurrency=1",
                 f"--queues={','.join(queues)}",
-                f"--hostname=vidq-{os.getpid()}@%h",
+                f"--hostname={settings.worker_name or f'vidq-{os.getpid()}@%h'}",
                 f"--loglevel={loglevel}",
                 "--without-gossip",
                 "--without-mingle",
