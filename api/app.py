@@ -28,7 +28,7 @@ def build_state(settings: Settings, celery_app: Celery | None = None) -> AppStat
         storage=storage,
         celery=app,
         publisher=CeleryPublisher(app, make_markers(settings)),
-        sweeper=make_sweeper(settings, app, session_factory) if settings.sweeper_enabled else None,
+        sweeper=make_sweeper(settings, app, session_factory, storage) if settings.sweeper_enabled else None,
     )
 
 

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs.errors import Conflict, DomainError, Forbidden, InvalidParameter, NotFound, Unauthenticated
+from jobs.errors import Conflict, DomainError, Forbidden, Gone, InvalidParameter, NotFound, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +17,7 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     InvalidParameter: 422,
     NotFound: 404,
     Conflict: 409,
+    Gone: 410,
     Unauthenticated: 401,
     Forbidden: 403,
 }

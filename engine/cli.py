@@ -118,7 +118,7 @@ def run_generate(args: argparse.Namespace) -> int:
         err.write(f"loading {args.model} ...\n")
         engine = Engine(args.model, device=args.device, attention_backend=args.attention_backend)
         err.write(
-            f"loaded in {time.perf_counter() - start:.1f} s on {engine.device} "
+            f"loaded {engine.folder} in {time.perf_counter() - start:.1f} s on {engine.device} "
             f"({engine.dtype}, attention {engine.attention_backend}); seed {seed}\n"
         )
         result = engine.generate(

@@ -120,7 +120,5 @@ class Engine:
         beside it (same name, .jpg).
         """
         self.check_request(request)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         with self._lock:
             return self.pipeline(request, on_step=on_step, on_stage=on_stage, output_path=output_path)

@@ -26,6 +26,7 @@ from jobs.db import session_scope, utcnow
 from jobs.models import DispatchOutbox, Job
 from jobs.settings import Settings
 from jobs.states import JobStatus
+from jobs.storage import Storage
 from jobs.transitions import fail, requeue
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class SweepReport:
     requeued_lost: int = 0
     failed_lost: int = 0
     redispatched: int = 0
+    expired: int = 0
 
 
 def _requeue_lost_workers(session: Session, settings: Settings, now: datetime, report: SweepReport) -> None:
@@ -165,20 +167,39 @@ def _redispatch_lost_messages(
             log.warning("job %s: its broker message is gone, publishing again", job.id)
 
 
+def _expire_results(session: Session, storage: Storage, now: datetime, report: SweepReport, batch: int = 100) -> None:
+    expired = session.scalars(
+        select(Job)
+        .where(Job.status == JobStatus.COMPLETED.value, Job.expires_at < now, Job.video_key.is_not(None))
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for job in expired:
+        for key in (job.video_key, job.thumbnail_key):
+            if key:
+                storage.delete(key)
+        job.video_key = job.thumbnail_key = None
+        report.expired += 1
+
+
 def sweep(
     *,
     session_factory: sessionmaker[Session],
     publisher: Publisher,
     markers: DispatchMarkers,
     settings: Settings,
+    storage: Storage | None = None,
 ) -> SweepReport:
-    """One pass of repairs, then one relay pass to publish what they added."""
+    """One pass of repairs (and, given storage, deletion of expired results), then one relay pass."""
     report = SweepReport()
     now = utcnow()
     with session_scope(session_factory) as session:
         _requeue_lost_workers(session, settings, now, report)
     with session_scope(session_factory) as session:
         _redispatch_lost_messages(session, settings, markers, now, report)
+    if storage is not None:
+        with session_scope(session_factory) as session:
+            _expire_results(session, storage, now, report)
     report.published = relay_outbox(session_factory=session_factory, publisher=publisher)
     return report
 
@@ -193,8 +214,11 @@ class Sweeper:
         publisher: Publisher,
         markers: DispatchMarkers,
         settings: Settings,
+        storage: Storage | None = None,
     ) -> None:
-        self._kwargs = dict(session_factory=session_factory, publisher=publisher, markers=markers, settings=settings)
+        self._kwargs = dict(
+            session_factory=session_factory, publisher=publisher, markers=markers, settings=settings, storage=storage
+        )
         self._interval = settings.sweep_interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vidq-sweeper", daemon=True)
@@ -220,11 +244,14 @@ def make_markers(settings: Settings) -> DispatchMarkers:
     return MemoryDispatchMarkers()
 
 
-def make_sweeper(settings: Settings, app: Celery, session_factory: sessionmaker[Session]) -> Sweeper:
+def make_sweeper(
+    settings: Settings, app: Celery, session_factory: sessionmaker[Session], storage: Storage | None = None
+) -> Sweeper:
     markers = make_markers(settings)
     return Sweeper(
         session_factory=session_factory,
         publisher=CeleryPublisher(app, markers),
         markers=markers,
         settings=settings,
+        storage=storage,
     )

@@ -27,6 +27,10 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class Gone(DomainError):
+    code = "gone"
+
+
 class Unauthenticated(DomainError):
     code = "invalid_api_key"
 

@@ -27,7 +27,7 @@ def prepare_worker(
     set_context(ctx)
     for model in models:  # load weights now, not when the first job is already waiting
         ctx.engines.get(model)
-    sweeper = make_sweeper(settings, app, ctx.session_factory) if settings.sweeper_enabled else None
+    sweeper = make_sweeper(settings, app, ctx.session_factory, ctx.storage) if settings.sweeper_enabled else None
     if sweeper is not None:
         sweeper.start()
     return app, queues_for_models(models), sweeper

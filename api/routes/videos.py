@@ -13,7 +13,7 @@ from api.deps import CurrentKey, SessionDep, SettingsDep, StateDep, StorageDep
 from api.schemas import VideoCreate, VideoDeleted, VideoList, VideoPublic
 from jobs import crud
 from jobs.dispatch import relay_outbox
-from jobs.errors import Conflict
+from jobs.errors import Conflict, Gone
 from jobs.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def download_video(
         raise Conflict(f"video {video_id} is {job.status}; content exists once it is completed", code="not_ready")
     object_key = job.video_key if variant == "video" else job.thumbnail_key
     if not object_key:
-        raise Conflict(f"video {video_id} has no stored {variant}", code="not_ready")
+        raise Gone(f"the results of video {video_id} expired and were deleted", code="expired")
     url = storage.presigned_url(object_key, timedelta(seconds=settings.presign_expiry_s))
     if url is not None:
         return RedirectResponse(url, status_code=status.HTTP_302_FOUND)

@@ -151,3 +151,38 @@ def _age_dispatch(session_factory, job_id: str, settings: Settings) -> None:  # 
 def _stale_heartbeat(session_factory, job_id: str, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     with session_scope(session_factory) as session:
         session.get(Job, job_id).heartbeat_at = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s + 1)
+
+
+def test_sweeper_deletes_expired_results(session_factory, owner, db_settings, tmp_path) -> None:
+    from jobs.storage import LocalStorage
+    from jobs.transitions import complete
+
+    storage = LocalStorage(tmp_path)
+    storage.ensure_ready()
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"mp4")
+    fresh_id, old_id = submit(session_factory, owner), submit(session_factory, owner)
+    for job_id, ttl in ((fresh_id, 3600), (old_id, 60)):
+        video, thumb = f"videos/{job_id}/video.mp4", f"videos/{job_id}/thumbnail.jpg"
+        storage.put_file(video, source, "video/mp4")
+        storage.put_file(thumb, source, "image/jpeg")
+        with session_scope(session_factory) as session:
+            job = session.get(Job, job_id)
+            claim_job(session=session, job_id=job_id, worker_id="w")
+            complete(job, video_key=video, thumbnail_key=thumb, stage_timings={}, result_ttl_s=ttl)
+    with session_scope(session_factory) as session:
+        session.get(Job, old_id).expires_at = utcnow() - timedelta(seconds=1)
+
+    report = sweep(
+        session_factory=session_factory,
+        publisher=RecordingPublisher(),
+        markers=MemoryDispatchMarkers(),
+        settings=db_settings,
+        storage=storage,
+    )
+    assert report.expired == 1
+    assert not storage.exists(f"videos/{old_id}/video.mp4") and not storage.exists(f"videos/{old_id}/thumbnail.jpg")
+    assert storage.exists(f"videos/{fresh_id}/video.mp4")
+    with session_scope(session_factory) as session:
+        assert session.get(Job, old_id).video_key is None
+        assert session.get(Job, fresh_id).video_key is not None

@@ -32,7 +32,7 @@ def submit(api, key: str, **fields) -> dict:  # type: ignore[no-untyped-def]
 def test_submit_poll_and_download_the_video_through_a_presigned_url(api, make_key, tmp_path: Path) -> None:
     key = make_key()
     job = submit(api, key, size="96x64", num_frames=13, num_inference_steps=3, seed=7)
-    assert job["status"] == "queued" and job["id"].startswith("video_")
+    assert job["status"] in ("queued", "in_progress") and job["id"].startswith("video_")
     assert job["seed"] == 7 and job["size"] == "96x64"
 
     job = wait_for_job(api, key, job["id"], finished)
