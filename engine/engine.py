@@ -10,6 +10,7 @@ import torch
 from engine.attention import resolve_backend
 from engine.models.components import load_wan_components
 from engine.models.locate import locate_model
+from engine.optimize import optimize_transformer, should_compile
 from engine.pipelines.wan_t2v import WanT2VPipeline
 from engine.registry import (
     FRAME_STEP,
@@ -45,6 +46,9 @@ class Engine:
     `generate` pays only for the generation. Generations on one engine run one at a time (a
     lock serialises them): one engine per GPU, one GPU per process.
 
+    `compile` ("auto", "on", "off"; None takes `VIDQ_COMPILE`) compiles the DiT's blocks; the
+    first request of each shape pays the compile time (reported as the "compile" stage timing).
+
     `dtype` applies to the DiT and the text encoder; the VAE always runs in float32.
     `attention_backend` is one of `engine.attention.BACKENDS`; None takes `VIDQ_ATTENTION_BACKEND`
     (default "auto"). A backend the device cannot run is rejected before anything is loaded.
@@ -57,6 +61,7 @@ class Engine:
         dtype: torch.dtype | None = None,
         models_dir: Path | None = None,
         attention_backend: str | None = None,
+        compile: str | None = None,
     ) -> None:
         settings = EngineSettings()
         self.device = torch.device(device) if device is not None else default_device()
@@ -71,6 +76,8 @@ class Engine:
 
         self.components = load_wan_components(located.folder, self.device, self.dtype)
         self.attention_backend = self.components.transformer.set_attention_backend(requested_backend)
+        self.compiled = should_compile(compile or settings.compile, self.device)
+        optimize_transformer(self.components.transformer, fuse=settings.fuse_projections, compile=self.compiled)
         overrides = {"flow_shift": self.spec.flow_shift} if self.spec is not None else {}
         self.pipeline = WanT2VPipeline(self.components, self.device, self.model_id, overrides)
         self._lock = threading.Lock()

@@ -9,6 +9,7 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AttentionBackendName = Literal["auto", "sdpa", "cudnn", "flash", "flash_attn"]
+CompileMode = Literal["auto", "on", "off"]
 # The names `engine.attention.resolve_backend` accepts; see `engine.attention.dispatch` for each.
 ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackendName)
 
@@ -25,6 +26,10 @@ class EngineSettings(BaseSettings):
 
     models_dir: Path = Path("~/.vidq/models")
     attention_backend: AttentionBackendName = "auto"
+    # torch.compile of the DiT blocks: "auto" = on CUDA only (see engine.optimize).
+    compile: CompileMode = "auto"
+    # One GEMM for q|k|v (and k|v in cross-attention); numerically the same as three.
+    fuse_projections: bool = True
 
     @field_validator("models_dir")
     @classmethod

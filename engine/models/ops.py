@@ -67,10 +67,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x_even, x_odd = x.unflatten(-1, (-1, 2)).unbind(-1)  # each [B, S, H, D/2]
     cos = cos[..., 0::2]
     sin = sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x_even * cos - x_odd * sin
-    out[..., 1::2] = x_even * sin + x_odd * cos
-    return out.type_as(x)
+    # Computed in float32 (the tables are), rounded once to x's dtype; stack+flatten rather than
+    # strided writes so that a compiler fuses it with the q/k RMSNorm into one pass.
+    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)  # [B, S, H, D/2, 2]
+    return rotated.flatten(-2).type_as(x)
 
 
 def layer_norm_fp32(
@@ -102,3 +102,15 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: flo
 def gated_residual(x: torch.Tensor, update: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + update * gate with the sum in float32 (gate [B, 1, C] float32), cast back to x's dtype."""
     return (x.float() + update.float() * gate).type_as(x)
+
+
+def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(x @ weight.T + bias) as one cuBLASLt GEMM with a GELU epilogue.
+
+    CUDA only: cuBLASLt's GELU epilogue is the tanh approximation Wan uses, while the CPU kernel
+    behind the same op applies the exact (erf) GELU. x [..., K], weight [N, K] -> [..., N].
+    """
+    if not x.is_cuda:
+        raise RuntimeError("linear_gelu_tanh needs CUDA (the CPU kernel's GELU is not the tanh form)")
+    out = torch._addmm_activation(bias, x.reshape(-1, x.shape[-1]), weight.t(), use_gelu=True)  # [M, N]
+    return out.view(*x.shape[:-1], weight.shape[0])

@@ -27,6 +27,7 @@ from engine.models.ops import (
     apply_rope,
     gated_residual,
     layer_norm_fp32,
+    linear_gelu_tanh,
     modulate,
     rms_norm,
     rope_for_grid,
@@ -116,6 +117,41 @@ class WanAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
         self.backend = "sdpa"  # concrete name; set by WanTransformer3DModel.set_attention_backend
+        # Set by fuse_projections (after loading): one GEMM instead of three (or two).
+        self.to_qkv: nn.Linear | None = None
+        self.to_kv: nn.Linear | None = None
+
+    def fuse_projections(self, *, self_attention: bool) -> None:
+        """Replace to_q/to_k/to_v by one GEMM (self-attention: q|k|v) or to_q + one k|v GEMM
+        (cross-attention). One wide GEMM reads the activations once and keeps the tensor cores
+        busier than three narrow ones; the arithmetic per output element is unchanged.
+
+        Irreversible for this instance: a fused model can run but not be saved.
+        """
+        if self.to_qkv is not None or self.to_kv is not None:
+            return
+        parts = (self.to_q, self.to_k, self.to_v) if self_attention else (self.to_k, self.to_v)
+        weight = torch.cat([p.weight for p in parts])  # [n*C, C]
+        bias = torch.cat([p.bias for p in parts])
+        fused = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+        fused.weight = nn.Parameter(weight, requires_grad=False)
+        fused.bias = nn.Parameter(bias, requires_grad=False)
+        if self_attention:
+            self.to_qkv = fused
+            del self.to_q
+        else:
+            self.to_kv = fused
+        del self.to_k, self.to_v
+
+    def _project(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """q, k, v projections [B, S|L, C] through the fused GEMMs when present."""
+        if self.to_qkv is not None:
+            return self.to_qkv(x).chunk(3, dim=-1)
+        kv_source = x if context is None else context
+        query = self.to_q(x)
+        if self.to_kv is not None:
+            return (query, *self.to_kv(kv_source).chunk(2, dim=-1))
+        return query, self.to_k(kv_source), self.to_v(kv_source)
 
     def forward(
         self,
@@ -124,10 +160,10 @@ class WanAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         # x [B, S, C]; context [B, L, C] (cross-attention) or None (self-attention)
-        kv_source = x if context is None else context
-        query = self.norm_q(self.to_q(x)).unflatten(2, (self.heads, -1))  # [B, S, H, D]
-        key = self.norm_k(self.to_k(kv_source)).unflatten(2, (self.heads, -1))  # [B, L, H, D]
-        value = self.to_v(kv_source).unflatten(2, (self.heads, -1))  # [B, L, H, D]
+        query, key, value = self._project(x, context)
+        query = self.norm_q(query).unflatten(2, (self.heads, -1))  # [B, S, H, D]
+        key = self.norm_k(key).unflatten(2, (self.heads, -1))  # [B, L, H, D]
+        value = value.unflatten(2, (self.heads, -1))  # [B, L, H, D]
         if rope is not None:
             query = apply_rope(query, *rope)
             key = apply_rope(key, *rope)
@@ -137,13 +173,21 @@ class WanAttention(nn.Module):
 
 
 class GELUProjection(nn.Module):
-    """Linear followed by tanh-approximated GELU (diffusers' `GELU`, parameter `proj`)."""
+    """Linear followed by tanh-approximated GELU (diffusers' `GELU`, parameter `proj`).
+
+    With `fused_epilogue` (CUDA, half precision) the GELU runs inside the GEMM as a cuBLASLt
+    epilogue on the float32 accumulator, so the [tokens, ffn_dim] activation is written once
+    instead of written, read and written again: the widest tensor of the block.
+    """
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
         self.proj = nn.Linear(dim_in, dim_out)
+        self.fused_epilogue = False  # set by engine.optimize on CUDA
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_epilogue:
+            return linear_gelu_tanh(x, self.proj.weight, self.proj.bias)
         return nn.functional.gelu(self.proj(x), approximate="tanh")
 
 
@@ -280,6 +324,8 @@ class WanTransformer3DModel(nn.Module):
         self.blocks = nn.ModuleList(WanTransformerBlock(config) for _ in range(config.num_layers))
         self.proj_out = nn.Linear(dim, config.out_channels * math.prod(config.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.fused = False
+        self.compiled = False  # set by engine.optimize.compile_blocks
 
     def set_attention_backend(self, backend: str) -> str:
         """Select the attention kernel for every layer ("auto" resolved for this model's device)."""
@@ -288,6 +334,14 @@ class WanTransformer3DModel(nn.Module):
             if isinstance(module, WanAttention):
                 module.backend = resolved
         return resolved
+
+    def fuse_projections(self) -> WanTransformer3DModel:
+        """Fuse the q/k/v GEMMs of every block (see `WanAttention.fuse_projections`)."""
+        for block in self.blocks:
+            block.attn1.fuse_projections(self_attention=True)
+            block.attn2.fuse_projections(self_attention=False)
+        self.fused = True
+        return self
 
     def forward(
         self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
@@ -361,6 +415,8 @@ class WanTransformer3DModel(nn.Module):
 
     def save_pretrained(self, folder: str | Path, max_shard_bytes: int | None = None) -> None:
         """Write config.json and safetensors as diffusers does (sharded when `max_shard_bytes`)."""
+        if self.fused:
+            raise RuntimeError("a model with fused projections has no checkpoint layout; save before fusing")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))

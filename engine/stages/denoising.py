@@ -36,6 +36,7 @@ class DenoisingStage(Stage):
         super().__init__(device)
         self.transformer = transformer
         self.scheduler_config = scheduler_config
+        self._warm_shapes: set[tuple[object, ...]] = set()
 
     def forward(self, state: PipelineState) -> None:
         request = state.request
@@ -52,18 +53,69 @@ class DenoisingStage(Stage):
             context = torch.cat([state.prompt_embeds, state.negative_prompt_embeds]).to(dtype)  # [2, L, D]
         else:
             context = state.prompt_embeds.to(dtype)  # [1, L, D]
-        batch = context.shape[0]
 
+        if self.transformer.compiled:
+            self._warm_up(latents, timesteps[0], context, state)
+
+        # Progress without stalling the GPU: step i is reported once step i+1 is already queued,
+        # by waiting on an event recorded after step i (never a device-wide synchronize), so the
+        # GPU always has the next step's work while the host runs the callback.
+        total = len(timesteps)
+        pending: tuple[int, torch.cuda.Event | None, torch.Tensor] | None = None
         start = time.perf_counter()
         for index, t in enumerate(timesteps):
-            model_input = latents.to(dtype).expand(batch, -1, -1, -1, -1)  # [batch, C, F', H', W']
-            flow = self.transformer(model_input, t.expand(batch), context)  # [batch, C, F', H', W']
-            if request.do_cfg:
-                flow_cond, flow_uncond = flow.chunk(2)
-                flow = flow_uncond + request.guidance_scale * (flow_cond - flow_uncond)
+            flow = self._predict(latents, t, context, request.guidance_scale if request.do_cfg else None)
             latents = scheduler.step(flow, t, latents, return_dict=False)[0]
-            if state.on_step is not None:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)  # so elapsed_s is work done, not work queued
-                state.on_step(StepInfo(index + 1, len(timesteps), time.perf_counter() - start, latents))
+            if state.on_step is None:
+                continue
+            if self.device.type != "cuda":  # nothing runs ahead on the CPU: report at once
+                self._report(state, (index + 1, None, latents), total, start)
+                continue
+            done = torch.cuda.Event()
+            done.record()
+            if pending is not None:
+                self._report(state, pending, total, start)
+            pending = (index + 1, done, latents)
+        if pending is not None:
+            self._report(state, pending, total, start)
         state.latents = latents
+
+    def _predict(
+        self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor, guidance_scale: float | None
+    ) -> torch.Tensor:
+        """The (guided) flow for latents [1, C, F', H', W'] at timestep t."""
+        batch = context.shape[0]
+        model_input = latents.to(context.dtype).expand(batch, -1, -1, -1, -1)  # [batch, C, F', H', W']
+        flow = self.transformer(model_input, t.expand(batch), context)  # [batch, C, F', H', W']
+        if guidance_scale is None:
+            return flow
+        flow_cond, flow_uncond = flow.chunk(2)
+        return flow_uncond + guidance_scale * (flow_cond - flow_uncond)
+
+    def _warm_up(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor, state: PipelineState) -> None:
+        """Compile for this input shape before the timed loop, and report how long it took.
+
+        The compiled code stays with the model, so only the first request of a shape pays.
+        """
+        key = (tuple(latents.shape), tuple(context.shape), context.dtype)
+        if key in self._warm_shapes:
+            return
+        started = time.perf_counter()
+        self._predict(latents, t, context, None)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._warm_shapes.add(key)
+        state.stage_timings_s["compile"] = time.perf_counter() - started
+
+    @staticmethod
+    def _report(
+        state: PipelineState,
+        pending: tuple[int, torch.cuda.Event | None, torch.Tensor],
+        total: int,
+        start: float,
+    ) -> None:
+        step, done, latents = pending
+        if done is not None:
+            done.synchronize()  # waits for step `step` only; later steps keep running
+        assert state.on_step is not None
+        state.on_step(StepInfo(step, total, time.perf_counter() - start, latents))
