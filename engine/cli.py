@@ -48,6 +48,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--attention-backend", choices=ATTENTION_BACKENDS, help="default: VIDQ_ATTENTION_BACKEND or auto"
     )
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        help="torch.compile the DiT blocks (default: VIDQ_COMPILE or auto = on CUDA only)",
+    )
 
 
 class StepProgress:
@@ -116,7 +121,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
         start = time.perf_counter()
         err.write(f"loading {args.model} ...\n")
-        engine = Engine(args.model, device=args.device, attention_backend=args.attention_backend)
+        engine = Engine(args.model, device=args.device, attention_backend=args.attention_backend, compile=args.compile)
         err.write(
             f"loaded {engine.folder} in {time.perf_counter() - start:.1f} s on {engine.device} "
             f"({engine.dtype}, attention {engine.attention_backend}); seed {seed}\n"

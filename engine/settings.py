@@ -8,7 +8,7 @@ from typing import Literal, get_args
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-AttentionBackendName = Literal["auto", "sdpa", "cudnn", "flash", "flash_attn"]
+AttentionBackendName = Literal["auto", "sdpa", "cudnn", "flash", "flash_attn", "sage"]
 CompileMode = Literal["auto", "on", "off"]
 # The names `engine.attention.resolve_backend` accepts; see `engine.attention.dispatch` for each.
 ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackendName)

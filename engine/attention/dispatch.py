@@ -9,6 +9,9 @@ Backends (the value of `EngineSettings.attention_backend`):
   see shared/anchors); the others stay enabled so a shape cuDNN refuses still runs.
 - ``"flash"``: SDPA restricted to flash -> memory-efficient.
 - ``"flash_attn"``: the `flash-attn` package (fp16/bf16 on CUDA only).
+- ``"sage"``: the `sageattention` package (INT8 Q/K; lossy, ~1e-2 relative error). Never chosen by
+  "auto": on Hopper it measured slower than cuDNN (431 vs 637 TFLOP/s, shared/anchors); selectable
+  for GPUs where it wins.
 - ``"auto"``: resolved once per model by `resolve_backend`: on CUDA with compute capability >= 9
   (Hopper) cuDNN; on other CUDA GPUs flash; then the flash-attn package if installed; otherwise
   plain SDPA. CPU always resolves to plain SDPA.
@@ -42,6 +45,11 @@ def _flash_attn_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+@cache
+def _sage_installed() -> bool:
+    return importlib.util.find_spec("sageattention") is not None
+
+
 def resolve_backend(name: str, device: torch.device | str) -> str:
     """Turn a requested backend (possibly "auto") into the concrete one to use on `device`.
 
@@ -56,6 +64,8 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
         return "sdpa"
     if name == "flash_attn" and not _flash_attn_installed():
         raise ValueError("attention backend 'flash_attn' needs the flash-attn package")
+    if name == "sage" and not _sage_installed():
+        raise ValueError("attention backend 'sage' needs the sageattention package")
     if name != "auto":
         return name
     major, _minor = torch.cuda.get_device_capability(device)
@@ -86,11 +96,18 @@ def _flash_attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> 
     return flash_attn_func(query, key, value)  # takes and returns [B, S, H, D]
 
 
+def _sage(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    from sageattention import sageattn  # the only place the package is imported
+
+    return sageattn(query, key, value, tensor_layout="NHD", is_causal=False)  # [B, S, H, D] in and out
+
+
 _KERNELS: dict[str, Callable[..., torch.Tensor]] = {
     "sdpa": _sdpa,
     "cudnn": _sdpa_with(_SDPA_PRIORITIES["cudnn"]),
     "flash": _sdpa_with(_SDPA_PRIORITIES["flash"]),
     "flash_attn": _flash_attn,
+    "sage": _sage,
 }
 
 

@@ -12,7 +12,7 @@ def test_auto_resolves_to_sdpa_on_cpu() -> None:
     assert resolve_backend("auto", "cpu") == "sdpa"
 
 
-@pytest.mark.parametrize("backend", ["cudnn", "flash", "flash_attn"])
+@pytest.mark.parametrize("backend", ["cudnn", "flash", "flash_attn", "sage"])
 def test_gpu_backends_are_rejected_on_cpu(backend: str) -> None:
     with pytest.raises(ValueError, match="CUDA"):
         resolve_backend(backend, "cpu")

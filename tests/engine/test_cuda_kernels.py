@@ -52,3 +52,14 @@ def test_optimized_transformer_matches_the_plain_path_in_bf16() -> None:
     text = torch.randn(2, 24, TINY_TRANSFORMER.text_dim, device="cuda", generator=generator).to(torch.bfloat16)
     timestep = torch.tensor([700.0, 700.0], device="cuda")
     assert relative_error(fast(latents, timestep, text), plain(latents, timestep, text)) < 2e-2
+
+
+@cuda
+@pytest.mark.parametrize("backend", ["cudnn", "flash"])
+def test_gpu_attention_backends_match_plain_sdpa(backend: str) -> None:
+    from engine.attention import attention
+
+    generator = torch.Generator("cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 300, 4, 64, device="cuda", generator=generator).to(torch.bfloat16) for _ in range(3))
+    expected = attention(q.float(), k.float(), v.float(), "sdpa")
+    assert relative_error(attention(q, k, v, backend), expected) < 1e-2
