@@ -9,11 +9,12 @@ from celery import Celery
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import health, videos
+from api.routes import health, video_events, videos, webhooks
 from api.state import AppState
 from jobs.broker import make_celery
 from jobs.db import make_engine, make_session_factory
 from jobs.dispatch import CeleryPublisher, make_markers, make_sweeper
+from jobs.events import make_event_bus
 from jobs.settings import Settings, get_settings
 from jobs.storage import make_storage
 
@@ -28,6 +29,7 @@ def build_state(settings: Settings, celery_app: Celery | None = None) -> AppStat
         storage=storage,
         celery=app,
         publisher=CeleryPublisher(app, make_markers(settings)),
+        events=make_event_bus(settings),
         sweeper=make_sweeper(settings, app, session_factory, storage) if settings.sweeper_enabled else None,
     )
 
@@ -56,4 +58,6 @@ def create_app(settings: Settings | None = None, *, celery_app: Celery | None = 
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(videos.router)
+    app.include_router(video_events.router)
+    app.include_router(webhooks.router)
     return app

@@ -66,6 +66,24 @@ def get_current_key(
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
 
 
+def get_call_session(state: StateDep) -> Iterator[Session]:
+    """A session closed when the route function returns, not when the response ends: for streams
+    that stay open for minutes and must not hold a pooled connection all that time."""
+    yield from get_session(state)
+
+
+CallSessionDep = Annotated[Session, Depends(get_call_session, scope="function")]
+
+
+def get_call_key(
+    session: CallSessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> ApiKey:
+    return get_current_key(session, credentials)
+
+
+CallKey = Annotated[ApiKey, Depends(get_call_key, scope="function")]
+
+
 def get_admin_key(key: CurrentKey) -> ApiKey:
     if not key.is_admin:
         raise Forbidden("this needs an admin key")

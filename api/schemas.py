@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.models import Job
+from jobs.models import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from jobs.public import job_to_public, unix
 from jobs.validation import JobRequest
 
 
@@ -27,6 +27,15 @@ class VideoCreate(BaseModel):
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     seed: int | None = None
+    webhook_url: str | None = Field(
+        default=None, description="Receives this job's events, signed with `GET /v1/webhooks/default/secret`."
+    )
+    webhook_events: list[str] | None = Field(
+        default=None,
+        description="Which events to send to `webhook_url` (default: every state change; `video.progress` "
+        "only when listed).",
+        examples=[["video.completed", "video.failed"]],
+    )
 
     def to_request(self, default_model: str) -> JobRequest:
         return JobRequest(
@@ -39,6 +48,8 @@ class VideoCreate(BaseModel):
             num_inference_steps=self.num_inference_steps,
             guidance_scale=self.guidance_scale,
             seed=self.seed,
+            webhook_url=self.webhook_url,
+            webhook_events=self.webhook_events,
         )
 
 
@@ -57,6 +68,7 @@ class VideoPublic(BaseModel):
     current_step: int
     total_steps: int
     queue_position: int | None
+    eta_seconds: float | None = Field(description="Seconds of denoising left, from the measured step times.")
     created_at: int
     started_at: int | None
     completed_at: int | None
@@ -73,35 +85,12 @@ class VideoPublic(BaseModel):
     attempts: int
     error: VideoError | None
     stage_timings: dict[str, Any] | None
+    webhook_url: str | None
+    webhook_events: list[str] | None
 
     @classmethod
     def from_job(cls, job: Job, *, queue_position: int | None) -> VideoPublic:
-        return cls(
-            id=job.id,
-            model=job.model,
-            status=job.status,
-            progress=job.progress,
-            stage=job.stage,
-            current_step=job.current_step,
-            total_steps=job.total_steps,
-            queue_position=queue_position,
-            created_at=_ts(job.created_at),
-            started_at=_ts(job.started_at),
-            completed_at=_ts(job.completed_at),
-            expires_at=_ts(job.expires_at),
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            size=job.size,
-            num_frames=job.num_frames,
-            fps=job.fps,
-            seconds=round(job.num_frames / job.fps, 3),
-            num_inference_steps=job.num_inference_steps,
-            guidance_scale=job.guidance_scale,
-            seed=job.seed,
-            attempts=job.attempts,
-            error=VideoError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-            stage_timings=job.stage_timings,
-        )
+        return cls.model_validate(job_to_public(job, queue_position=queue_position))
 
 
 class VideoList(BaseModel):
@@ -118,5 +107,114 @@ class VideoDeleted(BaseModel):
     deleted: bool = True
 
 
-def _ts(value: datetime | None) -> int | None:
-    return int(value.timestamp()) if value is not None else None
+class WebhookEndpointCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="An http(s) URL; private and loopback hosts are refused.")
+    events: list[str] | None = Field(
+        default=None, description="Events to send (default: every state change; `video.progress` only when listed)."
+    )
+    description: str = Field(default="", max_length=500)
+
+
+class WebhookEndpointPublic(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    url: str
+    events: list[str] | None
+    description: str
+    status: Literal["enabled", "disabled"]
+    disabled_reason: str | None
+    disabled_at: int | None
+    failing_since: int | None
+    created_at: int
+
+    @classmethod
+    def from_endpoint(cls, endpoint: WebhookEndpoint) -> WebhookEndpointPublic:
+        return cls(
+            id=endpoint.id,
+            url=endpoint.url,
+            events=endpoint.events,
+            description=endpoint.description,
+            status="disabled" if endpoint.disabled_at else "enabled",
+            disabled_reason=endpoint.disabled_reason,
+            disabled_at=unix(endpoint.disabled_at),
+            failing_since=unix(endpoint.failing_since),
+            created_at=unix(endpoint.created_at) or 0,
+        )
+
+
+class WebhookEndpointWithSecret(WebhookEndpointPublic):
+    """Returned at creation and rotation only: the one time the secret is shown."""
+
+    secret: str
+
+
+class WebhookEndpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[WebhookEndpointPublic]
+
+
+class WebhookEndpointDeleted(BaseModel):
+    id: str
+    object: Literal["webhook_endpoint.deleted"] = "webhook_endpoint.deleted"
+    deleted: bool = True
+
+
+class WebhookSecret(BaseModel):
+    key: str
+
+
+class WebhookAttemptPublic(BaseModel):
+    attempted_at: int
+    status_code: int | None
+    latency_ms: int | None
+    response_snippet: str | None
+    error: str | None
+    next_attempt_at: int | None
+
+    @classmethod
+    def from_attempt(cls, attempt: WebhookAttempt) -> WebhookAttemptPublic:
+        return cls(
+            attempted_at=unix(attempt.attempted_at) or 0,
+            status_code=attempt.status_code,
+            latency_ms=attempt.latency_ms,
+            response_snippet=attempt.response_snippet,
+            error=attempt.error,
+            next_attempt_at=unix(attempt.next_attempt_at),
+        )
+
+
+class WebhookDeliveryPublic(BaseModel):
+    id: str = Field(description="The `webhook-id` header: the same on every attempt.")
+    object: Literal["webhook_delivery"] = "webhook_delivery"
+    video_id: str
+    endpoint_id: str | None = Field(description="None: the job's own `webhook_url`.")
+    url: str
+    event_type: str
+    status: Literal["pending", "succeeded", "failed"]
+    created_at: int
+    next_attempt_at: int | None
+    last_error: str | None
+    attempts: list[WebhookAttemptPublic]
+
+    @classmethod
+    def from_delivery(cls, delivery: WebhookDelivery) -> WebhookDeliveryPublic:
+        pending = delivery.status == "pending"
+        return cls(
+            id=delivery.id,
+            video_id=delivery.job_id,
+            endpoint_id=delivery.endpoint_id,
+            url=delivery.url,
+            event_type=delivery.event_type,
+            status=delivery.status,  # type: ignore[arg-type]
+            created_at=unix(delivery.created_at) or 0,
+            next_attempt_at=unix(delivery.next_attempt_at) if pending else None,
+            last_error=delivery.last_error,
+            attempts=[WebhookAttemptPublic.from_attempt(a) for a in delivery.attempt_log],
+        )
+
+
+class WebhookDeliveryList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[WebhookDeliveryPublic]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.dispatch import Publisher, Sweeper
+from jobs.dispatch import CeleryPublisher, Sweeper, relay_outbox
+from jobs.events import EventBus
 from jobs.settings import Settings
 from jobs.storage import Storage
+from jobs.webhooks.outbox import relay_webhooks
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -18,5 +23,15 @@ class AppState:
     session_factory: sessionmaker[Session]
     storage: Storage
     celery: Celery
-    publisher: Publisher
+    publisher: CeleryPublisher  # GPU jobs and webhook deliveries
+    events: EventBus  # live job events (the API publishes the changes it makes: cancellations)
     sweeper: Sweeper | None
+
+    def relay_now(self) -> None:
+        """Publish what a committed change put in the outboxes (render messages, webhook deliveries)
+        now, for low latency; if the broker refuses, the sweeper's relay publishes it on its next pass."""
+        try:
+            relay_outbox(session_factory=self.session_factory, publisher=self.publisher)
+            relay_webhooks(session_factory=self.session_factory, publisher=self.publisher, settings=self.settings)
+        except Exception as exc:
+            log.warning("immediate dispatch failed, the sweeper will retry: %s", exc)

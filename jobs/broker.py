@@ -8,6 +8,8 @@ from celery import Celery
 from jobs.settings import Settings
 
 RENDER_TASK = "vidq.render"
+WEBHOOK_TASK = "vidq.deliver_webhook"
+WEBHOOK_QUEUE = "webhooks"  # CPU work: never a GPU queue, so a long render cannot hold a webhook back
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import asdict
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,6 +24,8 @@ from jobs.states import JobStatus, is_terminal
 from jobs.storage import Storage
 from jobs.transitions import cancel
 from jobs.validation import JobRequest, resolve_job_params
+from jobs.webhooks.outbox import add_job_event, check_event_filter
+from jobs.webhooks.targets import check_target
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,13 @@ def create_job(
     owner: ApiKey,
     request: JobRequest,
     idempotency_key: str | None = None,
+    webhook_allowed_hosts: frozenset[str] = frozenset(),
 ) -> tuple[Job, bool]:
-    """Validate, store and enqueue a job in one transaction. Returns (job, created)."""
+    """Validate, store and enqueue a job in one transaction. Returns (job, created).
+
+    The job's outbox row and its ``video.queued`` webhook deliveries are written in the same
+    transaction; ``webhook_allowed_hosts`` exempts hosts from the webhook target check.
+    """
     fingerprint = request_fingerprint(request)
     if idempotency_key is not None:
         existing = _find_idempotent(session, owner, idempotency_key)
@@ -64,6 +71,11 @@ def create_job(
             return _replay(existing, fingerprint), False
 
     params = resolve_job_params(request)
+    webhook_events = check_event_filter(request.webhook_events, param="webhook_events")
+    if request.webhook_url is not None:
+        check_target(request.webhook_url, allowed_hosts=webhook_allowed_hosts, param="webhook_url")
+    elif webhook_events is not None:
+        raise InvalidParameter("webhook_events needs a webhook_url", param="webhook_events")
     job = Job(
         id=new_job_id(),
         owner_id=owner.id,
@@ -72,6 +84,8 @@ def create_job(
         total_steps=params.num_inference_steps,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
+        webhook_url=request.webhook_url,
+        webhook_events=webhook_events,
         created_at=utcnow(),
     )
     session.add(job)
@@ -85,6 +99,7 @@ def create_job(
         if existing is None:
             raise
         return _replay(existing, fingerprint), False
+    add_job_event(session=session, job=job)
     return job, True
 
 
@@ -118,18 +133,6 @@ def list_jobs(
     return rows[:limit], len(rows) > limit
 
 
-def queue_position(*, session: Session, job: Job) -> int | None:
-    """1 for the next job a worker of its queue will take; None once it is no longer queued."""
-    if job.status != JobStatus.QUEUED.value:
-        return None
-    ahead = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.status == JobStatus.QUEUED.value, Job.queue == job.queue, Job.id < job.id)
-    )
-    return int(ahead or 0) + 1
-
-
 def cancel_job(*, session: Session, owner: ApiKey, job_id: str) -> Job:
     """Cancel a queued or running job; a running job's worker notices within one step."""
     job = get_job(session=session, owner=owner, job_id=job_id, for_update=True)
@@ -138,6 +141,7 @@ def cancel_job(*, session: Session, owner: ApiKey, job_id: str) -> Job:
     if is_terminal(job.status):
         raise Conflict(f"video {job_id} is already {job.status} and cannot be cancelled", code="not_cancellable")
     cancel(job)
+    add_job_event(session=session, job=job)
     return job
 
 

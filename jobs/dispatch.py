@@ -5,7 +5,8 @@ in the same transaction; the relay publishes pending rows to the broker. The swe
 the broker can lose: a queued job whose message vanished (Redis flushed or restarted) is published
 again, and a running job whose worker stopped heart-beating is put back in the queue (or failed once
 its attempts are used up). Duplicate messages are harmless: a worker renders only a job it can move
-from ``queued`` to ``in_progress`` under a row lock.
+from ``queued`` to ``in_progress`` under a row lock. Each pass also publishes due webhook
+deliveries (``jobs.webhooks.outbox``) to the ``webhooks`` queue.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.broker import RENDER_TASK
+from jobs.broker import RENDER_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK
 from jobs.db import session_scope, utcnow
 from jobs.models import DispatchOutbox, Job
 from jobs.settings import Settings
 from jobs.states import JobStatus
 from jobs.storage import Storage
 from jobs.transitions import fail, requeue
+from jobs.webhooks.outbox import WebhookPublisher, add_job_event, relay_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,13 @@ class CeleryPublisher:
         self.app.send_task(RENDER_TASK, args=[job_id], queue=queue)
         self.markers.mark(job_id)
 
+    def publish_webhook(self, delivery_id: str, attempt: int) -> None:
+        self.app.send_task(WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE)
+        self.markers.mark(f"{delivery_id}#{attempt}")
+
+    def webhook_in_flight(self, delivery_id: str, attempt: int) -> bool:
+        return self.markers.is_marked(f"{delivery_id}#{attempt}")
+
 
 def add_to_outbox(*, session: Session, job: Job) -> DispatchOutbox:
     """Record that ``job`` needs a message; call inside the transaction that changed the job."""
@@ -129,6 +138,7 @@ class SweepReport:
     failed_lost: int = 0
     redispatched: int = 0
     expired: int = 0
+    webhooks_published: int = 0
 
 
 def _requeue_lost_workers(session: Session, settings: Settings, now: datetime, report: SweepReport) -> None:
@@ -147,6 +157,7 @@ def _requeue_lost_workers(session: Session, settings: Settings, now: datetime, r
             requeue(job, reason=message)
             add_to_outbox(session=session, job=job)
             report.requeued_lost += 1
+        add_job_event(session=session, job=job, now=now)
         log.warning("job %s: %s", job.id, message)
 
 
@@ -189,8 +200,10 @@ def sweep(
     markers: DispatchMarkers,
     settings: Settings,
     storage: Storage | None = None,
+    webhooks: WebhookPublisher | None = None,
 ) -> SweepReport:
-    """One pass of repairs (and, given storage, deletion of expired results), then one relay pass."""
+    """One pass of repairs (and, given storage, deletion of expired results), then one relay pass
+    (and, given a webhook publisher, one pass publishing due webhook deliveries)."""
     report = SweepReport()
     now = utcnow()
     with session_scope(session_factory) as session:
@@ -201,6 +214,10 @@ def sweep(
         with session_scope(session_factory) as session:
             _expire_results(session, storage, now, report)
     report.published = relay_outbox(session_factory=session_factory, publisher=publisher)
+    if webhooks is not None:
+        report.webhooks_published = relay_webhooks(
+            session_factory=session_factory, publisher=webhooks, settings=settings
+        )
     return report
 
 
@@ -215,9 +232,15 @@ class Sweeper:
         markers: DispatchMarkers,
         settings: Settings,
         storage: Storage | None = None,
+        webhooks: WebhookPublisher | None = None,
     ) -> None:
         self._kwargs = dict(
-            session_factory=session_factory, publisher=publisher, markers=markers, settings=settings, storage=storage
+            session_factory=session_factory,
+            publisher=publisher,
+            markers=markers,
+            settings=settings,
+            storage=storage,
+            webhooks=webhooks,
         )
         self._interval = settings.sweep_interval_s
         self._stop = threading.Event()
@@ -248,10 +271,12 @@ def make_sweeper(
     settings: Settings, app: Celery, session_factory: sessionmaker[Session], storage: Storage | None = None
 ) -> Sweeper:
     markers = make_markers(settings)
+    publisher = CeleryPublisher(app, markers)
     return Sweeper(
         session_factory=session_factory,
-        publisher=CeleryPublisher(app, markers),
+        publisher=publisher,
         markers=markers,
         settings=settings,
         storage=storage,
+        webhooks=publisher,
     )

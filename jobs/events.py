@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import redis
 
+from jobs.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -37,3 +39,7 @@ class RedisEventBus:
             self.client.publish(job_channel(job_id), json.dumps(event, default=str))
         except redis.RedisError as exc:
             log.warning("could not publish event for %s: %s", job_id, exc)
+
+
+def make_event_bus(settings: Settings) -> EventBus:
+    return RedisEventBus(redis.Redis.from_url(settings.redis_url)) if settings.redis_url else NullEventBus()

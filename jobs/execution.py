@@ -15,6 +15,7 @@ from jobs.errors import JobCancelled
 from jobs.models import Job
 from jobs.states import JobStatus
 from jobs.transitions import complete, fail, start
+from jobs.webhooks.outbox import add_job_event
 
 
 def claim_job(*, session: Session, job_id: str, worker_id: str) -> Job | None:
@@ -24,6 +25,7 @@ def claim_job(*, session: Session, job_id: str, worker_id: str) -> Job | None:
     if job is None or job.status != JobStatus.QUEUED.value:
         return None
     start(job, worker_id=worker_id)
+    add_job_event(session=session, job=job)
     return job
 
 
@@ -46,12 +48,27 @@ def ensure_owned(*, session: Session, job_id: str, worker_id: str) -> None:
 
 
 def record_progress(
-    *, session: Session, job_id: str, worker_id: str, stage: str, step: int, total_steps: int, progress: int
+    *,
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    stage: str,
+    step: int,
+    total_steps: int,
+    progress: int,
+    eta_seconds: float | None = None,
 ) -> None:
     result = session.execute(
         update(Job)
         .where(*_owned(job_id, worker_id))
-        .values(stage=stage, current_step=step, total_steps=total_steps, progress=progress, heartbeat_at=utcnow())
+        .values(
+            stage=stage,
+            current_step=step,
+            total_steps=total_steps,
+            progress=progress,
+            eta_seconds=eta_seconds,
+            heartbeat_at=utcnow(),
+        )
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise JobCancelled(f"job {job_id} is no longer running on {worker_id}")
@@ -80,6 +97,7 @@ def complete_owned(
         stage_timings=stage_timings,
         result_ttl_s=result_ttl_s,
     )
+    add_job_event(session=session, job=job)
     return job
 
 
@@ -90,4 +108,5 @@ def fail_owned(*, session: Session, job_id: str, worker_id: str, code: str, mess
     except JobCancelled:
         return None
     fail(job, code=code, message=message)
+    add_job_event(session=session, job=job)
     return job

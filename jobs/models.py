@@ -39,6 +39,9 @@ class ApiKey(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Signs webhooks sent to a job's own ``webhook_url``. Kept readable (signing needs it), created on
+    # first use, shown at ``GET /v1/webhooks/default/secret``.
+    webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 class Job(Base):
@@ -68,6 +71,8 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # None: all but progress
 
     # Where it is
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED.value)
@@ -80,6 +85,7 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     stage_timings: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # from measured step times
 
     # When
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -119,3 +125,79 @@ class DispatchOutbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     job: Mapped[Job] = relationship()
+
+
+class WebhookEndpoint(Base):
+    """A URL that receives the events of all its owner's jobs, signed with its own secret.
+
+    During a rotation the previous secret signs too (a second signature) until it expires, so a
+    receiver can switch secrets without dropping a message.
+    """
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_owner_id", "owner_id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # None: all but video.progress
+    description: Mapped[str] = mapped_column(String(500), default="")
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class WebhookDelivery(Base):
+    """One event for one target: the webhook outbox row, written in the job's state-change transaction.
+
+    ``id`` is the ``webhook-id`` header, stable across retries (the receiver's idempotency key).
+    ``payload`` is the event body as first written; a relay publishes rows that are ``pending`` and
+    due (``next_attempt_at`` reached) to the ``webhooks`` queue and stamps ``enqueued_at``.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_job_id", "job_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    endpoint_id: Mapped[str | None] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=True
+    )  # None: the job's own webhook_url, signed with the owner's default secret
+    url: Mapped[str] = mapped_column(String(2000))
+    event_type: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    endpoint: Mapped[WebhookEndpoint | None] = relationship()
+    attempt_log: Mapped[list[WebhookAttempt]] = relationship(
+        order_by="WebhookAttempt.id", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: what came back, how long it took, and when the next one is due."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery_id", "delivery_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"))
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response_snippet: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

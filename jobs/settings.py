@@ -6,14 +6,19 @@ object store runs the whole product on SQLite, an in-process broker and a local 
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SECRET = "change-me"
+
+# Standard Webhooks' schedule after the first, immediate attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
+# (about 27.5 hours of waits; jittered exponential backoff that spans a day and more of receiver downtime).
+DEFAULT_WEBHOOK_RETRY_SCHEDULE_S = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
 
 
 class Settings(BaseSettings):
@@ -57,6 +62,33 @@ class Settings(BaseSettings):
     device: str = ""  # engine device, empty = cuda when available
     attention_backend: str = "auto"
 
+    # Webhooks and live events
+    webhook_allowed_hosts: str = ""  # comma-separated hosts exempt from the private-address check
+    webhook_timeout_s: float = Field(default=15.0, gt=0)
+    # Waits before each retry (JSON list or comma-separated seconds); its length is the number of retries.
+    webhook_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_SCHEDULE_S)
+    )
+    webhook_disable_after_s: float = Field(default=5 * 24 * 3600, gt=0)  # an endpoint failing this long is disabled
+    sse_heartbeat_s: float = Field(default=15.0, gt=0)
+
+    @field_validator("webhook_retry_schedule_s", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _non_negative_schedule(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("retry delays must be >= 0 seconds")
+        return value
+
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:
         if self.environment == "production" and self.secret_key.get_secret_value() == DEFAULT_SECRET:
@@ -84,6 +116,10 @@ class Settings(BaseSettings):
     @property
     def storage_dir(self) -> Path:
         return self.data_dir / "storage"
+
+    @property
+    def webhook_allowed_host_set(self) -> frozenset[str]:
+        return frozenset(h.strip().lower().strip("[]") for h in self.webhook_allowed_hosts.split(",") if h.strip())
 
     @property
     def worker_model_names(self) -> list[str]:

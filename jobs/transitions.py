@@ -21,6 +21,7 @@ def start(job: Job, *, worker_id: str, now: datetime | None = None) -> None:
     job.progress = 0
     job.current_step = 0
     job.total_steps = job.num_inference_steps
+    job.eta_seconds = None
     job.error_code = job.error_message = None
 
 
@@ -42,6 +43,7 @@ def complete(
     job.stage_timings = stage_timings
     job.progress = 100
     job.stage = None
+    job.eta_seconds = None
 
 
 def fail(job: Job, *, code: str, message: str, now: datetime | None = None) -> None:
@@ -49,11 +51,13 @@ def fail(job: Job, *, code: str, message: str, now: datetime | None = None) -> N
     job.completed_at = now or utcnow()
     job.error_code = code
     job.error_message = message[:4000]
+    job.eta_seconds = None
 
 
 def cancel(job: Job, *, now: datetime | None = None) -> None:
     job.status = check_transition(job.status, JobStatus.CANCELLED).value
     job.completed_at = now or utcnow()
+    job.eta_seconds = None
 
 
 def requeue(job: Job, *, reason: str | None = None) -> None:
@@ -65,6 +69,7 @@ def requeue(job: Job, *, reason: str | None = None) -> None:
     job.dispatched_at = None
     job.progress = 0
     job.current_step = 0
+    job.eta_seconds = None
     job.completed_at = None
     if reason:
         job.error_message = reason

@@ -28,6 +28,8 @@ class JobRequest:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     seed: int | None = None
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None  # None: every state change; checked in jobs.webhooks
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from moto.server import ThreadedMotoServer
 
 from jobs import migrate
 from jobs.settings import Settings
+from tests.receiver import Receiver
 from vidq.embedded import free_port
 
 PG_ADMIN_URL = os.environ.get("VIDQ_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -110,4 +111,17 @@ def service_settings(
         heartbeat_timeout_s=4.0,
         progress_write_interval_s=0.0,
         device="cpu",
+        webhook_allowed_hosts="127.0.0.1",  # the loopback receiver; every other private host stays refused
+        webhook_retry_schedule_s=[0.3, 0.3, 0.3],
+        sse_heartbeat_s=1.0,
     )
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on loopback (answers 200 unless scripted otherwise)."""
+    server = Receiver().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -53,7 +53,45 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
         return 2
     models = [m.strip() for m in args.models.split(",")] if args.models else None
-    run_worker(settings, models=models, loglevel=args.loglevel)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] or None
+    run_worker(settings, models=models, queues=queues, loglevel=args.loglevel)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import json
+
+    from vidq.client import Client, VidqError
+    from vidq.progress_bar import JobProgressBar
+
+    fields = {
+        "model": args.model,
+        "size": args.size,
+        "num_frames": args.num_frames,
+        "num_inference_steps": args.steps,
+        "seed": args.seed,
+        "webhook_url": args.webhook_url,
+    }
+    try:
+        with Client(args.base_url, args.api_key) as client:
+            video = client.create(args.prompt, **fields)
+            print(f"submitted {video['id']}", file=sys.stderr)
+            if args.wait or args.out:
+                bar = JobProgressBar()
+                video = client.wait(video["id"], on_progress=bar.update)
+                bar.close()
+                if video["status"] != "completed":
+                    error = (video.get("error") or {}).get("message", "")
+                    print(f"video {video['id']} {video['status']}: {error}", file=sys.stderr)
+                    print(json.dumps(video))
+                    return 1
+                if args.out:
+                    path = client.download(video["id"], args.out)
+                    print(f"saved {path}", file=sys.stderr)
+    except VidqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(video))
     return 0
 
 
@@ -119,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a GPU worker (one process per GPU)")
     worker.add_argument("--models", default="", help="comma-separated models to serve (default: every installed)")
+    worker.add_argument(
+        "--queues",
+        default="",
+        help="comma-separated queues (default: the models' GPU queues and 'webhooks'); "
+        "'--queues webhooks' runs a CPU-only webhook sender that loads no model",
+    )
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(func=cmd_worker)
 
@@ -135,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("id", type=int)
     revoke.set_defaults(func=cmd_keys_revoke)
+
+    submit = sub.add_parser("submit", help="submit a job to a running API (VIDQ_BASE_URL, VIDQ_API_KEY)")
+    submit.add_argument("--prompt", required=True)
+    submit.add_argument("--model")
+    submit.add_argument("--size", help="WIDTHxHEIGHT")
+    submit.add_argument("--num-frames", type=int)
+    submit.add_argument("--steps", type=int, help="num_inference_steps")
+    submit.add_argument("--seed", type=int)
+    submit.add_argument("--webhook-url", help="receives this job's signed events")
+    submit.add_argument("--wait", action="store_true", help="draw a progress bar until the job ends")
+    submit.add_argument("--out", help="download the video here when done (implies --wait)")
+    submit.add_argument("--base-url", help="the API (default: VIDQ_BASE_URL or http://127.0.0.1:8000)")
+    submit.add_argument("--api-key", help="default: VIDQ_API_KEY")
+    submit.set_defaults(func=cmd_submit)
 
     demo = sub.add_parser("demo", help="run the whole product in one process and render a clip")
     demo.add_argument("--prompt", default="a red fox running through fresh snow at sunrise, cinematic")

@@ -1,4 +1,6 @@
-"""A one-line terminal progress bar for job polling (no dependency, redraws in place on a TTY)."""
+"""A one-line terminal progress bar for a job's progress (no dependency, redraws in place on a TTY).
+
+It takes job objects (polling) and event-stream events (``step`` instead of ``current_step``)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ class JobProgressBar:
         filled = self.width * progress // 100
         bar = "#" * filled + "-" * (self.width - filled)
         stage = job.get("stage") or job["status"]
-        step = f"step {job.get('current_step', 0)}/{job.get('total_steps', 0)}"
+        step = f"step {job.get('current_step', job.get('step', 0))}/{job.get('total_steps', 0)}"
         queue = f" (queue position {job['queue_position']})" if job.get("queue_position") else ""
         line = f"[{bar}] {progress:3d}% {stage:<13} {step}{queue}"
         if line == self._last:

@@ -7,13 +7,13 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.db import make_engine, make_session_factory
-from jobs.events import EventBus, NullEventBus, RedisEventBus
+from jobs.events import EventBus, make_event_bus
 from jobs.settings import Settings
 from jobs.storage import Storage, make_storage
+from jobs.webhooks.outbox import WebhookPublisher
 from worker.engines import EnginePool
 
 
@@ -25,12 +25,14 @@ class WorkerContext:
     events: EventBus
     engines: EnginePool
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # Publishes a job's webhook deliveries right after its state changes; without one the sweeper does.
+    webhooks: WebhookPublisher | None = None
 
 
 def build_context(settings: Settings) -> WorkerContext:
     storage = make_storage(settings)
     storage.ensure_ready()
-    events: EventBus = RedisEventBus(redis.Redis.from_url(settings.redis_url)) if settings.redis_url else NullEventBus()
+    events = make_event_bus(settings)
     return WorkerContext(
         settings=settings,
         session_factory=make_session_factory(make_engine(settings)),

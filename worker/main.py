@@ -1,4 +1,5 @@
-"""``vidq worker``: one process per GPU, consuming the queues of the models it serves."""
+"""``vidq worker``: one process per GPU, consuming the queues of the models it serves and the
+``webhooks`` queue; or, with ``--queues webhooks``, a CPU-only webhook sender that loads no model."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import os
 
 from celery import Celery
 
-from jobs.dispatch import Sweeper, make_sweeper
+from jobs.broker import WEBHOOK_QUEUE
+from jobs.dispatch import CeleryPublisher, Sweeper, make_markers, make_sweeper
 from jobs.settings import Settings
 from worker.celery_app import create_worker_app, set_context
 from worker.context import build_context
@@ -15,33 +17,53 @@ from worker.engines import queues_for_models, served_models
 
 log = logging.getLogger(__name__)
 
+WEBHOOK_CONCURRENCY = 8  # a webhook-only worker waits on receivers, not on a GPU: threads suffice
+
 
 def prepare_worker(
-    settings: Settings, *, models: list[str] | None = None, app: Celery | None = None
+    settings: Settings, *, models: list[str] | None = None, queues: list[str] | None = None, app: Celery | None = None
 ) -> tuple[Celery, list[str], Sweeper | None]:
-    """Build the app, warm the models and start the sweeper; return what ``worker_main`` needs."""
+    """Build the app, warm the models and start the sweeper; return what ``worker_main`` needs.
+
+    ``queues`` defaults to the served models' GPU queues plus ``webhooks``. Models are loaded only
+    when a GPU queue is consumed, so ``queues=["webhooks"]`` starts without touching the engine.
+    """
     models = models or served_models(settings)
+    queues = queues or [*queues_for_models(models), WEBHOOK_QUEUE]
+    renders = any(q != WEBHOOK_QUEUE for q in queues)
     app = app or create_worker_app(settings)
     ctx = build_context(settings)
-    ctx.engines.served = models
+    ctx.engines.served = models if renders else []
+    markers = make_markers(settings)
+    ctx.webhooks = CeleryPublisher(app, markers)
     set_context(ctx)
-    for model in models:  # load weights now, not when the first job is already waiting
-        ctx.engines.get(model)
+    if renders:
+        for model in models:  # load weights now, not when the first job is already waiting
+            ctx.engines.get(model)
     sweeper = make_sweeper(settings, app, ctx.session_factory, ctx.storage) if settings.sweeper_enabled else None
     if sweeper is not None:
         sweeper.start()
-    return app, queues_for_models(models), sweeper
+    return app, queues, sweeper
 
 
-def run_worker(settings: Settings, *, models: list[str] | None = None, loglevel: str = "INFO") -> None:
-    app, queues, sweeper = prepare_worker(settings, models=models)
-    log.info("serving %s on queues %s", models or served_models(settings), queues)
+def run_worker(
+    settings: Settings, *, models: list[str] | None = None, queues: list[str] | None = None, loglevel: str = "INFO"
+) -> None:
+    app, queues, sweeper = prepare_worker(settings, models=models, queues=queues)
+    webhooks_only = queues == [WEBHOOK_QUEUE]
+    log.info("consuming %s%s", queues, "" if webhooks_only else f", serving {models or served_models(settings)}")
+    # A GPU worker runs one task at a time in its own process (it owns one GPU); a webhook-only
+    # worker sends several deliveries at once on threads.
+    pool = (
+        ["--pool=threads", f"--concurrency={WEBHOOK_CONCURRENCY}"]
+        if webhooks_only
+        else ["--pool=solo", "--concurrency=1"]
+    )
     try:
         app.worker_main(
             [
                 "worker",
-                "--pool=solo",  # the task runs in this process: one process owns one GPU
-                "--concurrency=1",
+                *pool,
                 f"--queues={','.join(queues)}",
                 f"--hostname={settings.worker_name or f'vidq-{os.getpid()}@%h'}",
                 f"--loglevel={loglevel}",

@@ -14,6 +14,7 @@ from typing import Any
 from jobs.db import session_scope
 from jobs.execution import ensure_owned, record_progress
 from jobs.states import JobStage, JobStatus
+from jobs.webhooks.outbox import PROGRESS_EVENT_INTERVAL_S, add_progress_event, progress_subscribed
 from worker.context import WorkerContext
 
 # Share of the progress bar each stage covers: (start %, end %).
@@ -34,13 +35,20 @@ def percent(stage: JobStage, step: int = 0, total: int = 0) -> int:
 
 
 class ProgressReporter:
+    """Reports one render's stages and steps: live events every step, throttled row writes, the ETA
+    (remaining denoising steps times the mean measured step time), and ``video.progress`` webhooks
+    (at most one per second, and only when a webhook target asked for them)."""
+
     def __init__(self, ctx: WorkerContext, job_id: str, total_steps: int) -> None:
         self.ctx = ctx
         self.job_id = job_id
         self.total_steps = total_steps
         self.stage = JobStage.TEXT_ENCODING
         self.step = 0
+        self.eta_seconds: float | None = None
         self._last_write = 0.0
+        self._last_progress_event = float("-inf")
+        self._progress_subscribed: bool | None = None  # asked once, on the first write
         self._started = time.monotonic()
 
     def _write(self, *, force: bool) -> None:
@@ -55,12 +63,19 @@ class ProgressReporter:
                     step=self.step,
                     total_steps=self.total_steps,
                     progress=percent(self.stage, self.step, self.total_steps),
+                    eta_seconds=self.eta_seconds,
                 )
                 self._last_write = now
+                if self._progress_subscribed is None:
+                    self._progress_subscribed = progress_subscribed(session=session, job_id=self.job_id)
+                if self._progress_subscribed and now - self._last_progress_event >= PROGRESS_EVENT_INTERVAL_S:
+                    add_progress_event(session=session, job_id=self.job_id)  # same transaction as the row
+                    self._last_progress_event = now
             else:
                 ensure_owned(session=session, job_id=self.job_id, worker_id=self.ctx.worker_id)
 
     def _publish(self, **extra: Any) -> None:
+        progress = percent(self.stage, self.step, self.total_steps)
         self.ctx.events.publish(
             self.job_id,
             {
@@ -70,8 +85,10 @@ class ProgressReporter:
                 "stage": self.stage.value,
                 "step": self.step,
                 "total_steps": self.total_steps,
-                "progress": percent(self.stage, self.step, self.total_steps),
+                "progress": progress,
+                "percent": progress,
                 "elapsed_s": round(time.monotonic() - self._started, 3),
+                "eta_seconds": self.eta_seconds,
                 **extra,
             },
         )
@@ -79,13 +96,16 @@ class ProgressReporter:
     def on_stage(self, name: str) -> None:
         """Called by the engine (and the worker, for uploading) when a stage begins."""
         self.stage = JobStage(name)
+        if self.stage is not JobStage.DENOISING:
+            self.eta_seconds = None  # only denoising steps are measured
         self._write(force=True)
         self._publish()
 
     def on_step(self, info: Any) -> None:
         """Called after each denoising step; raises JobCancelled to stop the render."""
         self.step = int(info.step)
-        elapsed = float(info.elapsed_s)
-        eta = elapsed / self.step * (self.total_steps - self.step) if self.step else None
+        elapsed = float(info.elapsed_s)  # since the denoising loop began
+        if self.step:
+            self.eta_seconds = round(elapsed / self.step * (self.total_steps - self.step), 2)
         self._write(force=self.step == self.total_steps)
-        self._publish(step_elapsed_s=round(elapsed, 3), eta_seconds=None if eta is None else round(eta, 2))
+        self._publish(step_elapsed_s=round(elapsed, 3))

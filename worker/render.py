@@ -16,6 +16,7 @@ from jobs.errors import JobCancelled
 from jobs.execution import claim_job, complete_owned, fail_owned
 from jobs.states import JobStage, JobStatus
 from jobs.storage import result_keys
+from jobs.webhooks.outbox import relay_webhooks
 from worker.context import WorkerContext
 from worker.engines import ModelUnavailable
 from worker.heartbeat import JobHeartbeat
@@ -51,6 +52,7 @@ def render_job(job_id: str, *, ctx: WorkerContext) -> RenderOutcome:
             return RenderOutcome.SKIPPED
     log.info("job %s: attempt %d on %s", job_id, job.attempts, ctx.worker_id)
     ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": JobStatus.IN_PROGRESS.value})
+    _relay_webhooks(ctx)
 
     uploaded: list[str] = []
     with JobHeartbeat(ctx, job_id):
@@ -85,9 +87,21 @@ def render_job(job_id: str, *, ctx: WorkerContext) -> RenderOutcome:
                 job_id,
                 {"type": "status", "id": job_id, "status": JobStatus.FAILED.value, "error": {"code": code}},
             )
+            _relay_webhooks(ctx)
             return RenderOutcome.FAILED
     ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": JobStatus.COMPLETED.value})
+    _relay_webhooks(ctx)
     return RenderOutcome.COMPLETED
+
+
+def _relay_webhooks(ctx: WorkerContext) -> None:
+    """Publish the deliveries the last state change wrote, now rather than at the next sweep."""
+    if ctx.webhooks is None:
+        return
+    try:
+        relay_webhooks(session_factory=ctx.session_factory, publisher=ctx.webhooks, settings=ctx.settings)
+    except Exception as exc:  # the sweeper publishes them on its next pass
+        log.warning("could not publish webhook deliveries now: %s", exc)
 
 
 def _generate_and_upload(job, ctx: WorkerContext, uploaded: list[str]) -> tuple[str, str, dict[str, float]]:  # type: ignore[no-untyped-def]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from jobs.broker import RENDER_TASK
+from jobs.broker import RENDER_TASK, WEBHOOK_TASK
 
 
 def register_tasks(app: Celery) -> None:
@@ -14,3 +14,14 @@ def register_tasks(app: Celery) -> None:
         from worker.render import render_job
 
         return render_job(job_id, ctx=get_context()).value
+
+    # No Celery retries: the schedule lives in the delivery row, and the sweeper publishes due attempts.
+    @app.task(name=WEBHOOK_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def deliver_webhook(delivery_id: str) -> str:
+        from jobs.webhooks.delivery import deliver
+        from worker.celery_app import get_context
+
+        ctx = get_context()
+        return deliver(
+            delivery_id, session_factory=ctx.session_factory, settings=ctx.settings, storage=ctx.storage
+        ).value

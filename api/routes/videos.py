@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from typing import Annotated, Literal
 
@@ -12,17 +11,15 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from api.deps import CurrentKey, SessionDep, SettingsDep, StateDep, StorageDep
 from api.schemas import VideoCreate, VideoDeleted, VideoList, VideoPublic
 from jobs import crud
-from jobs.dispatch import relay_outbox
 from jobs.errors import Conflict, Gone
+from jobs.public import queue_position
 from jobs.states import JobStatus
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
 
 def _public(session, job) -> VideoPublic:  # type: ignore[no-untyped-def]
-    return VideoPublic.from_job(job, queue_position=crud.queue_position(session=session, job=job))
+    return VideoPublic.from_job(job, queue_position=queue_position(session=session, job=job))
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=VideoPublic)
@@ -39,14 +36,11 @@ def create_video(
         owner=key,
         request=body.to_request(settings.default_model),
         idempotency_key=idempotency_key,
+        webhook_allowed_hosts=settings.webhook_allowed_host_set,
     )
     session.commit()
     if created:
-        # Publish now for low latency; if this fails the sweeper's relay publishes it later.
-        try:
-            relay_outbox(session_factory=state.session_factory, publisher=state.publisher)
-        except Exception as exc:
-            log.warning("immediate dispatch of %s failed, the sweeper will retry: %s", job.id, exc)
+        state.relay_now()
         session.refresh(job)
     return _public(session, job)
 
@@ -97,9 +91,11 @@ def download_video(
 
 
 @router.post("/{video_id}/cancel", response_model=VideoPublic)
-def cancel_video(video_id: str, key: CurrentKey, session: SessionDep) -> VideoPublic:
+def cancel_video(video_id: str, key: CurrentKey, session: SessionDep, state: StateDep) -> VideoPublic:
     job = crud.cancel_job(session=session, owner=key, job_id=video_id)
     session.commit()
+    state.events.publish(job.id, {"type": "status", "id": job.id, "status": job.status})
+    state.relay_now()
     return _public(session, job)
 
 

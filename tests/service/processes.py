@@ -31,11 +31,11 @@ def settings_env(settings: Settings, **overrides: str) -> dict[str, str]:
 class WorkerProcess:
     """`vidq worker` in its own process group, so a test can SIGKILL it like a crashed host."""
 
-    def __init__(self, settings: Settings, log_path: Path, **env_overrides: str) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *args: str, **env_overrides: str) -> None:
         self.log_path = log_path
         self._log = log_path.open("w")
         self.proc = subprocess.Popen(
-            [VIDQ, "--log-level", "INFO", "worker", "--loglevel", "INFO"],
+            [VIDQ, "--log-level", "INFO", "worker", "--loglevel", "INFO", *args],
             env=settings_env(settings, **env_overrides),
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -87,3 +87,51 @@ def test_progress_percent_moves_forward_through_the_stages() -> None:
         percent(JobStage.UPLOADING),
     ]
     assert points == sorted(points) and points[0] == 0 and points[-1] < 100
+
+
+def test_progress_webhooks_are_written_only_when_asked_and_at_most_once_a_second(ctx: WorkerContext) -> None:
+    import dataclasses
+    import itertools
+    import time
+    from types import SimpleNamespace
+
+    from sqlalchemy import select
+
+    from jobs.models import WebhookDelivery
+    from jobs.webhooks.endpoints import create_endpoint
+    from worker.progress import ProgressReporter
+
+    every_step = dataclasses.replace(ctx, settings=ctx.settings.model_copy(update={"progress_write_interval_s": 0.0}))
+    with session_scope(ctx.session_factory) as session:
+        owner = create_key(session=session, name="progress-hooks").record
+        create_endpoint(
+            session=session,
+            owner=owner,
+            url="http://127.0.0.1:9/hooks",
+            events=["video.progress"],
+            description="",
+            allowed_hosts=frozenset({"127.0.0.1"}),
+        )
+        watched, _ = create_job(session=session, owner=owner, request=JobRequest(prompt="a cat", model="tiny-wan"))
+    unwatched = submit(ctx)  # another client's job: nobody asked for its progress
+    started = time.monotonic()
+    for job_id in (watched.id, unwatched):
+        with session_scope(ctx.session_factory) as session:
+            claim_job(session=session, job_id=job_id, worker_id=ctx.worker_id)
+        reporter = ProgressReporter(every_step, job_id, total_steps=30)
+        reporter.on_stage("denoising")
+        for step in range(1, 31):  # 30 steps over about 1.8 s, each written to the row
+            time.sleep(0.06)
+            reporter.on_step(SimpleNamespace(step=step, elapsed_s=time.monotonic() - started))
+
+    with session_scope(ctx.session_factory) as session:
+        rows = list(
+            session.scalars(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.job_id.in_([watched.id, unwatched]))
+                .order_by(WebhookDelivery.created_at)
+            )
+        )
+    assert {(r.job_id, r.event_type) for r in rows} == {(watched.id, "video.progress")}
+    assert 2 <= len(rows) <= 3  # 30 writes in about 1.8 s, at most one event per second
+    assert all((b.created_at - a.created_at).total_seconds() >= 0.99 for a, b in itertools.pairwise(rows))

@@ -1,0 +1,55 @@
+"""``GET /v1/videos/{id}/events``: a job's progress as Server-Sent Events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from api.deps import CallKey, CallSessionDep, StateDep
+from jobs import crud
+from jobs.live import LiveEvent, job_events
+
+router = APIRouter(prefix="/v1/videos", tags=["videos"])
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: pass each event through as it comes
+}
+
+
+def sse_frame(item: LiveEvent | None, seq: int) -> str:
+    if item is None:
+        return ": heartbeat\n\n"  # a comment line: keeps proxies from closing an idle stream
+    return f"id: {seq}\nevent: {item.event}\ndata: {json.dumps(item.data, separators=(',', ':'))}\n\n"
+
+
+@router.get(
+    "/{video_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "state, status and progress events"}},
+)
+def stream_video_events(video_id: str, key: CallKey, session: CallSessionDep, state: StateDep) -> StreamingResponse:
+    """The current state first, then every status change and step; the stream ends after a final status.
+
+    Each event's `data` is a JSON object with `status` (and, for steps, `step`, `total_steps`,
+    `stage`, `percent`, `elapsed_s`, `eta_seconds`).
+    """
+    crud.get_job(session=session, owner=key, job_id=video_id)  # 404 for a missing or foreign job
+    owner_id = key.id
+
+    async def frames() -> AsyncIterator[str]:
+        seq = 0
+        async for item in job_events(
+            video_id,
+            owner_id=owner_id,
+            session_factory=state.session_factory,
+            redis_url=state.settings.redis_url,
+            heartbeat_s=state.settings.sse_heartbeat_s,
+        ):
+            seq += item is not None
+            yield sse_frame(item, seq)
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -1,0 +1,62 @@
+"""A job as clients see it: the one representation behind the REST responses, the event stream and
+webhook bodies, so the three never drift apart. Timestamps are Unix seconds."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from jobs.models import Job
+from jobs.states import JobStatus
+
+
+def unix(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def queue_position(*, session: Session, job: Job) -> int | None:
+    """1 for the next job a worker of its queue will take; None once it is no longer queued."""
+    if job.status != JobStatus.QUEUED.value:
+        return None
+    ahead = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.status == JobStatus.QUEUED.value, Job.queue == job.queue, Job.id < job.id)
+    )
+    return int(ahead or 0) + 1
+
+
+def job_to_public(job: Job, *, queue_position: int | None) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "object": "video",
+        "model": job.model,
+        "status": job.status,
+        "progress": job.progress,
+        "stage": job.stage,
+        "current_step": job.current_step,
+        "total_steps": job.total_steps,
+        "queue_position": queue_position,
+        "eta_seconds": job.eta_seconds,
+        "created_at": unix(job.created_at),
+        "started_at": unix(job.started_at),
+        "completed_at": unix(job.completed_at),
+        "expires_at": unix(job.expires_at),
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "size": job.size,
+        "num_frames": job.num_frames,
+        "fps": job.fps,
+        "seconds": round(job.num_frames / job.fps, 3),
+        "num_inference_steps": job.num_inference_steps,
+        "guidance_scale": job.guidance_scale,
+        "seed": job.seed,
+        "attempts": job.attempts,
+        "error": {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None,
+        "stage_timings": job.stage_timings,
+        "webhook_url": job.webhook_url,
+        "webhook_events": job.webhook_events,
+    }

@@ -1,0 +1,189 @@
+"""Webhook events as outbox rows: written in the transaction that changes the job, published later.
+
+Every status change calls :func:`add_job_event` inside its own transaction, which writes one
+``WebhookDelivery`` per interested target (the job's ``webhook_url`` and the owner's enabled
+endpoints, each through its event filter). If the process dies right after the commit, the rows
+are still there and :func:`relay_webhooks` (run by the sweeper, and right after a change for low
+latency) publishes them to the ``webhooks`` queue — never a GPU queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.db import session_scope, utcnow
+from jobs.errors import InvalidParameter
+from jobs.ids import new_ulid
+from jobs.models import Job, WebhookDelivery, WebhookEndpoint
+from jobs.public import job_to_public, queue_position
+from jobs.settings import Settings
+from jobs.states import JobStatus
+
+log = logging.getLogger(__name__)
+
+DELIVERY_ID_PREFIX = "msg_"
+PROGRESS_EVENT_INTERVAL_S = 1.0  # at most one video.progress per second per job
+
+
+class WebhookEvent(StrEnum):
+    QUEUED = "video.queued"
+    STARTED = "video.started"
+    PROGRESS = "video.progress"
+    COMPLETED = "video.completed"
+    FAILED = "video.failed"
+    CANCELLED = "video.cancelled"
+
+
+EVENT_FOR_STATUS: dict[JobStatus, WebhookEvent] = {
+    JobStatus.QUEUED: WebhookEvent.QUEUED,
+    JobStatus.IN_PROGRESS: WebhookEvent.STARTED,
+    JobStatus.COMPLETED: WebhookEvent.COMPLETED,
+    JobStatus.FAILED: WebhookEvent.FAILED,
+    JobStatus.CANCELLED: WebhookEvent.CANCELLED,
+}
+# With no filter a target gets every state change; progress only when a filter names it.
+DEFAULT_EVENTS = frozenset(EVENT_FOR_STATUS.values())
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class WebhookPublisher(Protocol):
+    def publish_webhook(self, delivery_id: str, attempt: int) -> None:
+        """Send the delivery task for attempt number ``attempt`` (0-based) to the webhooks queue."""
+
+    def webhook_in_flight(self, delivery_id: str, attempt: int) -> bool:
+        """Whether the broker still holds the message published for that attempt."""
+
+
+def check_event_filter(events: Iterable[str] | None, *, param: str) -> list[str] | None:
+    """Validate a client's ``events`` filter; None means the default (every state change)."""
+    if events is None:
+        return None
+    chosen = list(dict.fromkeys(events))
+    if not chosen:
+        raise InvalidParameter(f"{param} must name at least one event (or be left out)", param=param)
+    known = {e.value for e in WebhookEvent}
+    unknown = [e for e in chosen if e not in known]
+    if unknown:
+        raise InvalidParameter(
+            f"unknown event {unknown[0]!r} in {param}; known: {', '.join(sorted(known))}", param=param
+        )
+    return chosen
+
+
+def wants(events: list[str] | None, event: WebhookEvent) -> bool:
+    return event in DEFAULT_EVENTS if events is None else event.value in events
+
+
+def _targets(session: Session, job: Job, event: WebhookEvent) -> list[tuple[str, str | None]]:
+    """(url, endpoint id) of everyone who wants ``event`` of ``job``; endpoint id None is the job's URL."""
+    targets: list[tuple[str, str | None]] = []
+    if job.webhook_url and wants(job.webhook_events, event):
+        targets.append((job.webhook_url, None))
+    endpoints = session.scalars(
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.owner_id == job.owner_id, WebhookEndpoint.disabled_at.is_(None))
+        .order_by(WebhookEndpoint.id)
+    )
+    targets.extend((e.url, e.id) for e in endpoints if wants(e.events, event))
+    return targets
+
+
+def event_body(job: Job, event: WebhookEvent, *, session: Session, now: datetime) -> str:
+    """The thin Standard Webhooks body: ``{"type", "timestamp", "data"}`` with the job object."""
+    data = job_to_public(job, queue_position=queue_position(session=session, job=job))
+    timestamp = now.isoformat().replace("+00:00", "Z")
+    return json.dumps({"type": event.value, "timestamp": timestamp, "data": data}, separators=(",", ":"))
+
+
+def add_job_event(
+    *, session: Session, job: Job, event: WebhookEvent | None = None, now: datetime | None = None
+) -> list[WebhookDelivery]:
+    """Write the deliveries of ``event`` (default: the one for the job's current status).
+
+    Call inside the transaction that changed the job, after the change, with the job flushed.
+    """
+    event = event or EVENT_FOR_STATUS[JobStatus(job.status)]
+    targets = _targets(session, job, event)
+    if not targets:
+        return []
+    now = now or utcnow()
+    body = event_body(job, event, session=session, now=now)
+    rows = [
+        WebhookDelivery(
+            id=DELIVERY_ID_PREFIX + new_ulid(),
+            job_id=job.id,
+            endpoint_id=endpoint_id,
+            url=url,
+            event_type=event.value,
+            payload=body,
+            status=DeliveryStatus.PENDING.value,
+            attempts=0,
+            created_at=now,
+            next_attempt_at=now,
+        )
+        for url, endpoint_id in targets
+    ]
+    session.add_all(rows)
+    return rows
+
+
+def progress_subscribed(*, session: Session, job_id: str) -> bool:
+    """Whether anyone asked for ``video.progress`` of this job (checked once per render)."""
+    job = session.get(Job, job_id)
+    return job is not None and bool(_targets(session, job, WebhookEvent.PROGRESS))
+
+
+def add_progress_event(*, session: Session, job_id: str) -> list[WebhookDelivery]:
+    job = session.get(Job, job_id)
+    if job is None:
+        return []
+    return add_job_event(session=session, job=job, event=WebhookEvent.PROGRESS)
+
+
+def relay_webhooks(
+    *, session_factory: sessionmaker[Session], publisher: WebhookPublisher, settings: Settings, batch: int = 100
+) -> int:
+    """Publish due deliveries to the webhooks queue; return how many went out.
+
+    A row is published when its attempt is due and no message was sent for it yet, or when the
+    message sent for it more than ``redispatch_after_s`` ago vanished from the broker.
+    """
+    published = 0
+    now = utcnow()
+    lost_before = now - timedelta(seconds=settings.redispatch_after_s)
+    with session_scope(session_factory) as session:
+        rows = session.scalars(
+            select(WebhookDelivery)
+            .where(
+                WebhookDelivery.status == DeliveryStatus.PENDING.value,
+                WebhookDelivery.next_attempt_at <= now,
+                or_(WebhookDelivery.enqueued_at.is_(None), WebhookDelivery.enqueued_at < lost_before),
+            )
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in rows:
+            if row.enqueued_at is not None and publisher.webhook_in_flight(row.id, row.attempts):
+                continue  # still waiting in the queue (workers busy): not lost
+            try:
+                publisher.publish_webhook(row.id, row.attempts)
+            except Exception as exc:  # the broker is down: the row stays due, the next pass retries
+                log.warning("could not publish webhook delivery %s: %s", row.id, exc)
+                break
+            row.enqueued_at = now
+            published += 1
+    return published
