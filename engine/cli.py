@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from engine.parallel.config import ParallelConfig
 from engine.registry import (
     WAN21_T2V_1_3B,
     ModelSpec,
@@ -47,6 +48,24 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument(
         "--attention-backend", choices=ATTENTION_BACKENDS, help="default: VIDQ_ATTENTION_BACKEND or auto"
+    )
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes for one job, one per GPU (default 1)")
+    parser.add_argument("--ulysses-degree", type=int, help="Ulysses sequence-parallel degree (divides the heads)")
+    parser.add_argument("--ring-degree", type=int, help="ring-attention sequence-parallel degree")
+    parser.add_argument("--cfg-parallel", action="store_true", help="run the two guidance branches on different GPUs")
+    parser.add_argument(
+        "--offload",
+        choices=("auto", "none", "model", "layerwise"),
+        help="where the weights live (default: VIDQ_OFFLOAD or auto = the cheapest plan that fits the GPU)",
+    )
+    parser.add_argument(
+        "--vram-budget", type=float, metavar="GB", help="GiB the engine may use on its GPU (default: its free memory)"
+    )
+    parser.add_argument(
+        "--vae-tiling", choices=("auto", "on", "off"), help="tile the VAE decode (default: VIDQ_VAE_TILING or auto)"
+    )
+    parser.add_argument(
+        "--text-encoder-on-cpu", action="store_true", default=None, help="run the text encoder on the CPU"
     )
     parser.add_argument(
         "--compile",
@@ -116,22 +135,19 @@ def run_generate(args: argparse.Namespace) -> int:
                 fps=request.fps,
                 prompt=request.prompt,
             )
-        # Imported here so `--help` and argument errors stay instant (torch takes seconds to import).
-        from engine.engine import Engine
+        if args.num_gpus > 1:
+            config = ParallelConfig.from_options(
+                num_gpus=args.num_gpus,
+                ulysses_degree=args.ulysses_degree,
+                ring_degree=args.ring_degree,
+                cfg_parallel=args.cfg_parallel,
+            )
+            from engine.parallel.launch import launch
 
-        start = time.perf_counter()
-        err.write(f"loading {args.model} ...\n")
-        engine = Engine(args.model, device=args.device, attention_backend=args.attention_backend, compile=args.compile)
-        err.write(
-            f"loaded {engine.folder} in {time.perf_counter() - start:.1f} s on {engine.device} "
-            f"({engine.dtype}, attention {engine.attention_backend}); seed {seed}\n"
-        )
-        result = engine.generate(
-            request,
-            on_step=StepProgress(err),
-            on_stage=lambda name: err.write(f"{name} ...\n"),
-            output_path=args.out,
-        )
+            err.write(f"launching {config.world_size} processes ({config}) ...\n")
+            launch(_generate_on_rank, config.world_size, args, request, config)
+            return EXIT_OK
+        result = _generate(args, request, err, device=args.device)
     except (SpecViolationError, UnknownModelError, ValueError) as exc:
         err.write(f"error: {exc}\n")
         return EXIT_USAGE
@@ -139,10 +155,61 @@ def run_generate(args: argparse.Namespace) -> int:
         err.write("\ninterrupted\n")
         return EXIT_INTERRUPTED
 
-    err.write("stage timings:\n")
+    _summarise(result, err)
+    return EXIT_OK
+
+
+def _generate(args: argparse.Namespace, request: GenerationRequest, err: TextIO, *, device, parallel=None):  # type: ignore[no-untyped-def]
+    # Imported here so `--help` and argument errors stay instant (torch takes seconds to import).
+    from engine.engine import Engine
+
+    start = time.perf_counter()
+    err.write(f"loading {args.model} ...\n")
+    engine = Engine(
+        args.model,
+        device=device,
+        attention_backend=args.attention_backend,
+        compile=args.compile,
+        parallel=parallel,
+        offload=args.offload,
+        vram_budget_gb=args.vram_budget,
+        vae_tiling=args.vae_tiling,
+        text_encoder_on_cpu=args.text_encoder_on_cpu,
+    )
+    err.write(
+        f"loaded {engine.folder} in {time.perf_counter() - start:.1f} s on {engine.device} "
+        f"({engine.dtype}, attention {engine.attention_backend}); seed {request.seed}\n"
+    )
+    return engine.generate(
+        request,
+        on_step=StepProgress(err),
+        on_stage=lambda name: err.write(f"{name} ...\n"),
+        output_path=args.out,
+    )
+
+
+def _generate_on_rank(rank: int, args: argparse.Namespace, request: GenerationRequest, config: ParallelConfig) -> None:
+    """One rank of `--num-gpus N`: rank 0 reports progress and writes the video."""
+    import io
+
+    from engine.parallel.launch import rank_device
+
+    err = sys.stderr if rank == 0 else io.StringIO()
+    if rank != 0:
+        args = argparse.Namespace(**{**vars(args), "out": None})
+    result = _generate(args, request, err, device=rank_device(rank), parallel=config)
+    if rank == 0:
+        _summarise(result, err)
+
+
+def _summarise(result, err: TextIO) -> None:  # type: ignore[no-untyped-def]
+    peaks = result.stage_peak_memory_bytes
+    err.write("stage timings:" + ("                    peak memory\n" if peaks else "\n"))
     for name, seconds in result.stage_timings_s.items():
-        err.write(f"  {name:<20} {seconds:8.3f} s\n")
+        peak = f"  {peaks[name] / 2**30:10.2f} GiB" if name in peaks else ""
+        err.write(f"  {name:<20} {seconds:8.3f} s{peak}\n")
     err.write(f"  {'total':<20} {sum(result.stage_timings_s.values()):8.3f} s\n")
     err.write(f"peak memory: {_format_bytes(result.peak_memory_bytes)}\n")
+    if result.memory_plan is not None:
+        err.write(f"memory plan: {result.memory_plan.describe()}\n")
     err.write(f"wrote {result.video_path} and {result.thumbnail_path}\n")
-    return EXIT_OK

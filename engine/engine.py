@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from engine.attention import resolve_backend
-from engine.models.components import load_wan_components
+from engine.memory.footprint import footprint_from_folder
+from engine.memory.offload import ComponentOffload, LayerwiseOffload
+from engine.memory.planner import GIB, MemoryPlan, ModelFootprint, RequestShape, plan_for_placement, plan_memory
+from engine.models.components import WanComponents, load_wan_components
 from engine.models.locate import locate_model
 from engine.optimize import optimize_transformer, should_compile
+from engine.parallel import ParallelConfig
+from engine.parallel.state import initialize_parallel_state
 from engine.pipelines.wan_t2v import WanT2VPipeline
 from engine.registry import (
     FRAME_STEP,
@@ -27,6 +33,11 @@ from engine.stages.state import OnStage, OnStep
 
 # Height and width must split into whole 2x2 patches of 8x8-downsampled latents.
 SIZE_MULTIPLE = 16
+# Share of the GPU's free memory the planner may use when no budget is given (the rest absorbs
+# the CUDA context's growth and other processes' small allocations).
+FREE_MEMORY_FRACTION = 0.95
+# The request a placement is planned for when the model has no registry spec.
+FALLBACK_SHAPE = RequestShape(width=832, height=480, num_frames=81, cfg=True)
 
 
 def default_device() -> torch.device:
@@ -49,9 +60,21 @@ class Engine:
     `compile` ("auto", "on", "off"; None takes `VIDQ_COMPILE`) compiles the DiT's blocks; the
     first request of each shape pays the compile time (reported as the "compile" stage timing).
 
+    `parallel` makes this engine one rank of a multi-process generation (see `engine.parallel`):
+    every rank builds its Engine with the same config and calls `generate` with the same request.
+
     `dtype` applies to the DiT and the text encoder; the VAE always runs in float32.
     `attention_backend` is one of `engine.attention.BACKENDS`; None takes `VIDQ_ATTENTION_BACKEND`
     (default "auto"). A backend the device cannot run is rejected before anything is loaded.
+
+    Memory (`engine.memory`): `offload` ("auto", "none", "model", "layerwise"), `vram_budget_gb`,
+    `vae_tiling`, `text_encoder_on_cpu` and `resident_blocks` default to their `VIDQ_` settings.
+    Where the components live is planned once, before loading, for the largest request the
+    model's spec allows (`self.placement`); each request then gets its own `MemoryPlan` (the VAE
+    tiling may differ) from `plan(request)`, and one that cannot fit raises `MemoryBudgetError`
+    before any work. The budget is `vram_budget_gb`, else 95% of the GPU's free memory at load
+    time; on the CPU without a budget nothing is checked (an explicit offload mode still runs its
+    machinery there, which is what the CPU tests exercise).
     """
 
     def __init__(
@@ -62,6 +85,12 @@ class Engine:
         models_dir: Path | None = None,
         attention_backend: str | None = None,
         compile: str | None = None,
+        parallel: ParallelConfig | None = None,
+        offload: str | None = None,
+        vram_budget_gb: float | None = None,
+        vae_tiling: str | None = None,
+        text_encoder_on_cpu: bool | None = None,
+        resident_blocks: int | None = None,
     ) -> None:
         settings = EngineSettings()
         self.device = torch.device(device) if device is not None else default_device()
@@ -74,13 +103,92 @@ class Engine:
         self.model_id = located.model_id
         self.spec: ModelSpec | None = located.spec
 
-        self.components = load_wan_components(located.folder, self.device, self.dtype)
+        # Plan before loading: a model that cannot fit is refused in milliseconds, not minutes.
+        self.footprint: ModelFootprint = footprint_from_folder(located.folder, self.dtype)
+        budget_gb = vram_budget_gb if vram_budget_gb is not None else settings.vram_budget_gb
+        self.memory_budget_bytes = self._budget_bytes(budget_gb)
+        self.vae_tiling = vae_tiling or settings.vae_tiling
+        self.placement: MemoryPlan = plan_memory(
+            self.footprint,
+            self._largest_request(),
+            self.memory_budget_bytes,
+            offload=offload or settings.offload,
+            vae_tiling=self.vae_tiling,
+            text_encoder_on_cpu=settings.text_encoder_on_cpu if text_encoder_on_cpu is None else text_encoder_on_cpu,
+            resident_blocks=settings.offload_resident_blocks if resident_blocks is None else resident_blocks,
+        )
+        everything_resident = self.placement.offload == "none" and self.placement.text_encoder == "resident"
+        load_device = self.device if everything_resident else torch.device("cpu")
+        self.components = load_wan_components(located.folder, load_device, self.dtype)
+        if settings.fuse_projections:
+            self.components.transformer.fuse_projections()  # before placement: offload keeps fused weights
+        self._offloads = self._place(self.components)
         self.attention_backend = self.components.transformer.set_attention_backend(requested_backend)
+        self.parallel = None
+        if parallel is not None and parallel.enabled:
+            # One rank of a multi-process job: torch.distributed is up (engine.parallel.launch).
+            parallel.check_heads(self.components.transformer.config.num_attention_heads)
+            self.parallel = initialize_parallel_state(parallel)
+            self.components.transformer.sequence_parallel = True
         self.compiled = should_compile(compile or settings.compile, self.device)
         optimize_transformer(self.components.transformer, fuse=settings.fuse_projections, compile=self.compiled)
         overrides = {"flow_shift": self.spec.flow_shift} if self.spec is not None else {}
-        self.pipeline = WanT2VPipeline(self.components, self.device, self.model_id, overrides)
+        text_encoder_device = torch.device("cpu") if self.placement.text_encoder == "cpu" else self.device
+        self.pipeline = WanT2VPipeline(
+            self.components, self.device, self.model_id, overrides, text_encoder_device=text_encoder_device
+        )
+        if "dit" in self._offloads:
+            self.pipeline.stage("denoising").around.append(self._offloads["dit"].on_device)
+        if "vae" in self._offloads:
+            self.pipeline.stage("decoding").around.append(self._offloads["vae"].on_device)
         self._lock = threading.Lock()
+
+    def _budget_bytes(self, budget_gb: float | None) -> int | None:
+        if budget_gb is not None:
+            return int(budget_gb * GIB)
+        if self.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self.device)
+            return int(free * FREE_MEMORY_FRACTION)
+        return None
+
+    def _largest_request(self) -> RequestShape:
+        """The request the placement must hold: the spec's largest size and frame count, with CFG."""
+        if self.spec is None:
+            return FALLBACK_SHAPE
+        width, height = max(
+            (tuple(int(v) for v in size.split("x")) for size in self.spec.sizes), key=lambda wh: wh[0] * wh[1]
+        )
+        return RequestShape(width=width, height=height, num_frames=self.spec.max_frames, cfg=True)
+
+    def _place(self, components: WanComponents) -> dict[str, Any]:
+        """Put each component where `self.placement` says; returns the offload objects by component."""
+        placement, device = self.placement, self.device
+        offloads: dict[str, Any] = {}
+        transformer = components.transformer
+        if placement.offload == "layerwise":
+            blocks = transformer.blocks
+            transformer.blocks = torch.nn.ModuleList()  # move everything but the blocks
+            transformer.to(device)
+            transformer.blocks = blocks
+            offloads["dit_blocks"] = LayerwiseOffload(blocks, device, resident_blocks=placement.resident_blocks)
+        elif placement.offload == "model":
+            offloads["dit"] = ComponentOffload(transformer, device)
+        else:
+            transformer.to(device)
+        if placement.text_encoder == "offload":
+            offloads["text_encoder"] = ComponentOffload(components.text_encoder, device).attach_to_forward()
+        elif placement.text_encoder == "resident":
+            components.text_encoder.to(device)
+        if placement.vae == "offload":
+            offloads["vae"] = ComponentOffload(components.vae, device)
+        else:
+            components.vae.to(device)
+        return offloads
+
+    def plan(self, request: GenerationRequest) -> MemoryPlan:
+        """The memory plan for `request` under this engine's placement; raises `MemoryBudgetError`
+        (a ValueError naming the budget and the estimate) when it cannot fit. Pure arithmetic."""
+        return plan_for_placement(self.placement, self.footprint, RequestShape.of(request), vae_tiling=self.vae_tiling)
 
     def check_request(self, request: GenerationRequest) -> None:
         """Raise `SpecViolationError` for a request this model cannot run, before any work.
@@ -123,9 +231,13 @@ class Engine:
         `on_step(StepInfo)` is called after every denoising step and `on_stage(name)` when each of
         "text_encoding", "denoising", "decoding" (and "encoding", only with `output_path`) starts.
         An exception raised by either callback stops the generation and propagates (how a
-        caller cancels). With `output_path`, the mp4 is written there and a JPEG thumbnail
-        beside it (same name, .jpg).
+        caller cancels). A request over the memory budget raises `MemoryBudgetError` first; the
+        plan used is `result.memory_plan`. With `output_path`, the mp4 is written there and a JPEG
+        thumbnail beside it (same name, .jpg).
         """
         self.check_request(request)
+        memory_plan = self.plan(request)
         with self._lock:
-            return self.pipeline(request, on_step=on_step, on_stage=on_stage, output_path=output_path)
+            return self.pipeline(
+                request, on_step=on_step, on_stage=on_stage, output_path=output_path, memory_plan=memory_plan
+            )

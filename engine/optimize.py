@@ -7,7 +7,9 @@
   q/k RMSNorm + RoPE, GELU) runs as a few fused kernels instead of dozens of memory-bound ones.
   All blocks share one compiled graph per input shape (their code is the same; parameters are
   graph inputs), so compiling costs one block's worth of time, not thirty, and the compiled
-  code is reused by every later job of that shape in the same process.
+  code is reused by every later job of that shape in the same process. Only each block's
+  `forward` is compiled, not its `__call__`, so forward hooks (layer-wise offload,
+  `engine.memory.offload`) run eagerly around the compiled code instead of being traced into it.
 
 Compiled code emulates the bf16 rounding that eager mode does between ops
 (`emulate_precision_casts`): without it, fused kernels keep float32 intermediates, which is no
@@ -43,7 +45,9 @@ def compile_blocks(model: WanTransformer3DModel, *, emulate_precision_casts: boo
     # Shapes vary per request (size, frames, CFG on/off); each gets its own specialised graph.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     for block in model.blocks:
-        block.compile(dynamic=False, options={"emulate_precision_casts": emulate_precision_casts})
+        block.forward = torch.compile(
+            block.forward, dynamic=False, options={"emulate_precision_casts": emulate_precision_casts}
+        )
     model.compiled = True
     return model
 

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from engine.memory.planner import MemoryPlan
+
 
 @dataclass
 class GenerationRequest:
@@ -59,6 +61,9 @@ class GenerationResult:
     `frames` is uint8 [F, H, W, 3]. `stage_timings_s` maps stage names to wall seconds.
     `peak_memory_bytes` is the peak accelerator memory over the run (None on CPU).
     `video_path`/`thumbnail_path` are set when the caller asked for an mp4.
+    `stage_peak_memory_bytes` maps stage names to their peak CUDA memory (empty on the CPU).
+    `memory_plan` is the planner's choice for this request (`engine.memory.MemoryPlan`; its
+    `to_dict()` is JSON-ready for a job record).
     """
 
     frames: np.ndarray
@@ -69,3 +74,4 @@ class GenerationResult:
     video_path: Path | None = None
     thumbnail_path: Path | None = None
     stage_peak_memory_bytes: dict[str, int] = field(default_factory=dict)
+    memory_plan: MemoryPlan | None = None

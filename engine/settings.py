@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AttentionBackendName = Literal["auto", "sdpa", "cudnn", "flash", "flash_attn", "sage"]
 CompileMode = Literal["auto", "on", "off"]
+OffloadMode = Literal["auto", "none", "model", "layerwise"]
+VaeTilingMode = Literal["auto", "on", "off"]
 # The names `engine.attention.resolve_backend` accepts; see `engine.attention.dispatch` for each.
 ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackendName)
 
@@ -30,6 +32,18 @@ class EngineSettings(BaseSettings):
     compile: CompileMode = "auto"
     # One GEMM for q|k|v (and k|v in cross-attention); numerically the same as three.
     fuse_projections: bool = True
+    # Memory (see engine.memory.planner): where the DiT, text encoder and VAE live. "auto" picks
+    # the cheapest plan that fits the budget; "none" keeps everything on the GPU; "model" moves
+    # each component to the GPU only for its stage; "layerwise" also streams the DiT's blocks.
+    offload: OffloadMode = "auto"
+    # GiB the engine may use on its GPU; None = the GPU's free memory when the engine loads.
+    vram_budget_gb: float | None = None
+    # Tile the VAE decode: "auto" = when the untiled decode would not fit the budget.
+    vae_tiling: VaeTilingMode = "auto"
+    # Run the text encoder on the CPU (never on the GPU); the embedding cache absorbs repeats.
+    text_encoder_on_cpu: bool = False
+    # Blocks kept on the GPU under layer-wise offload; None = as many as the budget allows.
+    offload_resident_blocks: int | None = None
 
     @field_validator("models_dir")
     @classmethod

@@ -35,6 +35,9 @@ from engine.models.ops import (
     timestep_embedding,
 )
 from engine.models.safetensors_io import load_state_dict, save_state_dict
+from engine.parallel.attention import current_shard, sequence_parallel_attention, sequence_shard
+from engine.parallel.sharding import gather_sequence, shard_sequence
+from engine.parallel.state import get_parallel_state
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,11 @@ class WanAttention(nn.Module):
         if rope is not None:
             query = apply_rope(query, *rope)
             key = apply_rope(key, *rope)
-        out = attention(query, key, value, self.backend)  # [B, S, H, D]
+        shard = current_shard() if context is None else None
+        if shard is not None:  # sequence-parallel self-attention; cross-attention stays local
+            out = sequence_parallel_attention(query, key, value, shard, self.backend)
+        else:
+            out = attention(query, key, value, self.backend)  # [B, S, H, D]
         out = out.flatten(2, 3).type_as(query)  # [B, S, C]
         return self.to_out[0](out)
 
@@ -326,6 +333,7 @@ class WanTransformer3DModel(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         self.fused = False
         self.compiled = False  # set by engine.optimize.compile_blocks
+        self.sequence_parallel = False  # set by the engine once the parallel state exists
 
     def set_attention_backend(self, backend: str) -> str:
         """Select the attention kernel for every layer ("auto" resolved for this model's device)."""
@@ -362,8 +370,17 @@ class WanTransformer3DModel(nn.Module):
         temb, timestep_proj, context = self.condition_embedder(timestep, encoder_hidden_states)
         timestep_proj = timestep_proj.unflatten(1, (6, -1))  # [B, 6, C]
 
-        for block in self.blocks:
-            x = block(x, context, timestep_proj, rope)
+        parallel = get_parallel_state() if self.sequence_parallel else None
+        if parallel is not None and parallel.config.sequence_degree > 1:
+            # Split once, run every block on this rank's tokens, gather once (no per-layer gathers).
+            x, rope, shard = shard_sequence(x, rope, parallel)  # [B, S_local, C]
+            with sequence_shard(shard):
+                for block in self.blocks:
+                    x = block(x, context, timestep_proj, rope)
+            x = gather_sequence(x, shard)  # [B, S, C]
+        else:
+            for block in self.blocks:
+                x = block(x, context, timestep_proj, rope)
 
         shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)  # each [B, 1, C]
         x = modulate(x, shift, scale, self.config.eps)

@@ -17,6 +17,13 @@ class Pipeline:
             raise ValueError(f"duplicate stage names in {names}")
         self.stages = list(stages)
 
+    def stage(self, name: str) -> Stage:
+        """The stage called `name` (raises KeyError)."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
     def run(self, state: PipelineState) -> PipelineState:
         for stage in self.stages:
             if stage.enabled(state):

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from engine.cache import LRUCache
+from engine.memory.planner import MemoryPlan
 from engine.models.components import WanComponents
 from engine.pipelines.base import Pipeline
 from engine.request import GenerationRequest, GenerationResult
@@ -25,7 +26,8 @@ class WanT2VPipeline(Pipeline):
     """The stages of WanPipeline, rebuilt around our DiT and a batched-CFG denoising loop.
 
     `scheduler_overrides` replace fields of the checkpoint's scheduler config (the engine passes
-    the registry's `flow_shift`).
+    the registry's `flow_shift`). `text_encoder_device` is where the text encoder runs (the CPU
+    when it is kept off the GPU); its embeddings always land on `device`.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class WanT2VPipeline(Pipeline):
         model_id: str,
         scheduler_overrides: dict[str, Any] | None = None,
         embedding_cache_size: int = EMBEDDING_CACHE_SIZE,
+        text_encoder_device: torch.device | None = None,
     ) -> None:
         self.components = components
         self.embedding_cache: LRUCache[EmbeddingKey, EmbeddingPair] = LRUCache(embedding_cache_size)
@@ -49,6 +52,7 @@ class WanT2VPipeline(Pipeline):
                     model_id=model_id,
                     output_dtype=components.transformer.proj_out.weight.dtype,
                     cache=self.embedding_cache,
+                    encoder_device=text_encoder_device,
                 ),
                 LatentPreparationStage(
                     device,
@@ -69,8 +73,17 @@ class WanT2VPipeline(Pipeline):
         on_step: OnStep | None = None,
         on_stage: OnStage | None = None,
         output_path: Path | None = None,
+        memory_plan: MemoryPlan | None = None,
     ) -> GenerationResult:
-        state = self.run(PipelineState(request=request, on_step=on_step, on_stage=on_stage, output_path=output_path))
+        state = self.run(
+            PipelineState(
+                request=request,
+                on_step=on_step,
+                on_stage=on_stage,
+                output_path=output_path,
+                memory_plan=memory_plan,
+            )
+        )
         peaks = state.stage_peak_memory_bytes
         return GenerationResult(
             frames=state.frames,
@@ -81,4 +94,5 @@ class WanT2VPipeline(Pipeline):
             video_path=state.video_path,
             thumbnail_path=state.thumbnail_path,
             stage_peak_memory_bytes=peaks,
+            memory_plan=memory_plan,
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -24,6 +26,9 @@ class Stage(ABC):
     `__call__` checks `requires`, announces the stage through `state.on_stage` (when
     `announced`), times `forward` (synchronising CUDA first, so the time is the stage's own and
     not a queue's), records the stage's peak CUDA memory, and checks `provides`.
+
+    `around` holds context-manager factories entered around `forward`, inside the timing and the
+    peak-memory window (how component offload puts a model on the GPU for one stage only).
     """
 
     name: ClassVar[str]
@@ -34,6 +39,7 @@ class Stage(ABC):
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.around: list[Callable[[], contextlib.AbstractContextManager[object]]] = []
 
     def enabled(self, state: PipelineState) -> bool:
         """Whether this stage runs for `state` (for example, encoding only when a path is given)."""
@@ -55,7 +61,10 @@ class Stage(ABC):
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
-        self.forward(state)
+        with contextlib.ExitStack() as stack:
+            for context in self.around:
+                stack.enter_context(context())
+            self.forward(state)
         if on_cuda:
             torch.cuda.synchronize(self.device)
             state.stage_peak_memory_bytes[self.name] = torch.cuda.max_memory_allocated(self.device)

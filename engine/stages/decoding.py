@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import torch
 
+from engine.memory.vae_tiling import decode_tiled
 from engine.stages.base import Stage
 from engine.stages.state import PipelineState
 
@@ -21,6 +22,8 @@ class DecodingStage(Stage):
 
     The arithmetic (latents / (1 / std) + mean, in the VAE's dtype) is WanPipeline's, so frames
     match it. The VAE runs in float32, as in the reference: it is small and bf16 bands colours.
+    When the request's memory plan says so, the decode runs in overlapping spatial tiles
+    (`engine.memory.vae_tiling`), streamed over time.
     """
 
     name: ClassVar[str] = "decoding"
@@ -38,5 +41,9 @@ class DecodingStage(Stage):
     def forward(self, state: PipelineState) -> None:
         latents = state.latents.to(self.latents_mean.device, self.latents_mean.dtype)  # [1, 16, F', H', W']
         latents = latents / self.latents_inv_std + self.latents_mean
-        video = self.vae.decode(latents, return_dict=False)[0]  # [1, 3, F, H, W]
+        plan = state.memory_plan
+        if plan is not None and plan.vae_tiling and plan.vae_tile is not None:
+            video = decode_tiled(self.vae, latents, plan.vae_tile, plan.vae_tile_overlap)  # [1, 3, F, H, W]
+        else:
+            video = self.vae.decode(latents, return_dict=False)[0]  # [1, 3, F, H, W]
         state.frames = to_uint8_frames(video).cpu().numpy()

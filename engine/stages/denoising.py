@@ -6,9 +6,11 @@ import time
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from diffusers import UniPCMultistepScheduler
 
 from engine.models.wan_transformer import WanTransformer3DModel
+from engine.parallel.state import get_parallel_state
 from engine.request import StepInfo
 from engine.stages.base import Stage
 from engine.stages.state import PipelineState
@@ -55,7 +57,7 @@ class DenoisingStage(Stage):
             context = state.prompt_embeds.to(dtype)  # [1, L, D]
 
         if self.transformer.compiled:
-            self._warm_up(latents, timesteps[0], context, state)
+            self._warm_up(latents, timesteps[0], context, request.guidance_scale if request.do_cfg else None, state)
 
         # Progress without stalling the GPU: step i is reported once step i+1 is already queued,
         # by waiting on an event recorded after step i (never a device-wide synchronize), so the
@@ -84,6 +86,15 @@ class DenoisingStage(Stage):
         self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor, guidance_scale: float | None
     ) -> torch.Tensor:
         """The (guided) flow for latents [1, C, F', H', W'] at timestep t."""
+        parallel = get_parallel_state()
+        if guidance_scale is not None and parallel is not None and parallel.config.cfg_degree == 2:
+            # CFG parallel: this rank runs one branch; the two meet once per step.
+            branch = context[parallel.cfg_rank : parallel.cfg_rank + 1]  # [1, L, D]
+            flow = self.transformer(latents.to(context.dtype), t.expand(1), branch)  # [1, C, F', H', W']
+            flows = [torch.empty_like(flow) for _ in range(2)]
+            dist.all_gather(flows, flow.contiguous(), group=parallel.cfg_group)
+            flow_cond, flow_uncond = flows  # cfg rank 0 holds the conditional branch
+            return flow_uncond + guidance_scale * (flow_cond - flow_uncond)
         batch = context.shape[0]
         model_input = latents.to(context.dtype).expand(batch, -1, -1, -1, -1)  # [batch, C, F', H', W']
         flow = self.transformer(model_input, t.expand(batch), context)  # [batch, C, F', H', W']
@@ -92,7 +103,14 @@ class DenoisingStage(Stage):
         flow_cond, flow_uncond = flow.chunk(2)
         return flow_uncond + guidance_scale * (flow_cond - flow_uncond)
 
-    def _warm_up(self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor, state: PipelineState) -> None:
+    def _warm_up(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        guidance_scale: float | None,
+        state: PipelineState,
+    ) -> None:
         """Compile for this input shape before the timed loop, and report how long it took.
 
         The compiled code stays with the model, so only the first request of a shape pays.
@@ -101,7 +119,7 @@ class DenoisingStage(Stage):
         if key in self._warm_shapes:
             return
         started = time.perf_counter()
-        self._predict(latents, t, context, None)
+        self._predict(latents, t, context, guidance_scale)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._warm_shapes.add(key)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.memory.planner import MemoryPlan
 from engine.request import GenerationRequest, StepInfo
 
 OnStep = Callable[[StepInfo], None]
@@ -28,6 +29,7 @@ class PipelineState:
     on_step: OnStep | None = None
     on_stage: OnStage | None = None
     output_path: Path | None = None
+    memory_plan: MemoryPlan | None = None  # decides the VAE tiling; None = untiled
 
     prompt_embeds: torch.Tensor | None = None
     negative_prompt_embeds: torch.Tensor | None = None

@@ -38,6 +38,9 @@ class TextEncodingStage(Stage):
     `WanPipeline._get_t5_prompt_embeds`, so both embeddings have the same shape and can be
     stacked into one CFG batch. Results are cached by (model id, prompt, negative prompt);
     the negative is None in the key when CFG is off, since it is not encoded then.
+
+    `encoder_device` is where the text encoder runs (default: the stage's device); the embeddings
+    are moved to the stage's device either way.
     """
 
     name: ClassVar[str] = "text_encoding"
@@ -51,6 +54,7 @@ class TextEncodingStage(Stage):
         model_id: str,
         output_dtype: torch.dtype,
         cache: LRUCache[EmbeddingKey, EmbeddingPair],
+        encoder_device: torch.device | None = None,
     ) -> None:
         super().__init__(device)
         self.tokenizer = tokenizer
@@ -58,6 +62,7 @@ class TextEncodingStage(Stage):
         self.model_id = model_id
         self.output_dtype = output_dtype
         self.cache = cache
+        self.encoder_device = encoder_device or device
 
     def forward(self, state: PipelineState) -> None:
         request = state.request
@@ -82,10 +87,11 @@ class TextEncodingStage(Stage):
             return_attention_mask=True,
             return_tensors="pt",
         )
-        input_ids = tokens.input_ids.to(self.device)  # [N, 512]
-        mask = tokens.attention_mask.to(self.device)  # [N, 512]
+        input_ids = tokens.input_ids.to(self.encoder_device)  # [N, 512]
+        mask = tokens.attention_mask.to(self.encoder_device)  # [N, 512]
         hidden = self.text_encoder(input_ids, mask).last_hidden_state  # [N, 512, text_dim]
-        hidden = hidden.to(self.output_dtype)
+        hidden = hidden.to(self.device, self.output_dtype)
+        mask = mask.to(self.device)
         # Zero the positions past each text's length (WanPipeline slices then pads with zeros).
         valid = mask.gt(0).unsqueeze(-1)  # [N, 512, 1]
         return torch.where(valid, hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device))

@@ -1,0 +1,156 @@
+"""One job on several GPUs: per-step time of Ulysses, ring, USP and CFG parallel against one GPU.
+
+    python benchmarks/bench_parallel.py --gpus 2                                  # 14B, 1280x720, 81 frames
+    python benchmarks/bench_parallel.py --gpus 2 --config tiny-wan --size 64x64 --frames 9 --steps 2  # CPU smoke
+
+Every run uses the same random weights (built from one seed on every rank), embeddings and noise;
+the 1-GPU run is the reference for each mode's parity (relative L2 of the final latents). Writes
+one object with `bench` = "parallel" for the fastest mode and one `bench` = "parallel_mode" object
+per mode to a JSON file in benchmarks/results/, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_engine import CONFIGS, TEXT_TOKENS, commit  # noqa: E402
+
+from engine.models.wan_transformer import WanTransformer3DModel  # noqa: E402
+from engine.optimize import optimize_transformer  # noqa: E402
+from engine.parallel import ParallelConfig  # noqa: E402
+from engine.parallel.launch import launch, rank_device  # noqa: E402
+from engine.registry import parse_size  # noqa: E402
+from engine.request import GenerationRequest  # noqa: E402
+from engine.stages.denoising import DenoisingStage  # noqa: E402
+from engine.stages.state import PipelineState  # noqa: E402
+
+
+def _inputs(config_name: str, width: int, height: int, frames: int, device: torch.device):  # type: ignore[no-untyped-def]
+    config = CONFIGS[config_name]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = WanTransformer3DModel(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model = model.to(device).cast(dtype).eval().requires_grad_(False)  # .to: RoPE tables
+    generator = torch.Generator("cpu").manual_seed(2)
+    pe = torch.randn(1, TEXT_TOKENS, config.text_dim, generator=generator).to(device, dtype)
+    ne = torch.randn(1, TEXT_TOKENS, config.text_dim, generator=generator).to(device, dtype)
+    noise = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, generator=generator).to(device)
+    return model, pe, ne, noise
+
+
+def run_denoising(rank: int, args: argparse.Namespace, parallel: ParallelConfig | None, out: Path | None) -> None:
+    """Build the model, warm up (compile), time `args.steps` steps; rank 0 saves latents + time."""
+    device = rank_device(rank)
+    width, height = parse_size(args.size)
+    model, pe, ne, noise = _inputs(args.config, width, height, args.frames, device)
+    if parallel is not None and parallel.enabled:
+        from engine.parallel.state import initialize_parallel_state
+
+        parallel.check_heads(model.config.num_attention_heads)
+        initialize_parallel_state(parallel)
+        model.sequence_parallel = True
+    optimize_transformer(model, fuse=True, compile=device.type == "cuda")
+    request = GenerationRequest(
+        prompt="-", width=width, height=height, num_frames=args.frames, num_inference_steps=args.steps,
+        guidance_scale=5.0, seed=0, fps=16,
+    )  # fmt: skip
+    stage = DenoisingStage(device, model, {**SCHEDULER, "flow_shift": args.flow_shift})
+    for _ in range(2):  # the first run compiles and warms up
+        state = PipelineState(request=request, on_step=lambda info: None)
+        state.prompt_embeds, state.negative_prompt_embeds, state.latents = pe, ne, noise.clone()
+        with torch.inference_mode():
+            stage(state)
+    if rank == 0 and out is not None:
+        torch.save({"latents": state.latents.cpu(), "s_per_step": state.stage_timings_s["denoising"] / args.steps}, out)
+
+
+SCHEDULER = {
+    "_class_name": "UniPCMultistepScheduler",
+    "prediction_type": "flow_prediction",
+    "use_flow_sigmas": True,
+    "num_train_timesteps": 1000,
+}
+
+
+def modes(gpus: int, heads: int) -> dict[str, ParallelConfig]:
+    found = {
+        "ulysses": ParallelConfig(world_size=gpus, ulysses_degree=gpus),
+        "ring": ParallelConfig(world_size=gpus, ring_degree=gpus),
+    }
+    if gpus % 2 == 0:
+        found["cfg"] = ParallelConfig(world_size=gpus, ulysses_degree=gpus // 2, cfg_degree=2)
+    if gpus >= 4 and gpus % 2 == 0:
+        found["usp"] = ParallelConfig(world_size=gpus, ulysses_degree=2, ring_degree=gpus // 2)
+    return {name: config for name, config in found.items() if heads % config.ulysses_degree == 0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpus", type=int, default=2)
+    parser.add_argument("--config", choices=CONFIGS, default="wan2.1-t2v-14b")
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--flow-shift", type=float, default=5.0)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="vidq-bench-parallel-"))
+    single = scratch / "single.pt"
+    launch(run_denoising, 1, args, None, single)  # the 1-GPU reference, in its own process like the others
+    reference = torch.load(single)
+    heads = CONFIGS[args.config].num_attention_heads
+    rows = []
+    for name, config in modes(args.gpus, heads).items():
+        out = scratch / f"{name}.pt"
+        launch(run_denoising, config.world_size, args, config, out)
+        result = torch.load(out)
+        error = ((result["latents"] - reference["latents"]).norm() / reference["latents"].norm()).item()
+        rows.append({
+            "bench": "parallel_mode", "mode": name, "gpus": args.gpus,
+            "ulysses_degree": config.ulysses_degree, "ring_degree": config.ring_degree, "cfg_degree": config.cfg_degree,
+            "s_per_step_1gpu": reference["s_per_step"], "s_per_step": result["s_per_step"],
+            "speedup": reference["s_per_step"] / result["s_per_step"], "parity_rel_err": error,
+        })  # fmt: skip
+        print(f"{name}: {result['s_per_step']:.3f} s/step, parity {error:.2e}", flush=True)
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    common = {
+        "device": device, "date": datetime.now(UTC).date().isoformat(), "commit": commit(), "model": args.config,
+        "height": parse_size(args.size)[1], "width": parse_size(args.size)[0], "num_frames": args.frames,
+        "steps": args.steps,
+    }  # fmt: skip
+    rows = [{**row, **common} for row in rows]
+    best = min(rows, key=lambda row: row["s_per_step"])
+    records = [{**best, "bench": "parallel"}, *rows]
+
+    print(f"\n{'mode':10}{'gpus':>6}{'s/step':>10}{'1 GPU':>10}{'speed-up':>10}{'parity':>12}")
+    for row in rows:
+        print(f"{row['mode']:10}{row['gpus']:>6}{row['s_per_step']:>10.3f}{row['s_per_step_1gpu']:>10.3f}"
+              f"{row['speedup']:>9.2f}x{row['parity_rel_err']:>12.2e}")  # fmt: skip
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    tag = "cpu" if device == "cpu" else device.split()[1].lower()
+    path = args.out_dir / f"parallel-{args.config}-{args.gpus}x{tag}-{common['date']}.json"
+    path.write_text(json.dumps(records, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
