@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install install-test demo test lint format services clean
+.PHONY: install install-test demo test lint format services browser clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -29,7 +29,10 @@ demo: install  ## run the whole product in one process and render a clip
 services:  ## make sure the PostgreSQL and Redis the tests use are up
 	@bash scripts/ensure-services.sh
 
-test: install-test services  ## lint, then the whole suite against the real services
+browser:  ## Debian's chromium for the browser tests (installed only if missing)
+	@bash scripts/ensure-chromium.sh
+
+test: install-test services browser  ## lint, then the whole suite against the real services
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -ra
 

@@ -7,9 +7,12 @@ from contextlib import asynccontextmanager, suppress
 
 from celery import Celery
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
+from api.admin_pages import STATIC_DIR, install_admin_handlers
 from api.errors import install_error_handlers
-from api.routes import health, video_events, videos, webhooks
+from api.logging import JobIdMiddleware
+from api.routes import admin, health, metrics, video_events, videos, webhooks
 from api.state import AppState
 from jobs.broker import make_celery
 from jobs.db import make_engine, make_session_factory
@@ -17,6 +20,7 @@ from jobs.dispatch import CeleryPublisher, make_markers, make_sweeper
 from jobs.events import make_event_bus
 from jobs.settings import Settings, get_settings
 from jobs.storage import make_storage
+from jobs.workers import make_worker_registry
 
 
 def build_state(settings: Settings, celery_app: Celery | None = None) -> AppState:
@@ -31,6 +35,7 @@ def build_state(settings: Settings, celery_app: Celery | None = None) -> AppStat
         publisher=CeleryPublisher(app, make_markers(settings)),
         events=make_event_bus(settings),
         sweeper=make_sweeper(settings, app, session_factory, storage) if settings.sweeper_enabled else None,
+        workers=make_worker_registry(settings),
     )
 
 
@@ -56,8 +61,13 @@ def create_app(settings: Settings | None = None, *, celery_app: Celery | None = 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_admin_handlers(app, media_origin=settings.s3_public_endpoint or settings.s3_endpoint)
+    app.add_middleware(JobIdMiddleware)
+    app.mount("/admin/static", StaticFiles(directory=STATIC_DIR), name="admin-static")
     app.include_router(health.router)
     app.include_router(videos.router)
     app.include_router(video_events.router)
     app.include_router(webhooks.router)
+    app.include_router(admin.router)
+    app.include_router(metrics.router)
     return app

@@ -9,7 +9,17 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.admin_auth import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    AdminSession,
+    admin_from_bearer,
+    admin_from_cookie,
+    check_csrf,
+)
 from api.state import AppState
+from jobs.db import session_scope
 from jobs.errors import Forbidden, Unauthenticated
 from jobs.keys import authenticate
 from jobs.models import ApiKey
@@ -91,3 +101,32 @@ def get_admin_key(key: CurrentKey) -> ApiKey:
 
 
 AdminKey = Annotated[ApiKey, Depends(get_admin_key)]
+
+
+def get_admin_session(
+    request: Request, state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> AdminSession:
+    """The admin behind a dashboard request: a Bearer admin key, or the login cookie. A short session
+    of its own, so a long event stream does not hold a pooled connection."""
+    with session_scope(state.session_factory) as session:
+        if credentials is not None:
+            return admin_from_bearer(session=session, token=credentials.credentials)
+        return admin_from_cookie(session=session, settings=state.settings, cookie=request.cookies.get(SESSION_COOKIE))
+
+
+AdminUser = Annotated[AdminSession, Depends(get_admin_session)]
+
+
+async def get_admin_action(request: Request, admin: AdminUser) -> AdminSession:
+    """An admin allowed to change something: cookie sessions must send the session's CSRF token
+    (the form field ``csrf_token`` or the ``X-CSRF-Token`` header)."""
+    submitted = request.headers.get(CSRF_HEADER)
+    if submitted is None and admin.via == "cookie":
+        form = await request.form()  # Starlette caches it: the route's Form fields still read it
+        value = form.get(CSRF_FIELD)
+        submitted = value if isinstance(value, str) else None
+    check_csrf(admin, submitted)
+    return admin
+
+
+AdminAction = Annotated[AdminSession, Depends(get_admin_action)]

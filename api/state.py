@@ -13,6 +13,7 @@ from jobs.events import EventBus
 from jobs.settings import Settings
 from jobs.storage import Storage
 from jobs.webhooks.outbox import relay_webhooks
+from jobs.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class AppState:
     publisher: CeleryPublisher  # GPU jobs and webhook deliveries
     events: EventBus  # live job events (the API publishes the changes it makes: cancellations)
     sweeper: Sweeper | None
+    workers: WorkerRegistry  # the status records workers publish (Redis, or this process when embedded)
 
     def relay_now(self) -> None:
         """Publish what a committed change put in the outboxes (render messages, webhook deliveries)

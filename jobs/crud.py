@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from jobs.attempts import AttemptOutcome, close_attempt
 from jobs.db import utcnow
 from jobs.dispatch import add_to_outbox
 from jobs.errors import Conflict, InvalidParameter, NotFound
@@ -141,6 +142,7 @@ def cancel_job(*, session: Session, owner: ApiKey, job_id: str) -> Job:
     if is_terminal(job.status):
         raise Conflict(f"video {job_id} is already {job.status} and cannot be cancelled", code="not_cancellable")
     cancel(job)
+    close_attempt(session=session, job=job, outcome=AttemptOutcome.CANCELLED, now=job.completed_at)
     add_job_event(session=session, job=job)
     return job
 

@@ -22,6 +22,7 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs.attempts import AttemptOutcome, close_attempt
 from jobs.broker import RENDER_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK
 from jobs.db import session_scope, utcnow
 from jobs.models import DispatchOutbox, Job
@@ -150,6 +151,7 @@ def _requeue_lost_workers(session: Session, settings: Settings, now: datetime, r
     ).all()
     for job in lost:
         message = f"worker {job.worker_id} stopped responding during attempt {job.attempts}"
+        close_attempt(session=session, job=job, outcome=AttemptOutcome.LOST, error=message, now=now)
         if job.attempts >= settings.max_attempts:
             fail(job, code="worker_lost", message=f"{message}; no attempts left", now=now)
             report.failed_lost += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from jobs.attempts import AttemptOutcome, close_attempt, open_attempt
 from jobs.db import utcnow
 from jobs.errors import JobCancelled
 from jobs.models import Job
@@ -25,6 +26,7 @@ def claim_job(*, session: Session, job_id: str, worker_id: str) -> Job | None:
     if job is None or job.status != JobStatus.QUEUED.value:
         return None
     start(job, worker_id=worker_id)
+    open_attempt(session=session, job=job, now=job.started_at)
     add_job_event(session=session, job=job)
     return job
 
@@ -97,16 +99,23 @@ def complete_owned(
         stage_timings=stage_timings,
         result_ttl_s=result_ttl_s,
     )
+    close_attempt(session=session, job=job, outcome=AttemptOutcome.COMPLETED, now=job.completed_at)
     add_job_event(session=session, job=job)
     return job
 
 
-def fail_owned(*, session: Session, job_id: str, worker_id: str, code: str, message: str) -> Job | None:
-    """Record a render failure; None if the job is no longer ours (then there is nothing to record)."""
+def fail_owned(
+    *, session: Session, job_id: str, worker_id: str, code: str, message: str, trace: str | None = None
+) -> Job | None:
+    """Record a render failure (``trace``: the traceback, kept on the attempt); None if the job is no
+    longer ours (then there is nothing to record)."""
     try:
         job = _lock_owned(session, job_id, worker_id)
     except JobCancelled:
         return None
     fail(job, code=code, message=message)
+    close_attempt(
+        session=session, job=job, outcome=AttemptOutcome.FAILED, error=message, trace=trace, now=job.completed_at
+    )
     add_job_event(session=session, job=job)
     return job

@@ -39,7 +39,12 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_public_endpoint: str = ""  # where clients reach the store, when it differs from the worker's view
     models_dir: Path | None = None
-    secret_key: SecretStr = SecretStr(DEFAULT_SECRET)
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET)  # also signs admin sessions and CSRF tokens
+    log_format: Literal["text", "json"] = "text"
+
+    # Admin dashboard and metrics
+    admin_session_ttl_s: int = Field(default=12 * 3600, ge=60)
+    metrics_public: bool = False  # True: GET /metrics needs no admin key (a scraper on a private network)
 
     # Jobs
     default_model: str = "tiny-wan"
@@ -59,6 +64,12 @@ class Settings(BaseSettings):
     # Worker
     worker_name: str = ""  # Celery node name; default vidq-<pid>@<host>
     worker_models: str = ""  # comma-separated registry names; empty = every installed model
+    # GPUs one worker runs each job across (one process per GPU, this one is rank 0), and how.
+    worker_gpus: int = Field(default=1, ge=1)
+    worker_ulysses_degree: int | None = None
+    worker_ring_degree: int | None = None
+    worker_cfg_parallel: bool = False
+    collective_timeout_s: float = Field(default=600.0, gt=0)
     device: str = ""  # engine device, empty = cuda when available
     attention_backend: str = "auto"
 

@@ -105,3 +105,8 @@ def resolve_job_params(request: JobRequest) -> JobParams:
         guidance_scale=float(guidance),
         seed=seed,
     )
+
+
+def list_model_names() -> list[str]:
+    """Every model in the registry (what the admin's model filter offers)."""
+    return sorted(spec.name for spec in list_specs())

@@ -4,7 +4,6 @@ the engine's own ``generate``."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from jobs.settings import Settings
@@ -208,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from jobs.logs import configure_logging
+
+    configure_logging(level=args.log_level, fmt=_settings().log_format)
     return int(args.func(args) or 0)
 
 

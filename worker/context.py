@@ -15,6 +15,7 @@ from jobs.settings import Settings
 from jobs.storage import Storage, make_storage
 from jobs.webhooks.outbox import WebhookPublisher
 from worker.engines import EnginePool
+from worker.status import WorkerActivity
 
 
 @dataclass
@@ -27,6 +28,7 @@ class WorkerContext:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     # Publishes a job's webhook deliveries right after its state changes; without one the sweeper does.
     webhooks: WebhookPublisher | None = None
+    activity: WorkerActivity = field(default_factory=WorkerActivity)  # what the status thread publishes
 
 
 def build_context(settings: Settings) -> WorkerContext:

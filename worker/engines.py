@@ -11,6 +11,7 @@ from jobs.settings import Settings
 
 if TYPE_CHECKING:
     from engine import Engine
+    from engine.parallel.group import EngineGroup
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +40,44 @@ class ModelUnavailable(LookupError):
     """A job for a model this worker does not serve (same queue family, not installed here)."""
 
 
+def _build(model: str, settings: Settings) -> Engine | EngineGroup:
+    """One engine, or with `VIDQ_WORKER_GPUS` > 1 a group of ranks (this process is rank 0)."""
+    kwargs = {"models_dir": settings.resolved_models_dir, "attention_backend": settings.attention_backend}
+    if settings.worker_gpus == 1:
+        from engine import Engine  # torch is imported only by processes that render
+
+        return Engine(model, device=settings.device or None, **kwargs)
+    from engine.parallel import ParallelConfig
+    from engine.parallel.group import EngineGroup
+
+    config = ParallelConfig.from_options(
+        num_gpus=settings.worker_gpus,
+        ulysses_degree=settings.worker_ulysses_degree,
+        ring_degree=settings.worker_ring_degree,
+        cfg_parallel=settings.worker_cfg_parallel,
+    )
+    return EngineGroup(model, config, timeout_s=settings.collective_timeout_s, **kwargs)
+
+
 class EnginePool:
     def __init__(self, settings: Settings, served: list[str] | None = None) -> None:
         self.settings = settings
         self.served = served if served is not None else served_models(settings)
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[str, Engine | EngineGroup] = {}
         self._lock = threading.Lock()
 
-    def get(self, model: str) -> Engine:
+    def get(self, model: str) -> Engine | EngineGroup:
         if model not in self.served:
             raise ModelUnavailable(f"model {model!r} is not installed on this worker (serves {', '.join(self.served)})")
         with self._lock:
             engine = self._engines.get(model)
+            if engine is not None and not getattr(engine, "healthy", True):
+                log.warning("the rank group of %s broke in the last job; restarting it", model)
+                engine.close()  # type: ignore[union-attr]
+                engine = None
             if engine is None:
-                from engine import Engine  # torch is imported only by processes that render
-
                 log.info("loading model %s", model)
-                engine = Engine(
-                    model,
-                    device=self.settings.device or None,
-                    models_dir=self.settings.resolved_models_dir,
-                    attention_backend=self.settings.attention_backend,
-                )
+                engine = _build(model, self.settings)
                 self._engines[model] = engine
             return engine
 

@@ -11,9 +11,11 @@ from celery import Celery
 from jobs.broker import WEBHOOK_QUEUE
 from jobs.dispatch import CeleryPublisher, Sweeper, make_markers, make_sweeper
 from jobs.settings import Settings
+from jobs.workers import make_worker_registry
 from worker.celery_app import create_worker_app, set_context
 from worker.context import build_context
 from worker.engines import queues_for_models, served_models
+from worker.status import StatusPublisher
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,15 @@ def prepare_worker(
     if renders:
         for model in models:  # load weights now, not when the first job is already waiting
             ctx.engines.get(model)
+    StatusPublisher(
+        registry=make_worker_registry(settings),
+        worker_id=ctx.worker_id,
+        activity=ctx.activity,
+        queues=queues,
+        served_models=ctx.engines.served,
+        loaded_models=lambda: ctx.engines.loaded,
+        interval_s=settings.heartbeat_interval_s,
+    ).start()  # a daemon thread: its heartbeats stop with the process, and the dashboard shows it lost
     sweeper = make_sweeper(settings, app, ctx.session_factory, ctx.storage) if settings.sweeper_enabled else None
     if sweeper is not None:
         sweeper.start()

@@ -96,6 +96,7 @@ class ProgressReporter:
     def on_stage(self, name: str) -> None:
         """Called by the engine (and the worker, for uploading) when a stage begins."""
         self.stage = JobStage(name)
+        self.ctx.activity.update(stage=self.stage.value, step=self.step, total_steps=self.total_steps)
         if self.stage is not JobStage.DENOISING:
             self.eta_seconds = None  # only denoising steps are measured
         self._write(force=True)
@@ -104,6 +105,7 @@ class ProgressReporter:
     def on_step(self, info: Any) -> None:
         """Called after each denoising step; raises JobCancelled to stop the render."""
         self.step = int(info.step)
+        self.ctx.activity.update(stage=self.stage.value, step=self.step, total_steps=self.total_steps)
         elapsed = float(info.elapsed_s)  # since the denoising loop began
         if self.step:
             self.eta_seconds = round(elapsed / self.step * (self.total_steps - self.step), 2)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import traceback
 from enum import StrEnum
 from pathlib import Path
 
 from jobs.db import session_scope
 from jobs.errors import JobCancelled
 from jobs.execution import claim_job, complete_owned, fail_owned
+from jobs.logs import job_context
 from jobs.states import JobStage, JobStatus
 from jobs.storage import result_keys
 from jobs.webhooks.outbox import relay_webhooks
@@ -37,6 +39,8 @@ def error_code_for(exc: BaseException) -> str:
     name = type(exc).__name__
     if name == "OutOfMemoryError" or isinstance(exc, MemoryError):
         return "out_of_memory"
+    if name == "RankFailure":  # a GPU process of a multi-GPU worker died or hung
+        return "rank_failed"
     if isinstance(exc, ModelUnavailable | FileNotFoundError):
         return "model_unavailable"
     if isinstance(exc, ValueError):
@@ -45,6 +49,19 @@ def error_code_for(exc: BaseException) -> str:
 
 
 def render_job(job_id: str, *, ctx: WorkerContext) -> RenderOutcome:
+    """Run one job; logs inside carry its id, and the worker's status shows it as the current job."""
+    with job_context(job_id):
+        ctx.activity.begin(job_id)
+        try:
+            outcome = _render(job_id, ctx)
+        finally:
+            ctx.activity.end()
+    if outcome is not RenderOutcome.SKIPPED:
+        ctx.activity.jobs_done += 1
+    return outcome
+
+
+def _render(job_id: str, ctx: WorkerContext) -> RenderOutcome:
     with session_scope(ctx.session_factory) as session:
         job = claim_job(session=session, job_id=job_id, worker_id=ctx.worker_id)
         if job is None:
@@ -79,7 +96,12 @@ def render_job(job_id: str, *, ctx: WorkerContext) -> RenderOutcome:
             code, message = error_code_for(exc), f"{type(exc).__name__}: {exc}"
             with session_scope(ctx.session_factory) as session:
                 recorded = fail_owned(
-                    session=session, job_id=job_id, worker_id=ctx.worker_id, code=code, message=message
+                    session=session,
+                    job_id=job_id,
+                    worker_id=ctx.worker_id,
+                    code=code,
+                    message=message,
+                    trace=traceback.format_exc(),
                 )
             if recorded is None:
                 return RenderOutcome.CANCELLED

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.db import session_scope, utcnow
+from jobs.logs import job_context
 from jobs.models import ApiKey, Job, WebhookAttempt, WebhookDelivery
 from jobs.settings import Settings
 from jobs.states import JobStatus
@@ -51,6 +52,7 @@ class AttemptOutcome(StrEnum):
 @dataclass(frozen=True)
 class PreparedAttempt:
     delivery_id: str
+    job_id: str
     url: str
     body: bytes
     secrets: list[str]
@@ -142,7 +144,11 @@ def claim_attempt(
     delivery.next_attempt_at = now + timedelta(seconds=settings.webhook_timeout_s + LEASE_MARGIN_S)
     delivery.enqueued_at = None
     return PreparedAttempt(
-        delivery_id=delivery.id, url=delivery.url, body=_body(delivery, job, storage, settings), secrets=secrets
+        delivery_id=delivery.id,
+        job_id=delivery.job_id,
+        url=delivery.url,
+        body=_body(delivery, job, storage, settings),
+        secrets=secrets,
     )
 
 
@@ -243,7 +249,14 @@ def deliver(
         prepared = claim_attempt(session=session, delivery_id=delivery_id, settings=settings, storage=storage)
     if prepared is None:
         return AttemptOutcome.SKIPPED
+    with job_context(prepared.job_id):
+        return _attempt(prepared, session_factory=session_factory, settings=settings)
 
+
+def _attempt(
+    prepared: PreparedAttempt, *, session_factory: sessionmaker[Session], settings: Settings
+) -> AttemptOutcome:
+    delivery_id = prepared.delivery_id
     try:
         target = check_target(prepared.url, allowed_hosts=settings.webhook_allowed_host_set)
     except TargetRefused as exc:

@@ -1,0 +1,496 @@
+"""The admin dashboard: ``/admin`` pages (server-rendered) and the actions behind their forms.
+
+Handlers stay thin: queries and changes live in ``jobs.admin`` and the job domain; every action
+is audited in the same transaction as the change, then redirects back (POST → 303 → GET).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+from urllib.parse import urlencode
+
+import anyio.to_thread
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from sqlalchemy import select
+
+from api.admin_auth import (
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    new_session_cookie,
+    safe_next,
+)
+from api.admin_pages import render, templates
+from api.deps import AdminAction, AdminUser, SessionDep, SettingsDep, StateDep, StorageDep
+from api.routes.video_events import SSE_HEADERS
+from jobs import keys as api_keys
+from jobs.admin import audit, stats
+from jobs.admin.jobs import JobFilter, cancel_jobs, dead_letters, get_any_job, retry_jobs, search_jobs
+from jobs.attempts import list_attempts
+from jobs.db import session_scope
+from jobs.errors import Conflict, DomainError, Gone
+from jobs.models import ApiKey, Job, WebhookDelivery
+from jobs.states import JobStatus, is_terminal
+from jobs.validation import list_model_names
+from jobs.webhooks.endpoints import list_deliveries, redeliver
+
+router = APIRouter(prefix="/admin", include_in_schema=False)
+
+PAGE_SIZE = 50
+LIVE_POLL_S = 0.5
+LIVE_MAX_S = 600.0  # a live stream ends after this; the page's script reconnects
+STAGES = ("text_encoding", "latent_preparation", "denoising", "decoding", "encoding", "uploading")
+
+
+def _back(path: str, notice: str | None = None, **params: str) -> RedirectResponse:
+    query = {k: v for k, v in params.items() if v}
+    if notice:
+        query["notice"] = notice
+    return RedirectResponse(f"{path}?{urlencode(query)}" if query else path, status_code=303)
+
+
+def _parse_when(value: str | None, param: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise DomainError(f"{param} is not a date and time", param=param, code="invalid_parameter") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _filter(
+    status: list[str], model: str | None, key: str | None, since: str | None, until: str | None, q: str | None
+) -> JobFilter:
+    return JobFilter(
+        status=[s for s in status if s in JobStatus._value2member_map_],
+        model=model or None,
+        owner_id=int(key) if key and key.isdigit() else None,
+        created_from=_parse_when(since, "from"),
+        created_to=_parse_when(until, "to"),
+        prompt=q or None,
+    )
+
+
+# ---- login ------------------------------------------------------------------------------------------
+
+
+def _login_page(request: Request, *, error: str | None = None, status_code: int = 200) -> HTMLResponse:
+    token = secrets.token_urlsafe(24)
+    response = templates.TemplateResponse(
+        request,
+        "admin/login.html",
+        {"login_csrf": token, "next": safe_next(request.query_params.get("next")), "error": error},
+        status_code=status_code,
+    )
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/admin"
+    )
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request) -> HTMLResponse:
+    return _login_page(request)
+
+
+@router.post("/login", response_model=None)
+def login(
+    request: Request,
+    state: StateDep,
+    api_key: Annotated[str, Form()],
+    csrf_token: Annotated[str, Form()] = "",
+    next_path: Annotated[str, Form(alias="next")] = "/admin",
+) -> Response:
+    """Check an admin key once and set the session cookie. The form carries a token that must match
+    the cookie set with the form (login CSRF: a third-party page cannot log you in as itself)."""
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not expected or not secrets.compare_digest(expected, csrf_token):
+        return _login_page(request, error="The form expired; please try again.", status_code=403)
+    with session_scope(state.session_factory) as session:
+        try:
+            key = api_keys.authenticate(session=session, plaintext=api_key.strip())
+        except DomainError:
+            return _login_page(request, error="That key is not valid.", status_code=401)
+        if not key.is_admin:
+            return _login_page(request, error="That key is not an admin key.", status_code=403)
+        audit.record(session=session, actor=key, action="login", target=f"key:{key.id}")
+        cookie = new_session_cookie(state.settings, key)
+    response = RedirectResponse(safe_next(next_path), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=state.settings.admin_session_ttl_s,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https" or state.settings.environment == "production",
+        path="/",
+    )
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/admin")
+    return response
+
+
+@router.post("/logout")
+def logout(admin: AdminAction, session: SessionDep) -> RedirectResponse:
+    audit.record(session=session, actor=admin.key, action="logout", target=f"key:{admin.key.id}")
+    response = RedirectResponse("/admin/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+# ---- overview ---------------------------------------------------------------------------------------
+
+
+@router.get("", response_class=HTMLResponse)
+def overview_page(request: Request, admin: AdminUser, session: SessionDep, state: StateDep) -> HTMLResponse:
+    workers = state.workers.list()
+    online = [w for w in workers if not w.is_lost(timeout_s=state.settings.heartbeat_timeout_s)]
+    return render(
+        request,
+        "admin/overview.html",
+        admin,
+        page="overview",
+        ov=stats.overview(session=session),
+        workers_online=len(online),
+        workers_total=len(workers),
+        gpus_online=sum(len(w.gpus) for w in online),
+    )
+
+
+# ---- jobs -------------------------------------------------------------------------------------------
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(
+    request: Request,
+    admin: AdminUser,
+    session: SessionDep,
+    status: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies query defaults)
+    model: str | None = None,
+    key: str | None = None,
+    since: Annotated[str | None, Query(alias="from")] = None,
+    until: Annotated[str | None, Query(alias="to")] = None,
+    q: str | None = None,
+    sort: Literal["created", "model", "status", "attempts"] = "created",
+    order: Literal["asc", "desc"] = "desc",
+    cursor: str | None = None,
+) -> HTMLResponse:
+    where = _filter(status, model, key, since, until, q)
+    page = search_jobs(session=session, where=where, sort=sort, desc=order == "desc", cursor=cursor, limit=PAGE_SIZE)
+    params = {
+        "status": status,
+        "model": model or "",
+        "key": key or "",
+        "from": since or "",
+        "to": until or "",
+        "q": q or "",
+    }
+    base_query = urlencode({k: v for k, v in params.items() if v}, doseq=True)
+    return render(
+        request,
+        "admin/jobs.html",
+        admin,
+        page="jobs",
+        jobs=page.jobs,
+        next_cursor=page.next_cursor,
+        params=params,
+        sort=sort,
+        order=order,
+        base_query=base_query,
+        statuses=[s.value for s in JobStatus],
+        models=list_model_names(),
+        keys=list(session.scalars(select(ApiKey).order_by(ApiKey.id))),
+        key_names={k.id: k.name for k in session.scalars(select(ApiKey))},
+    )
+
+
+@router.post("/jobs/bulk")
+def bulk_action(
+    admin: AdminAction,
+    session: SessionDep,
+    state: StateDep,
+    action: Annotated[Literal["cancel", "retry"], Form()],
+    scope: Annotated[Literal["selected", "filtered"], Form()] = "selected",
+    ids: Annotated[list[str], Form()] = [],  # noqa: B006
+    status: Annotated[list[str], Form()] = [],  # noqa: B006
+    model: Annotated[str | None, Form()] = None,
+    key: Annotated[str | None, Form()] = None,
+    since: Annotated[str | None, Form(alias="from")] = None,
+    until: Annotated[str | None, Form(alias="to")] = None,
+    q: Annotated[str | None, Form()] = None,
+) -> RedirectResponse:
+    """Cancel or retry the ticked jobs, or every job the current filters match (at most MAX_BULK)."""
+    where = _filter(status, model, key, since, until, q)
+    target_ids = ids if scope == "selected" else None
+    if scope == "selected" and not ids:
+        return _back("/admin/jobs", "Nothing selected.")
+    act = cancel_jobs if action == "cancel" else retry_jobs
+    result = act(session=session, ids=target_ids, where=where if scope == "filtered" else None)
+    audit.record(
+        session=session,
+        actor=admin.key,
+        action=f"jobs.bulk_{action}",
+        target=f"{scope}:{len(result.changed)} jobs",
+        detail={"changed": result.changed, "skipped": result.skipped, "scope": scope},
+    )
+    session.commit()
+    _after_change(state, result.changed)
+    verb = "Cancelled" if action == "cancel" else "Requeued"
+    params = {"model": model or "", "key": key or "", "from": since or "", "to": until or "", "q": q or ""}
+    return _back("/admin/jobs", f"{verb} {len(result.changed)}, skipped {len(result.skipped)}.", **params)
+
+
+def _after_change(state, job_ids: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Tell live streams about the new statuses and publish the new messages now (not at the next sweep)."""
+    with session_scope(state.session_factory) as session:
+        for job in session.scalars(select(Job).where(Job.id.in_(job_ids))):
+            state.events.publish(job.id, {"type": "status", "id": job.id, "status": job.status})
+    state.relay_now()
+
+
+def _live_rows(state, ids: list[str]) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    with session_scope(state.session_factory) as session:
+        rows = session.execute(
+            select(Job.id, Job.status, Job.progress, Job.stage, Job.current_step, Job.total_steps).where(
+                Job.id.in_(ids)
+            )
+        ).all()
+    return [
+        {"id": r[0], "status": r[1], "progress": r[2], "stage": r[3], "step": r[4], "total_steps": r[5]} for r in rows
+    ]
+
+
+@router.get("/jobs/live")
+async def live_jobs(request: Request, admin: AdminUser, state: StateDep, ids: str = "") -> StreamingResponse:
+    """One Server-Sent Events stream for every job on a page (browsers allow only ~6 streams per host):
+    an ``update`` event with ``{id, status, progress, stage, step, total_steps}`` whenever a job
+    changes. Read from the rows, so it works the same with Redis and embedded; ends once all are final."""
+    wanted = [i for i in ids.split(",") if i][:200]
+
+    async def frames() -> AsyncIterator[str]:
+        last: dict[str, dict[str, object]] = {}
+        loop = asyncio.get_running_loop()
+        started = last_sent = loop.time()
+        while loop.time() - started < LIVE_MAX_S and not await request.is_disconnected():
+            rows = await anyio.to_thread.run_sync(_live_rows, state, wanted)
+            for row in rows:
+                if last.get(str(row["id"])) != row:
+                    last[str(row["id"])] = row
+                    last_sent = loop.time()
+                    yield f"event: update\ndata: {json.dumps(row)}\n\n"
+            if (rows and all(is_terminal(str(r["status"])) for r in rows)) or not rows:
+                yield "event: done\ndata: {}\n\n"
+                return
+            if loop.time() - last_sent > state.settings.sse_heartbeat_s:
+                last_sent = loop.time()
+                yield ": heartbeat\n\n"
+            await asyncio.sleep(LIVE_POLL_S)
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: str, admin: AdminUser, session: SessionDep, state: StateDep) -> HTMLResponse:
+    job = get_any_job(session=session, job_id=job_id)
+    owner = session.get(ApiKey, job.owner_id)
+    assert owner is not None  # jobs are deleted with their key
+    deliveries: list[WebhookDelivery] = list_deliveries(session=session, owner=owner, job_id=job.id)
+    attempts = list_attempts(session=session, job_id=job.id)
+    timings = dict(job.stage_timings or {})
+    timeline: list[tuple[str, float]] = []
+    if job.started_at is not None:
+        timeline.append(("queued", (job.started_at - job.created_at).total_seconds()))
+    if "model_load" in timings:
+        timeline.append(("model_load", float(timings["model_load"])))
+    timeline += [(stage, float(timings[stage])) for stage in STAGES if stage in timings]
+    timeline += [(name, float(s)) for name, s in timings.items() if name not in STAGES and name != "model_load"]
+    total = sum(s for _, s in timeline) or 1.0
+    workers = {w.worker_id: w for w in state.workers.list()}
+    return render(
+        request,
+        "admin/job.html",
+        admin,
+        page="jobs",
+        job=job,
+        owner=owner,
+        deliveries=deliveries,
+        attempts=attempts,
+        timeline=[(name, s, s / total) for name, s in timeline],
+        timeline_total=total,
+        workers=workers,
+        heartbeat_timeout_s=state.settings.heartbeat_timeout_s,
+        max_attempts=state.settings.max_attempts,
+    )
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_one(job_id: str, admin: AdminAction, session: SessionDep, state: StateDep) -> RedirectResponse:
+    get_any_job(session=session, job_id=job_id)
+    result = cancel_jobs(session=session, ids=[job_id])
+    if not result.changed:
+        raise Conflict(f"video {job_id} is already finished and cannot be cancelled", code="not_cancellable")
+    audit.record(session=session, actor=admin.key, action="job.cancel", target=job_id)
+    session.commit()
+    _after_change(state, result.changed)
+    return _back(f"/admin/jobs/{job_id}", "Cancelled.")
+
+
+@router.post("/jobs/{job_id}/retry")
+def retry_one(job_id: str, admin: AdminAction, session: SessionDep, state: StateDep) -> RedirectResponse:
+    get_any_job(session=session, job_id=job_id)
+    result = retry_jobs(session=session, ids=[job_id])
+    if not result.changed:
+        raise Conflict(f"video {job_id} is not failed; only failed jobs can be retried", code="not_retryable")
+    audit.record(session=session, actor=admin.key, action="job.retry", target=job_id)
+    session.commit()
+    _after_change(state, result.changed)
+    return _back(f"/admin/jobs/{job_id}", "Requeued.")
+
+
+@router.post("/jobs/{job_id}/webhooks/{delivery_id}/redeliver")
+def redeliver_webhook(
+    job_id: str, delivery_id: str, admin: AdminAction, session: SessionDep, state: StateDep
+) -> RedirectResponse:
+    job = get_any_job(session=session, job_id=job_id)
+    owner = session.get(ApiKey, job.owner_id)
+    assert owner is not None
+    redeliver(session=session, owner=owner, job_id=job_id, delivery_id=delivery_id)
+    audit.record(
+        session=session, actor=admin.key, action="webhook.redeliver", target=delivery_id, detail={"job": job_id}
+    )
+    session.commit()
+    state.relay_now()
+    return _back(f"/admin/jobs/{job_id}", f"Redelivery of {delivery_id} queued.")
+
+
+@router.get("/jobs/{job_id}/content", response_model=None)
+def job_content(
+    job_id: str,
+    admin: AdminUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    variant: Literal["video", "thumbnail"] = "video",
+) -> Response:
+    """A finished job's video or thumbnail for the player: a presigned redirect (S3) or the bytes."""
+    job = get_any_job(session=session, job_id=job_id)
+    if job.status != JobStatus.COMPLETED.value:
+        raise Conflict(f"video {job_id} is {job.status}", code="not_ready")
+    object_key = job.video_key if variant == "video" else job.thumbnail_key
+    if not object_key:
+        raise Gone(f"the results of video {job_id} expired and were deleted", code="expired")
+    url = storage.presigned_url(object_key, timedelta(seconds=settings.presign_expiry_s))
+    if url is not None:
+        return RedirectResponse(url, status_code=302)
+    media_type = "video/mp4" if variant == "video" else "image/jpeg"
+    return StreamingResponse(storage.open_stream(object_key), media_type=media_type)
+
+
+# ---- workers, dead letters, keys, audit ------------------------------------------------------------
+
+
+@router.get("/workers", response_class=HTMLResponse)
+def workers_page(request: Request, admin: AdminUser, session: SessionDep, state: StateDep) -> HTMLResponse:
+    workers = state.workers.list()
+    job_ids = [w.current_job for w in workers if w.current_job]
+    jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(job_ids)))} if job_ids else {}
+    return render(
+        request,
+        "admin/workers.html",
+        admin,
+        page="workers",
+        workers=workers,
+        jobs=jobs,
+        timeout_s=state.settings.heartbeat_timeout_s,
+    )
+
+
+@router.get("/dead", response_class=HTMLResponse)
+def dead_page(
+    request: Request, admin: AdminUser, session: SessionDep, state: StateDep, cursor: str | None = None
+) -> HTMLResponse:
+    page = dead_letters(session=session, cursor=cursor, limit=PAGE_SIZE)
+    return render(
+        request,
+        "admin/dead.html",
+        admin,
+        page="dead",
+        jobs=page.jobs,
+        next_cursor=page.next_cursor,
+        max_attempts=state.settings.max_attempts,
+    )
+
+
+@router.post("/dead/requeue")
+def requeue_dead(
+    admin: AdminAction,
+    session: SessionDep,
+    state: StateDep,
+    ids: Annotated[list[str], Form()] = [],  # noqa: B006
+    scope: Annotated[Literal["selected", "all"], Form()] = "selected",
+) -> RedirectResponse:
+    """Failed → queued through the state machine, with a new outbox message for each job."""
+    if scope == "selected" and not ids:
+        return _back("/admin/dead", "Nothing selected.")
+    where = JobFilter(status=[JobStatus.FAILED.value]) if scope == "all" else None
+    result = retry_jobs(session=session, ids=ids if scope == "selected" else None, where=where)
+    audit.record(
+        session=session,
+        actor=admin.key,
+        action="dead.requeue",
+        target=f"{scope}:{len(result.changed)} jobs",
+        detail={"changed": result.changed, "skipped": result.skipped},
+    )
+    session.commit()
+    _after_change(state, result.changed)
+    return _back("/admin/dead", f"Requeued {len(result.changed)}.")
+
+
+@router.get("/keys", response_class=HTMLResponse)
+def keys_page(request: Request, admin: AdminUser, session: SessionDep) -> HTMLResponse:
+    return render(request, "admin/keys.html", admin, page="keys", usage=stats.key_usage(session=session), created=None)
+
+
+@router.post("/keys", response_class=HTMLResponse)
+def create_key(
+    request: Request,
+    admin: AdminAction,
+    session: SessionDep,
+    name: Annotated[str, Form(min_length=1, max_length=200)],
+    is_admin: Annotated[bool, Form()] = False,
+) -> HTMLResponse:
+    """Create a key and show it once, in this response only (only its hash is stored)."""
+    created = api_keys.create_key(session=session, name=name.strip(), is_admin=is_admin)
+    audit.record(
+        session=session,
+        actor=admin.key,
+        action="key.create",
+        target=f"key:{created.record.id}",
+        detail={"name": created.record.name, "admin": is_admin},
+    )
+    session.commit()
+    return render(
+        request, "admin/keys.html", admin, page="keys", usage=stats.key_usage(session=session), created=created
+    )
+
+
+@router.post("/keys/{key_id}/revoke")
+def revoke_key(key_id: int, admin: AdminAction, session: SessionDep) -> RedirectResponse:
+    if key_id == admin.key.id:
+        raise Conflict("you cannot revoke the key you are logged in with", code="own_key")
+    record = api_keys.revoke_key(session=session, key_id=key_id)
+    audit.record(
+        session=session, actor=admin.key, action="key.revoke", target=f"key:{key_id}", detail={"name": record.name}
+    )
+    session.commit()
+    return _back("/admin/keys", f"Revoked key {key_id}.")
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, admin: AdminUser, session: SessionDep) -> HTMLResponse:
+    return render(request, "admin/audit.html", admin, page="audit", entries=audit.recent(session=session, limit=200))
