@@ -27,6 +27,9 @@ class VideoCreate(BaseModel):
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     seed: int | None = None
+    num_gpus: int | None = Field(
+        default=None, description="GPUs to run this job across (1, 2, 4 or 8); reaches workers of that size."
+    )
     webhook_url: str | None = Field(
         default=None, description="Receives this job's events, signed with `GET /v1/webhooks/default/secret`."
     )
@@ -48,6 +51,7 @@ class VideoCreate(BaseModel):
             num_inference_steps=self.num_inference_steps,
             guidance_scale=self.guidance_scale,
             seed=self.seed,
+            num_gpus=self.num_gpus,
             webhook_url=self.webhook_url,
             webhook_events=self.webhook_events,
         )
@@ -82,9 +86,11 @@ class VideoPublic(BaseModel):
     num_inference_steps: int
     guidance_scale: float
     seed: int
+    num_gpus: int = 1
     attempts: int
     error: VideoError | None
     stage_timings: dict[str, Any] | None
+    memory: dict[str, Any] | None = None
     webhook_url: str | None
     webhook_events: list[str] | None
 

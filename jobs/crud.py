@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from jobs.attempts import AttemptOutcome, close_attempt
+from jobs.capacity import check_fits_a_worker
 from jobs.db import utcnow
 from jobs.dispatch import add_to_outbox
 from jobs.errors import Conflict, InvalidParameter, NotFound
@@ -27,6 +28,7 @@ from jobs.transitions import cancel
 from jobs.validation import JobRequest, resolve_job_params
 from jobs.webhooks.outbox import add_job_event, check_event_filter
 from jobs.webhooks.targets import check_target
+from jobs.workers import WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ def create_job(
     request: JobRequest,
     idempotency_key: str | None = None,
     webhook_allowed_hosts: frozenset[str] = frozenset(),
+    workers: list[WorkerStatus] | None = None,
+    heartbeat_timeout_s: float = 60.0,
 ) -> tuple[Job, bool]:
     """Validate, store and enqueue a job in one transaction. Returns (job, created).
 
@@ -72,6 +76,8 @@ def create_job(
             return _replay(existing, fingerprint), False
 
     params = resolve_job_params(request)
+    if workers is not None:  # the fleet's declared GPU memory, for requests no GPU could hold
+        check_fits_a_worker(params, workers, heartbeat_timeout_s=heartbeat_timeout_s)
     webhook_events = check_event_filter(request.webhook_events, param="webhook_events")
     if request.webhook_url is not None:
         check_target(request.webhook_url, allowed_hosts=webhook_allowed_hosts, param="webhook_url")

@@ -7,6 +7,8 @@ JobCancelled, so the stale render stops instead of overwriting the new owner's w
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -90,6 +92,7 @@ def complete_owned(
     thumbnail_key: str,
     stage_timings: dict[str, float],
     result_ttl_s: int,
+    memory: dict[str, Any] | None = None,
 ) -> Job:
     job = _lock_owned(session, job_id, worker_id)
     complete(
@@ -98,6 +101,7 @@ def complete_owned(
         thumbnail_key=thumbnail_key,
         stage_timings=stage_timings,
         result_ttl_s=result_ttl_s,
+        memory=memory,
     )
     close_attempt(session=session, job=job, outcome=AttemptOutcome.COMPLETED, now=job.completed_at)
     add_job_event(session=session, job=job)

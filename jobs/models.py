@@ -69,6 +69,7 @@ class Job(Base):
     num_inference_steps: Mapped[int] = mapped_column(Integer)
     guidance_scale: Mapped[float] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(BigInteger)
+    num_gpus: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     webhook_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
@@ -85,6 +86,8 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     stage_timings: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The engine's memory plan for the render and the peak GPU memory of each stage.
+    memory: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # from measured step times
 
     # When

@@ -54,9 +54,11 @@ def job_to_public(job: Job, *, queue_position: int | None) -> dict[str, Any]:
         "num_inference_steps": job.num_inference_steps,
         "guidance_scale": job.guidance_scale,
         "seed": job.seed,
+        "num_gpus": job.num_gpus,
         "attempts": job.attempts,
         "error": {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None,
         "stage_timings": job.stage_timings,
+        "memory": job.memory,
         "webhook_url": job.webhook_url,
         "webhook_events": job.webhook_events,
     }

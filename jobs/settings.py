@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     worker_models: str = ""  # comma-separated registry names; empty = every installed model
     # GPUs one worker runs each job across (one process per GPU, this one is rank 0), and how.
     worker_gpus: int = Field(default=1, ge=1)
+    worker_vram_gb: float | None = Field(default=None, gt=0)  # declared GPU memory; default: measured
     worker_ulysses_degree: int | None = None
     worker_ring_degree: int | None = None
     worker_cfg_parallel: bool = False

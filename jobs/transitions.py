@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from jobs.db import utcnow
 from jobs.models import Job
@@ -32,9 +33,11 @@ def complete(
     thumbnail_key: str,
     stage_timings: dict[str, float],
     result_ttl_s: int,
+    memory: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> None:
     job.status = check_transition(job.status, JobStatus.COMPLETED).value
+    job.memory = memory
     now = now or utcnow()
     job.completed_at = now
     job.expires_at = now + timedelta(seconds=result_ttl_s)

@@ -28,6 +28,7 @@ class JobRequest:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     seed: int | None = None
+    num_gpus: int | None = None
     webhook_url: str | None = None
     webhook_events: list[str] | None = None  # None: every state change; checked in jobs.webhooks
 
@@ -47,11 +48,16 @@ class JobParams:
     num_inference_steps: int
     guidance_scale: float
     seed: int
+    num_gpus: int = 1
 
 
-def queue_for(spec: ModelSpec) -> str:
-    """One Celery queue per model family, so a worker only receives what its GPU has loaded."""
-    return f"gpu.{spec.family}"
+GPU_GROUP_SIZES = (1, 2, 4, 8)
+
+
+def queue_for(spec: ModelSpec, num_gpus: int = 1) -> str:
+    """One Celery queue per model family and GPU group size: a worker receives only models it has
+    loaded, and a job that asks for N GPUs only reaches workers that run jobs across N GPUs."""
+    return f"gpu.{spec.family}" if num_gpus == 1 else f"gpu.{spec.family}.x{num_gpus}"
 
 
 def resolve_job_params(request: JobRequest) -> JobParams:
@@ -88,13 +94,19 @@ def resolve_job_params(request: JobRequest) -> JobParams:
             f"negative_prompt longer than {spec.max_prompt_chars} characters", param="negative_prompt"
         )
 
+    num_gpus = 1 if request.num_gpus is None else request.num_gpus
+    if num_gpus not in GPU_GROUP_SIZES:
+        raise InvalidParameter(
+            f"num_gpus must be one of {', '.join(map(str, GPU_GROUP_SIZES))}, got {num_gpus}", param="num_gpus"
+        )
+
     seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
     if not 0 <= seed <= MAX_SEED:
         raise InvalidParameter(f"seed must be between 0 and {MAX_SEED}, got {seed}", param="seed")
 
     return JobParams(
         model=spec.name,
-        queue=queue_for(spec),
+        queue=queue_for(spec, num_gpus),
         prompt=request.prompt.strip(),
         negative_prompt=request.negative_prompt,
         width=width,
@@ -104,6 +116,7 @@ def resolve_job_params(request: JobRequest) -> JobParams:
         num_inference_steps=steps,
         guidance_scale=float(guidance),
         seed=seed,
+        num_gpus=num_gpus,
     )
 
 

@@ -39,6 +39,8 @@ class WorkerStatus:
     served_models: list[str] = field(default_factory=list)
     loaded_models: list[str] = field(default_factory=list)
     gpus: list[dict[str, Any]] = field(default_factory=list)  # [] = CPU only
+    # The GPU memory this worker plans renders within (None: unbounded, e.g. a CPU worker).
+    vram_budget_bytes: int | None = None
     current_job: str | None = None
     stage: str | None = None
     step: int = 0

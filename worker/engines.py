@@ -30,10 +30,12 @@ def served_models(settings: Settings) -> list[str]:
     return settings.worker_model_names or installed_models(settings)
 
 
-def queues_for_models(models: list[str]) -> list[str]:
+def queues_for_models(models: list[str], gpus: int = 1) -> list[str]:
+    """The family queues of `models`; a worker of N GPUs also takes the jobs that ask for N."""
     from jobs.validation import queue_for
 
-    return sorted({queue_for(get_spec(m)) for m in models})
+    sizes = {1, gpus}
+    return sorted({queue_for(get_spec(m), n) for m in models for n in sizes})
 
 
 class ModelUnavailable(LookupError):
@@ -80,6 +82,18 @@ class EnginePool:
                 engine = _build(model, self.settings)
                 self._engines[model] = engine
             return engine
+
+    def vram_budget_bytes(self) -> int | None:
+        """The GPU memory this worker declares: `VIDQ_WORKER_VRAM_GB`, else what its loaded engines
+        planned within (for a rank group, one GPU's); None when unbounded (CPU)."""
+        if self.settings.worker_vram_gb is not None:
+            return int(self.settings.worker_vram_gb * 2**30)
+        budgets = []
+        for engine in self._engines.values():
+            single = getattr(engine, "engine", engine)  # an EngineGroup's rank-0 engine
+            if getattr(single, "memory_budget_bytes", None) is not None:
+                budgets.append(single.memory_budget_bytes)
+        return max(budgets) if budgets else None
 
     @property
     def loaded(self) -> list[str]:

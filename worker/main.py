@@ -31,7 +31,7 @@ def prepare_worker(
     when a GPU queue is consumed, so ``queues=["webhooks"]`` starts without touching the engine.
     """
     models = models or served_models(settings)
-    queues = queues or [*queues_for_models(models), WEBHOOK_QUEUE]
+    queues = queues or [*queues_for_models(models, settings.worker_gpus), WEBHOOK_QUEUE]
     renders = any(q != WEBHOOK_QUEUE for q in queues)
     app = app or create_worker_app(settings)
     ctx = build_context(settings)
@@ -50,6 +50,7 @@ def prepare_worker(
         served_models=ctx.engines.served,
         loaded_models=lambda: ctx.engines.loaded,
         interval_s=settings.heartbeat_interval_s,
+        vram_budget_bytes=ctx.engines.vram_budget_bytes(),
     ).start()  # a daemon thread: its heartbeats stop with the process, and the dashboard shows it lost
     sweeper = make_sweeper(settings, app, ctx.session_factory, ctx.storage) if settings.sweeper_enabled else None
     if sweeper is not None:

@@ -11,6 +11,7 @@ import time
 import traceback
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from jobs.db import session_scope
 from jobs.errors import JobCancelled
@@ -74,7 +75,7 @@ def _render(job_id: str, ctx: WorkerContext) -> RenderOutcome:
     uploaded: list[str] = []
     with JobHeartbeat(ctx, job_id):
         try:
-            video_key, thumbnail_key, timings = _generate_and_upload(job, ctx, uploaded)
+            video_key, thumbnail_key, timings, memory = _generate_and_upload(job, ctx, uploaded)
             with session_scope(ctx.session_factory) as session:
                 complete_owned(
                     session=session,
@@ -84,6 +85,7 @@ def _render(job_id: str, ctx: WorkerContext) -> RenderOutcome:
                     thumbnail_key=thumbnail_key,
                     stage_timings=timings,
                     result_ttl_s=ctx.settings.result_ttl_s,
+                    memory=memory,
                 )
         except JobCancelled as exc:
             log.info("job %s stopped: %s", job_id, exc)
@@ -126,7 +128,9 @@ def _relay_webhooks(ctx: WorkerContext) -> None:
         log.warning("could not publish webhook deliveries now: %s", exc)
 
 
-def _generate_and_upload(job, ctx: WorkerContext, uploaded: list[str]) -> tuple[str, str, dict[str, float]]:  # type: ignore[no-untyped-def]
+def _generate_and_upload(  # type: ignore[no-untyped-def]
+    job, ctx: WorkerContext, uploaded: list[str]
+) -> tuple[str, str, dict[str, float], dict[str, Any]]:
     from engine import GenerationRequest
     from engine.io.video import encode_mp4, write_thumbnail
 
@@ -168,7 +172,16 @@ def _generate_and_upload(job, ctx: WorkerContext, uploaded: list[str]) -> tuple[
         ctx.storage.put_file(thumbnail_key, thumb_path, "image/jpeg")
         uploaded.append(thumbnail_key)
         timings["uploading"] = round(time.perf_counter() - started, 4)
-    return video_key, thumbnail_key, timings
+    return video_key, thumbnail_key, timings, memory_record(result)
+
+
+def memory_record(result) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """What the job keeps of the render's memory: the engine's plan and each stage's peak."""
+    plan = getattr(result, "memory_plan", None)
+    return {
+        "plan": plan.to_dict() if plan is not None else None,
+        "stage_peak_bytes": dict(getattr(result, "stage_peak_memory_bytes", None) or {}),
+    }
 
 
 def _remove(ctx: WorkerContext, keys: list[str]) -> None:

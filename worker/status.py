@@ -129,7 +129,9 @@ class StatusPublisher:
         served_models: list[str],
         loaded_models: Any,  # a callable returning the loaded model names
         interval_s: float,
+        vram_budget_bytes: int | None = None,
     ) -> None:
+        self.vram_budget_bytes = vram_budget_bytes
         self.registry = registry
         self.worker_id = worker_id
         self.activity = activity
@@ -157,6 +159,7 @@ class StatusPublisher:
             served_models=self.served_models,
             loaded_models=list(self.loaded_models()),
             gpus=self._gpus,
+            vram_budget_bytes=self.vram_budget_bytes,
             **self.activity.snapshot(),
         )
 

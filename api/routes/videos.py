@@ -37,6 +37,8 @@ def create_video(
         request=body.to_request(settings.default_model),
         idempotency_key=idempotency_key,
         webhook_allowed_hosts=settings.webhook_allowed_host_set,
+        workers=state.workers.list(),
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
     )
     session.commit()
     if created:

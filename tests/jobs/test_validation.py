@@ -45,9 +45,16 @@ def test_given_values_are_kept() -> None:
         ({"negative_prompt": "x" * 5000}, "negative_prompt"),
         ({"seed": -1}, "seed"),
         ({"fps": 0}, "fps"),
+        ({"num_gpus": 3}, "num_gpus"),
     ],
 )
 def test_invalid_requests_name_the_field(fields: dict[str, object], param: str) -> None:
     with pytest.raises(InvalidParameter) as excinfo:
         resolve_job_params(request(**fields))
     assert excinfo.value.param == param
+
+
+def test_jobs_route_to_the_queue_of_their_gpu_group_size() -> None:
+    assert resolve_job_params(request()).queue == "gpu.wan"
+    two = resolve_job_params(request(num_gpus=2))
+    assert (two.queue, two.num_gpus) == ("gpu.wan.x2", 2)

@@ -142,3 +142,38 @@ def test_health_and_readiness(api) -> None:
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
     assert "/v1/videos" in api.get("/openapi.json").json()["paths"]
+
+
+def test_a_request_too_large_for_every_worker_gpu_is_refused_at_submission(api, make_key, service_settings) -> None:
+    import time
+
+    from jobs.workers import WorkerStatus, make_worker_registry
+
+    registry = make_worker_registry(service_settings)
+    now = time.time()
+    registry.publish(
+        WorkerStatus(
+            worker_id="small-gpu:1",
+            host="small-gpu",
+            pid=1,
+            heartbeat_at=now,
+            started_at=now,
+            served_models=["wan2.1-t2v-14b"],
+            vram_budget_bytes=4 * 2**30,
+        )
+    )
+    try:
+        _assert_too_large_refused(api, make_key)
+    finally:  # leave no phantom worker for the dashboard tests
+        import redis
+
+        redis.Redis.from_url(service_settings.redis_url).delete("vidq:worker:small-gpu:1")
+
+
+def _assert_too_large_refused(api, make_key) -> None:  # type: ignore[no-untyped-def]
+    body = {"prompt": "a city at night", "model": "wan2.1-t2v-14b", "size": "1280x720", "num_frames": 81}
+    response = api.post("/v1/videos", json=body, headers=auth(make_key()))
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_gpu_memory" and error["param"] == "size"
+    assert "4.0 GiB" in error["message"]

@@ -3,6 +3,8 @@ gloo: the job completes with the same video a one-process worker makes for the s
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import imageio.v3 as iio
 import pytest
@@ -19,17 +21,20 @@ def _video_bytes(api, key: str, job_id: str) -> bytes:  # type: ignore[no-untype
     return httpx.get(location).content
 
 
-def test_a_parallel_worker_renders_the_same_video_as_a_single_one(api, make_key, start_worker) -> None:
+def test_a_job_for_two_gpus_waits_for_a_two_gpu_worker_and_renders_the_same_video(api, make_key, start_worker) -> None:
     key = make_key()
     single = start_worker()
     first = wait_for_job(api, key, api.post("/v1/videos", json=BODY, headers=auth(key)).json()["id"], finished)
+    assert first["status"] == "completed" and first["num_gpus"] == 1, first
+    pair_job = api.post("/v1/videos", json={**BODY, "num_gpus": 2}, headers=auth(key)).json()
+    time.sleep(3)  # a one-GPU worker never takes it: it routes to the gpu.wan.x2 queue
+    assert api.get(f"/v1/videos/{pair_job['id']}", headers=auth(key)).json()["status"] == "queued"
     single.stop()
-    assert first["status"] == "completed", first
 
     group = start_worker(VIDQ_WORKER_GPUS="2", VIDQ_WORKER_CFG_PARALLEL="true", VIDQ_COLLECTIVE_TIMEOUT_S="60")
-    second = wait_for_job(api, key, api.post("/v1/videos", json=BODY, headers=auth(key)).json()["id"], finished)
+    second = wait_for_job(api, key, pair_job["id"], finished)
     group.stop()
-    assert second["status"] == "completed", second
+    assert second["status"] == "completed" and second["num_gpus"] == 2, second
     assert second["current_step"] == 3
     assert "died" not in group.log()
     # same seed and weights, float32 on the CPU: the frames agree to within H.264's rounding

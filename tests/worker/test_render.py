@@ -46,6 +46,9 @@ def test_a_job_is_rendered_stored_and_never_rendered_twice(ctx: WorkerContext) -
         assert (job.status, job.attempts, job.current_step, job.progress) == ("completed", 1, 2, 100)
         completed_at = job.completed_at
     assert ctx.storage.exists(job.video_key) and ctx.storage.exists(job.thumbnail_key)
+    # the engine's memory plan is recorded with the job (CPU: no budget, nothing offloaded)
+    assert job.memory is not None and job.memory["plan"]["offload"] == "none"
+    assert set(job.memory) == {"plan", "stage_peak_bytes"}
 
     # the same message delivered again (e.g. after a broker restart) is dropped
     assert render_job(job_id, ctx=ctx) is RenderOutcome.SKIPPED
