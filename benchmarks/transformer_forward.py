@@ -19,22 +19,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_engine import CONFIGS
 from timing import median_ms
 
-from engine.models.tiny import TINY_TRANSFORMER
-from engine.models.wan_transformer import WanTransformer3DModel, WanTransformerConfig
+from engine.models.wan_transformer import WanTransformer3DModel
 from engine.registry import parse_size
 
-CONFIGS = {
-    "tiny-wan": TINY_TRANSFORMER,
-    # Published configs of the Wan2.1 text-to-video checkpoints (transformer/config.json).
-    "wan2.1-t2v-1.3b": WanTransformerConfig(
-        num_attention_heads=12, attention_head_dim=128, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30
-    ),
-    "wan2.1-t2v-14b": WanTransformerConfig(
-        num_attention_heads=40, attention_head_dim=128, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40
-    ),
-}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
