@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.login_throttle import LoginThrottle
 from jobs.dispatch import CeleryPublisher, Sweeper, relay_outbox
 from jobs.events import EventBus
 from jobs.settings import Settings
@@ -28,6 +29,7 @@ class AppState:
     events: EventBus  # live job events (the API publishes the changes it makes: cancellations)
     sweeper: Sweeper | None
     workers: WorkerRegistry  # the status records workers publish (Redis, or this process when embedded)
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)  # admin login failures per client
 
     def relay_now(self) -> None:
         """Publish what a committed change put in the outboxes (render messages, webhook deliveries)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,7 @@ from jobs.states import JobStatus, is_terminal
 from jobs.validation import list_model_names
 from jobs.webhooks.endpoints import list_deliveries, redeliver
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
 PAGE_SIZE = 50
@@ -112,13 +114,24 @@ def login(
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not expected or not secrets.compare_digest(expected, csrf_token):
         return _login_page(request, error="The form expired; please try again.", status_code=403)
+    client = request.client.host if request.client else "unknown"
+    wait_s = state.login_throttle.retry_after_s(client)
+    if wait_s:
+        response = _login_page(request, error=f"Too many failed attempts; try again in {wait_s} s.", status_code=429)
+        response.headers["Retry-After"] = str(wait_s)
+        return response
     with session_scope(state.session_factory) as session:
         try:
             key = api_keys.authenticate(session=session, plaintext=api_key.strip())
         except DomainError:
+            state.login_throttle.failed(client)
+            log.warning("failed admin login from %s", client)  # never the key itself
             return _login_page(request, error="That key is not valid.", status_code=401)
         if not key.is_admin:
+            state.login_throttle.failed(client)
+            log.warning("admin login with a client key (key %s) from %s", key.id, client)
             return _login_page(request, error="That key is not an admin key.", status_code=403)
+        state.login_throttle.succeeded(client)
         audit.record(session=session, actor=key, action="login", target=f"key:{key.id}")
         cookie = new_session_cookie(state.settings, key)
     response = RedirectResponse(safe_next(next_path), status_code=303)

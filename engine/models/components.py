@@ -48,7 +48,7 @@ def load_wan_components(folder: Path, device: torch.device, dtype: torch.dtype) 
     transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", dtype=dtype, device=device)
     # Casts follow the loads (rather than a dtype argument) because the argument's name differs
     # across the diffusers/transformers versions we support; they are no-ops when already right.
-    vae = AutoencoderKLWan.from_pretrained(folder / "vae").to(torch.float32)
+    vae = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=torch.float32)
     text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype).to(dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     scheduler_config = dict(UniPCMultistepScheduler.load_config(folder / "scheduler"))

@@ -244,3 +244,33 @@ def test_metrics_are_prometheus_text_with_vidq_names(app_client, new_key) -> Non
     assert families["vidq_job_latency_seconds"].type == "histogram"
     depth = {s.labels["queue"]: s.value for s in families["vidq_queue_depth"].samples}
     assert sum(depth.values()) >= 1
+
+
+def test_repeated_failed_logins_from_one_client_are_throttled(admin_settings, new_key) -> None:
+    from api.app import create_app
+    from api.login_throttle import MAX_FAILURES
+
+    _, admin_key = new_key("admin", admin=True)
+    with TestClient(create_app(admin_settings)) as browser:  # its own app: its own throttle
+        for _ in range(MAX_FAILURES):
+            form = browser.get("/admin/login")
+            refused = browser.post("/admin/login", data={"api_key": "vq_guess", "csrf_token": csrf_from(form.text)})
+            assert refused.status_code == 401
+        form = browser.get("/admin/login")
+        blocked = browser.post("/admin/login", data={"api_key": admin_key, "csrf_token": csrf_from(form.text)})
+        assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0
+        assert "Too many failed attempts" in blocked.text
+
+
+def test_the_login_throttle_forgets_failures_after_its_window() -> None:
+    from api.login_throttle import LoginThrottle
+
+    throttle = LoginThrottle(max_failures=2, window_s=60)
+    throttle.failed("10.0.0.1", now=0)
+    throttle.failed("10.0.0.1", now=1)
+    assert throttle.retry_after_s("10.0.0.1", now=2) == 59
+    assert throttle.retry_after_s("10.0.0.2", now=2) == 0  # other clients are not affected
+    assert throttle.retry_after_s("10.0.0.1", now=61) == 0
+    throttle.failed("10.0.0.1", now=70)
+    throttle.succeeded("10.0.0.1")
+    assert throttle.retry_after_s("10.0.0.1", now=71) == 0
