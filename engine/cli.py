@@ -126,15 +126,7 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     try:
         if known_spec is not None:  # refuse before spending seconds on imports and loading
-            known_spec.validate(
-                width=request.width,
-                height=request.height,
-                num_frames=request.num_frames,
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                fps=request.fps,
-                prompt=request.prompt,
-            )
+            known_spec.validate_request(request)
         if args.num_gpus > 1:
             config = ParallelConfig.from_options(
                 num_gpus=args.num_gpus,

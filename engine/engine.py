@@ -197,15 +197,7 @@ class Engine:
         only what the architecture itself needs.
         """
         if self.spec is not None:
-            self.spec.validate(
-                width=request.width,
-                height=request.height,
-                num_frames=request.num_frames,
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                fps=request.fps,
-                prompt=request.prompt,
-            )
+            self.spec.validate_request(request)
             return
         if request.width <= 0 or request.height <= 0 or request.width % SIZE_MULTIPLE or request.height % SIZE_MULTIPLE:
             raise SpecViolationError("size", f"width and height must be positive multiples of {SIZE_MULTIPLE}")

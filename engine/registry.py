@@ -99,6 +99,18 @@ class ModelSpec:
         """Every frame count this model accepts, ascending (for error messages and UIs)."""
         return [n for n in range(self.min_frames, self.max_frames + 1) if self.frames_allowed(n)]
 
+    def validate_request(self, request: object) -> None:
+        """`validate` for anything with a `GenerationRequest`'s fields."""
+        self.validate(
+            width=request.width,  # type: ignore[attr-defined]
+            height=request.height,  # type: ignore[attr-defined]
+            num_frames=request.num_frames,  # type: ignore[attr-defined]
+            num_inference_steps=request.num_inference_steps,  # type: ignore[attr-defined]
+            guidance_scale=request.guidance_scale,  # type: ignore[attr-defined]
+            fps=request.fps,  # type: ignore[attr-defined]
+            prompt=request.prompt,  # type: ignore[attr-defined]
+        )
+
     def validate(
         self,
         *,
