@@ -11,9 +11,12 @@ COPY engine engine
 COPY jobs jobs
 COPY vidq vidq
 COPY migrations migrations
-# torch comes from the base image; install the rest without replacing it.
-RUN pip install --no-deps -e . && \
-    pip install "$(python -c 'import tomllib;d=tomllib.load(open("pyproject.toml","rb"));print(" ".join(x for x in d["project"]["dependencies"] if not x.startswith("torch")))' | tr ' ' '\n' | xargs)"
+# torch comes from the base image (the engine runs on torch 2.11): install every other dependency
+# from pyproject.toml, then the project itself without letting pip replace torch.
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+open('/tmp/requirements.txt', 'w').write(chr(10).join(d for d in deps if not d.startswith('torch')))" && \
+    pip install -r /tmp/requirements.txt && \
+    pip install --no-deps -e .
 RUN useradd --create-home vidq
 USER vidq
 EXPOSE 8000
