@@ -23,6 +23,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,20 +73,35 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.float() - expected.float()).norm() / expected.float().norm()).item()
 
 
+@contextmanager
+def building_in(dtype: torch.dtype, device: torch.device) -> Iterator[None]:
+    """Construct modules with seed 0 directly in `dtype` on `device`: a 14B model in float32
+    would not fit, and every rank or run gets the same random weights."""
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def random_engine_dit(config: WanTransformerConfig, dtype: torch.dtype, device: torch.device) -> WanTransformer3DModel:
+    """Our DiT with random weights, `_keep_in_fp32_modules` in float32 as a checkpoint load would."""
+    with building_in(dtype, device):
+        model = WanTransformer3DModel(config)
+    return model.to(device).cast(dtype).eval().requires_grad_(False)  # .to: the RoPE tables
+
+
 def diffusers_transformer(config: WanTransformerConfig, dtype: torch.dtype, device: torch.device):  # type: ignore[no-untyped-def]
     """diffusers' model with random weights, cast as `from_pretrained(torch_dtype=dtype)` would:
     `_keep_in_fp32_modules` stay float32, the rest is `dtype`."""
     from diffusers import WanTransformer3DModel as DiffusersWan
 
     kwargs = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # build in the target dtype: a 14B model in float32 would not fit
-    try:
-        with torch.device(device):
-            model = DiffusersWan(**kwargs)
-    finally:
-        torch.set_default_dtype(previous)
+    with building_in(dtype, device):
+        model = DiffusersWan(**kwargs)
     keep = WanTransformer3DModel._keep_in_fp32_modules
     for name, param in model.named_parameters():
         if any(part in keep for part in name.split(".")):

@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_engine import CONFIGS, commit  # noqa: E402
+from benchmarks.bench_engine import CONFIGS, TEXT_TOKENS, commit, random_engine_dit, sync  # noqa: E402
 from engine.memory.offload import LayerwiseOffload  # noqa: E402
 from engine.memory.planner import GIB, KNOWN_FOOTPRINTS, RequestShape, dit_activation_bytes, vae_decode_bytes  # noqa: E402
 from engine.memory.vae_tiling import decode_tiled  # noqa: E402
@@ -42,13 +42,6 @@ from engine.models.tiny import TINY_VAE  # noqa: E402
 from engine.models.wan_transformer import WanTransformer3DModel  # noqa: E402
 from engine.optimize import optimize_transformer  # noqa: E402
 from engine.registry import parse_size  # noqa: E402
-
-TEXT_TOKENS = 512
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reset_peak(device: torch.device) -> None:
@@ -74,18 +67,7 @@ def timed(fn, device: torch.device, iters: int) -> float:  # type: ignore[no-unt
 
 
 def build_dit(config, dtype: torch.dtype, device: torch.device, compile: bool) -> WanTransformer3DModel:  # type: ignore[no-untyped-def]
-    """Random weights built directly in `dtype` on `device` (a 14B in float32 would not fit)."""
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = WanTransformer3DModel(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model.cast(dtype).eval().requires_grad_(False)  # _keep_in_fp32_modules back to float32
-    model.rope.to(device)
-    model.fuse_projections()
+    model = random_engine_dit(config, dtype, device)
     model.set_attention_backend("auto")
     return optimize_transformer(model, fuse=True, compile=compile)
 

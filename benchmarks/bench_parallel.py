@@ -24,9 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_engine import CONFIGS, TEXT_TOKENS, commit  # noqa: E402
+from bench_engine import CONFIGS, TEXT_TOKENS, commit, random_engine_dit  # noqa: E402
 
-from engine.models.wan_transformer import WanTransformer3DModel  # noqa: E402
 from engine.optimize import optimize_transformer  # noqa: E402
 from engine.parallel import ParallelConfig  # noqa: E402
 from engine.parallel.launch import launch, rank_device  # noqa: E402
@@ -39,15 +38,7 @@ from engine.stages.state import PipelineState  # noqa: E402
 def _inputs(config_name: str, width: int, height: int, frames: int, device: torch.device):  # type: ignore[no-untyped-def]
     config = CONFIGS[config_name]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = WanTransformer3DModel(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model = model.to(device).cast(dtype).eval().requires_grad_(False)  # .to: RoPE tables
+    model = random_engine_dit(config, dtype, device)
     generator = torch.Generator("cpu").manual_seed(2)
     pe = torch.randn(1, TEXT_TOKENS, config.text_dim, generator=generator).to(device, dtype)
     ne = torch.randn(1, TEXT_TOKENS, config.text_dim, generator=generator).to(device, dtype)

@@ -9,6 +9,8 @@ yet, CPU workers, a model without a known footprint) the request is accepted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from engine.memory import KNOWN_FOOTPRINTS, MemoryBudgetError, RequestShape, plan_memory
 from jobs.errors import InvalidParameter
 from jobs.validation import JobParams
@@ -17,13 +19,16 @@ from jobs.workers import WorkerStatus
 GIB = 2**30
 
 
-def check_fits_a_worker(params: JobParams, workers: list[WorkerStatus], *, heartbeat_timeout_s: float) -> None:
+def check_fits_a_worker(
+    params: JobParams, workers: Callable[[], list[WorkerStatus]], *, heartbeat_timeout_s: float
+) -> None:
+    """`workers` is called (a Redis scan) only for models whose footprint the planner knows."""
     footprint = KNOWN_FOOTPRINTS.get(params.model)
     if footprint is None:
         return
     budgets = [
         w.vram_budget_bytes
-        for w in workers
+        for w in workers()
         if params.model in w.served_models and not w.is_lost(timeout_s=heartbeat_timeout_s)
     ]
     if not budgets or any(b is None for b in budgets):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 
 from sqlalchemy import select
@@ -61,7 +62,7 @@ def create_job(
     request: JobRequest,
     idempotency_key: str | None = None,
     webhook_allowed_hosts: frozenset[str] = frozenset(),
-    workers: list[WorkerStatus] | None = None,
+    workers: Callable[[], list[WorkerStatus]] | None = None,
     heartbeat_timeout_s: float = 60.0,
 ) -> tuple[Job, bool]:
     """Validate, store and enqueue a job in one transaction. Returns (job, created).

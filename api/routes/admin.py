@@ -11,7 +11,7 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 from urllib.parse import urlencode
 
@@ -27,6 +27,7 @@ from api.admin_auth import (
     safe_next,
 )
 from api.admin_pages import render, templates
+from api.content import Variant, content_response
 from api.deps import AdminAction, AdminUser, SessionDep, SettingsDep, StateDep, StorageDep
 from api.routes.video_events import SSE_HEADERS
 from jobs import keys as api_keys
@@ -34,7 +35,7 @@ from jobs.admin import audit, stats
 from jobs.admin.jobs import JobFilter, cancel_jobs, dead_letters, get_any_job, retry_jobs, search_jobs
 from jobs.attempts import list_attempts
 from jobs.db import session_scope
-from jobs.errors import Conflict, DomainError, Gone
+from jobs.errors import Conflict, DomainError
 from jobs.models import ApiKey, Job, WebhookDelivery
 from jobs.states import JobStatus, is_terminal
 from jobs.validation import list_model_names
@@ -388,20 +389,10 @@ def job_content(
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
-    variant: Literal["video", "thumbnail"] = "video",
+    variant: Variant = "video",
 ) -> Response:
-    """A finished job's video or thumbnail for the player: a presigned redirect (S3) or the bytes."""
-    job = get_any_job(session=session, job_id=job_id)
-    if job.status != JobStatus.COMPLETED.value:
-        raise Conflict(f"video {job_id} is {job.status}", code="not_ready")
-    object_key = job.video_key if variant == "video" else job.thumbnail_key
-    if not object_key:
-        raise Gone(f"the results of video {job_id} expired and were deleted", code="expired")
-    url = storage.presigned_url(object_key, timedelta(seconds=settings.presign_expiry_s))
-    if url is not None:
-        return RedirectResponse(url, status_code=302)
-    media_type = "video/mp4" if variant == "video" else "image/jpeg"
-    return StreamingResponse(storage.open_stream(object_key), media_type=media_type)
+    """A finished job's video or thumbnail for the player (any owner's)."""
+    return content_response(get_any_job(session=session, job_id=job_id), variant, storage, settings.presign_expiry_s)
 
 
 # ---- workers, dead letters, keys, audit ------------------------------------------------------------

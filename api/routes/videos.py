@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from fastapi.responses import RedirectResponse, StreamingResponse
 
+from api.content import Variant, content_response
 from api.deps import CurrentKey, SessionDep, SettingsDep, StateDep, StorageDep
 from api.schemas import VideoCreate, VideoDeleted, VideoList, VideoPublic
 from jobs import crud
-from jobs.errors import Conflict, Gone
 from jobs.public import queue_position
 from jobs.states import JobStatus
 
@@ -37,7 +35,7 @@ def create_video(
         request=body.to_request(settings.default_model),
         idempotency_key=idempotency_key,
         webhook_allowed_hosts=settings.webhook_allowed_host_set,
-        workers=state.workers.list(),
+        workers=state.workers.list,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
     )
     session.commit()
@@ -77,19 +75,10 @@ def download_video(
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
-    variant: Literal["video", "thumbnail"] = "video",
+    variant: Variant = "video",
 ) -> Response:
     job = crud.get_job(session=session, owner=key, job_id=video_id)
-    if job.status != JobStatus.COMPLETED.value:
-        raise Conflict(f"video {video_id} is {job.status}; content exists once it is completed", code="not_ready")
-    object_key = job.video_key if variant == "video" else job.thumbnail_key
-    if not object_key:
-        raise Gone(f"the results of video {video_id} expired and were deleted", code="expired")
-    url = storage.presigned_url(object_key, timedelta(seconds=settings.presign_expiry_s))
-    if url is not None:
-        return RedirectResponse(url, status_code=status.HTTP_302_FOUND)
-    media_type = "video/mp4" if variant == "video" else "image/jpeg"
-    return StreamingResponse(storage.open_stream(object_key), media_type=media_type)
+    return content_response(job, variant, storage, settings.presign_expiry_s)
 
 
 @router.post("/{video_id}/cancel", response_model=VideoPublic)

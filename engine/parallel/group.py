@@ -13,7 +13,6 @@ group is then broken and its owner builds a new one (`EngineGroup.healthy` tells
 from __future__ import annotations
 
 import contextlib
-import logging
 import multiprocessing.connection
 from datetime import timedelta
 from typing import Any
@@ -26,8 +25,6 @@ from engine.parallel.config import ParallelConfig
 from engine.parallel.launch import _free_port, default_backend, rank_device
 from engine.request import GenerationRequest, GenerationResult
 from engine.stages.state import OnStage, OnStep
-
-log = logging.getLogger(__name__)
 
 _STOP = "stop"
 

@@ -105,7 +105,7 @@ def test_parallel_generation_gives_the_single_process_latents(
     ("kwargs", "message"),
     [
         (dict(world_size=4, ulysses_degree=2, ring_degree=1), "must equal the number of processes"),
-        (dict(world_size=2, ulysses_degree=1, ring_degree=1, cfg_degree=2 * 1 + 1), "cfg_degree"),
+        (dict(world_size=2, ulysses_degree=1, ring_degree=1, cfg_degree=3), "cfg_degree"),
     ],
 )
 def test_parallel_config_is_validated(kwargs: dict, message: str) -> None:

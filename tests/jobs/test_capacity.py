@@ -34,14 +34,14 @@ def worker(
 
 def test_a_request_no_worker_can_hold_is_refused_with_the_reason() -> None:
     with pytest.raises(InvalidParameter) as excinfo:
-        check_fits_a_worker(BIG_JOB, [worker(2), worker(3)], heartbeat_timeout_s=60)
+        check_fits_a_worker(BIG_JOB, lambda: [worker(2), worker(3)], heartbeat_timeout_s=60)
     error = excinfo.value
     assert error.code == "insufficient_gpu_memory" and error.param == "size"
     assert "1280x720" in error.message and "3.0 GiB" in error.message
 
 
 def test_a_request_that_fits_the_largest_worker_is_accepted() -> None:
-    check_fits_a_worker(BIG_JOB, [worker(2), worker(80)], heartbeat_timeout_s=60)
+    check_fits_a_worker(BIG_JOB, lambda: [worker(2), worker(80)], heartbeat_timeout_s=60)
 
 
 @pytest.mark.parametrize(
@@ -54,9 +54,13 @@ def test_a_request_that_fits_the_largest_worker_is_accepted() -> None:
     ],
 )
 def test_without_a_live_declaration_the_request_is_accepted(workers: list[WorkerStatus]) -> None:
-    check_fits_a_worker(BIG_JOB, workers, heartbeat_timeout_s=60)
+    check_fits_a_worker(BIG_JOB, lambda: workers, heartbeat_timeout_s=60)
 
 
 def test_models_without_a_known_footprint_are_not_checked() -> None:
     tiny = resolve_job_params(JobRequest(prompt="a cat", model="tiny-wan"))
-    check_fits_a_worker(tiny, [worker(0.001, models=("tiny-wan",))], heartbeat_timeout_s=60)
+
+    def never() -> list[WorkerStatus]:
+        raise AssertionError("no worker lookup for a model the planner cannot size")
+
+    check_fits_a_worker(tiny, never, heartbeat_timeout_s=60)
