@@ -88,6 +88,8 @@ class VideoPublic(BaseModel):
     seed: int
     num_gpus: int = 1
     attempts: int
+    # The denoising step this attempt resumed after, from a checkpoint of an earlier attempt; None: from the start.
+    resumed_from_step: int | None = None
     error: VideoError | None
     stage_timings: dict[str, Any] | None
     memory: dict[str, Any] | None = None

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from engine.attention import resolve_backend
+from engine.checkpoint import Checkpointer
 from engine.memory.footprint import footprint_from_folder
 from engine.memory.offload import ComponentOffload, LayerwiseOffload
 from engine.memory.planner import GIB, MemoryPlan, ModelFootprint, RequestShape, plan_for_placement, plan_memory
@@ -217,6 +218,7 @@ class Engine:
         on_stage: OnStage | None = None,
         *,
         output_path: Path | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> GenerationResult:
         """Run one generation; blocks until done.
 
@@ -226,10 +228,22 @@ class Engine:
         caller cancels). A request over the memory budget raises `MemoryBudgetError` first; the
         plan used is `result.memory_plan`. With `output_path`, the mp4 is written there and a JPEG
         thumbnail beside it (same name, .jpg).
+
+        `checkpointer` (see `engine.checkpoint`) saves the denoising state when it says one is due
+        and resumes from its last checkpoint; `result.resumed_from_step` tells whether it did. Only
+        a single-process engine takes one (the ranks of a parallel run would have to restore in
+        lockstep).
         """
         self.check_request(request)
+        if checkpointer is not None and self.parallel is not None:
+            raise ValueError("denoising checkpoints need a single-process engine, not one rank of a group")
         memory_plan = self.plan(request)
         with self._lock:
             return self.pipeline(
-                request, on_step=on_step, on_stage=on_stage, output_path=output_path, memory_plan=memory_plan
+                request,
+                on_step=on_step,
+                on_stage=on_stage,
+                output_path=output_path,
+                memory_plan=memory_plan,
+                checkpointer=checkpointer,
             )

@@ -64,6 +64,7 @@ class GenerationResult:
     `stage_peak_memory_bytes` maps stage names to their peak CUDA memory (empty on the CPU).
     `memory_plan` is the planner's choice for this request (`engine.memory.MemoryPlan`; its
     `to_dict()` is JSON-ready for a job record).
+    `resumed_from_step` is the step a checkpoint let denoising start after (None: from the start).
     """
 
     frames: np.ndarray
@@ -75,3 +76,4 @@ class GenerationResult:
     thumbnail_path: Path | None = None
     stage_peak_memory_bytes: dict[str, int] = field(default_factory=dict)
     memory_plan: MemoryPlan | None = None
+    resumed_from_step: int | None = None

@@ -24,7 +24,7 @@ from jobs.errors import Conflict, InvalidParameter, NotFound
 from jobs.ids import new_job_id
 from jobs.models import ApiKey, Job
 from jobs.states import JobStatus, is_terminal
-from jobs.storage import Storage
+from jobs.storage import Storage, checkpoint_key
 from jobs.transitions import cancel
 from jobs.validation import JobRequest, resolve_job_params
 from jobs.webhooks.outbox import add_job_event, check_event_filter
@@ -157,7 +157,7 @@ def cancel_job(*, session: Session, owner: ApiKey, job_id: str) -> Job:
 def delete_job(*, session: Session, owner: ApiKey, job_id: str, storage: Storage) -> None:
     """Delete the job and its stored results. A running job is cancelled first (its worker stops)."""
     job = get_job(session=session, owner=owner, job_id=job_id, for_update=True)
-    for key in (job.video_key, job.thumbnail_key):
+    for key in (job.video_key, job.thumbnail_key, checkpoint_key(job.id)):
         if key:
             storage.delete(key)
     session.delete(job)

@@ -43,3 +43,17 @@ class JobCancelled(DomainError):
     """Raised inside a render when the job was cancelled, deleted or taken by another worker."""
 
     code = "cancelled"
+
+
+class DependencyUnavailable(Exception):
+    """A service the operation needs (``database``, ``broker`` or ``storage``) did not answer in time.
+
+    Transient by nature: the API answers 503 with ``Retry-After`` naming the dependency, and a render
+    that hits one is requeued (with back-off, counting the attempt) instead of failed for good.
+    """
+
+    def __init__(self, dependency: str, message: str) -> None:
+        super().__init__(message)
+        self.dependency = dependency
+        self.message = message
+        self.code = f"{dependency}_unavailable"

@@ -78,6 +78,15 @@ def record_progress(
         raise JobCancelled(f"job {job_id} is no longer running on {worker_id}")
 
 
+def record_resume(*, session: Session, job_id: str, worker_id: str, step: int) -> None:
+    """Note that this attempt continues from a denoising checkpoint taken after ``step``."""
+    result = session.execute(
+        update(Job).where(*_owned(job_id, worker_id)).values(resumed_from_step=step, current_step=step)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise JobCancelled(f"job {job_id} is no longer running on {worker_id}")
+
+
 def record_heartbeat(*, session: Session, job_id: str, worker_id: str) -> bool:
     result = session.execute(update(Job).where(*_owned(job_id, worker_id)).values(heartbeat_at=utcnow()))
     return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -89,6 +89,8 @@ class Job(Base):
     # The engine's memory plan for the render and the peak GPU memory of each stage.
     memory: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # from measured step times
+    # The denoising step the current attempt resumed after (a checkpoint of an earlier attempt), if any.
+    resumed_from_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     # When
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     s3_bucket: str = "vidq"
     s3_region: str = "us-east-1"
     s3_public_endpoint: str = ""  # where clients reach the store, when it differs from the worker's view
+    s3_timeout_s: float = Field(default=10.0, gt=0)  # connect and read timeout of each S3 request
+    storage_retry_s: float = Field(default=30.0, ge=0)  # how long a write keeps retrying a store that is down
     models_dir: Path | None = None
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET)  # also signs admin sessions and CSRF tokens
     log_format: Literal["text", "json"] = "text"
@@ -59,6 +61,12 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     heartbeat_timeout_s: float = Field(default=60.0, gt=0)
     progress_write_interval_s: float = Field(default=1.0, ge=0)
+
+    # Denoising checkpoints (engine.checkpoint): a worker saves the loop's state to object storage every
+    # N steps or S seconds of denoising, whichever comes first (0 turns that trigger off; both 0: never),
+    # so a job requeued after its worker died resumes there. A job shorter than the interval saves none.
+    checkpoint_every_steps: int = Field(default=0, ge=0)
+    checkpoint_every_s: float = Field(default=60.0, ge=0)
     sweeper_enabled: bool = True
 
     # Worker

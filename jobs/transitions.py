@@ -21,6 +21,7 @@ def start(job: Job, *, worker_id: str, now: datetime | None = None) -> None:
     job.stage = None
     job.progress = 0
     job.current_step = 0
+    job.resumed_from_step = None
     job.total_steps = job.num_inference_steps
     job.eta_seconds = None
     job.error_code = job.error_message = None

@@ -50,6 +50,7 @@ class ProgressReporter:
         self._last_progress_event = float("-inf")
         self._progress_subscribed: bool | None = None  # asked once, on the first write
         self._started = time.monotonic()
+        self._first_step: int | None = None  # the first step this attempt computed (> 1 after a resume)
 
     def _write(self, *, force: bool) -> None:
         now = time.monotonic()
@@ -107,7 +108,10 @@ class ProgressReporter:
         self.step = int(info.step)
         self.ctx.activity.update(stage=self.stage.value, step=self.step, total_steps=self.total_steps)
         elapsed = float(info.elapsed_s)  # since the denoising loop began
-        if self.step:
-            self.eta_seconds = round(elapsed / self.step * (self.total_steps - self.step), 2)
+        if self._first_step is None:
+            self._first_step = self.step
+        computed = self.step - self._first_step + 1  # steps measured in `elapsed` (a resume skips some)
+        if computed > 0:
+            self.eta_seconds = round(elapsed / computed * (self.total_steps - self.step), 2)
         self._write(force=self.step == self.total_steps)
         self._publish(step_elapsed_s=round(elapsed, 3))

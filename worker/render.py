@@ -20,6 +20,7 @@ from jobs.logs import job_context
 from jobs.states import JobStage, JobStatus
 from jobs.storage import result_keys
 from jobs.webhooks.outbox import relay_webhooks
+from worker.checkpoints import StorageCheckpointer, checkpoints_enabled, delete_checkpoint
 from worker.context import WorkerContext
 from worker.engines import ModelUnavailable
 from worker.heartbeat import JobHeartbeat
@@ -73,6 +74,14 @@ def _render(job_id: str, ctx: WorkerContext) -> RenderOutcome:
     _relay_webhooks(ctx)
 
     uploaded: list[str] = []
+    outcome = _run_claimed(job, ctx, uploaded)
+    if outcome is not RenderOutcome.SKIPPED:
+        delete_checkpoint(ctx.storage, job_id)  # the job is over: its checkpoint is of no more use
+    return outcome
+
+
+def _run_claimed(job, ctx: WorkerContext, uploaded: list[str]) -> RenderOutcome:  # type: ignore[no-untyped-def]
+    job_id = job.id
     with JobHeartbeat(ctx, job_id):
         try:
             video_key, thumbnail_key, timings, memory = _generate_and_upload(job, ctx, uploaded)
@@ -151,7 +160,10 @@ def _generate_and_upload(  # type: ignore[no-untyped-def]
         seed=job.seed,
         fps=job.fps,
     )
-    result = engine.generate(request, on_step=reporter.on_step, on_stage=reporter.on_stage)
+    resume: dict[str, Any] = {}
+    if checkpoints_enabled(ctx.settings):
+        resume["checkpointer"] = StorageCheckpointer(ctx, job.id)
+    result = engine.generate(request, on_step=reporter.on_step, on_stage=reporter.on_stage, **resume)
     timings = {name: round(float(s), 4) for name, s in result.stage_timings_s.items()}
     if load_s > 0.01:
         timings["model_load"] = round(load_s, 4)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from engine.cache import LRUCache
+from engine.checkpoint import Checkpointer, request_fingerprint
 from engine.memory.planner import MemoryPlan
 from engine.models.components import WanComponents
 from engine.pipelines.base import Pipeline
@@ -40,6 +41,7 @@ class WanT2VPipeline(Pipeline):
         text_encoder_device: torch.device | None = None,
     ) -> None:
         self.components = components
+        self.model_id = model_id
         self.embedding_cache: LRUCache[EmbeddingKey, EmbeddingPair] = LRUCache(embedding_cache_size)
         vae_config = components.vae.config
         scheduler_config = {**components.scheduler_config, **(scheduler_overrides or {})}
@@ -74,6 +76,7 @@ class WanT2VPipeline(Pipeline):
         on_stage: OnStage | None = None,
         output_path: Path | None = None,
         memory_plan: MemoryPlan | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> GenerationResult:
         state = self.run(
             PipelineState(
@@ -82,6 +85,8 @@ class WanT2VPipeline(Pipeline):
                 on_stage=on_stage,
                 output_path=output_path,
                 memory_plan=memory_plan,
+                checkpointer=checkpointer,
+                checkpoint_fingerprint=request_fingerprint(self.model_id, request) if checkpointer else "",
             )
         )
         peaks = state.stage_peak_memory_bytes
@@ -95,4 +100,5 @@ class WanT2VPipeline(Pipeline):
             thumbnail_path=state.thumbnail_path,
             stage_peak_memory_bytes=peaks,
             memory_plan=memory_plan,
+            resumed_from_step=state.resumed_from_step,
         )

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from diffusers import UniPCMultistepScheduler
 
+from engine.checkpoint import DenoisingCheckpoint, capture_scheduler, restore_scheduler
 from engine.models.wan_transformer import WanTransformer3DModel
 from engine.parallel.state import get_parallel_state
 from engine.request import StepInfo
@@ -26,6 +27,10 @@ class DenoisingStage(Stage):
     `on_step` runs after every step, on this thread; whatever it raises propagates out of the
     loop and ends the generation (that is how a caller cancels). A fresh scheduler is built per
     request, since UniPC keeps per-run state.
+
+    With `state.checkpointer` the loop starts from the checkpointer's last matching checkpoint
+    (latents, scheduler state and generator state restored, so the remaining steps compute exactly
+    what an uninterrupted run would) and hands it a new one whenever it says one is due.
     """
 
     name: ClassVar[str] = "denoising"
@@ -63,11 +68,26 @@ class DenoisingStage(Stage):
         # by waiting on an event recorded after step i (never a device-wide synchronize), so the
         # GPU always has the next step's work while the host runs the callback.
         total = len(timesteps)
+        first = 0
+        if state.checkpointer is not None:
+            first, latents = self._resume(state, scheduler, latents, total)
         pending: tuple[int, torch.cuda.Event | None, torch.Tensor] | None = None
         start = time.perf_counter()
-        for index, t in enumerate(timesteps):
+        for index in range(first, total):
+            t = timesteps[index]
             flow = self._predict(latents, t, context, request.guidance_scale if request.do_cfg else None)
             latents = scheduler.step(flow, t, latents, return_dict=False)[0]
+            if state.checkpointer is not None and index + 1 < total and state.checkpointer.due(index + 1, total):
+                state.checkpointer.save(
+                    DenoisingCheckpoint(
+                        step=index + 1,
+                        total=total,
+                        fingerprint=state.checkpoint_fingerprint,
+                        latents=latents,
+                        scheduler_state=capture_scheduler(scheduler),
+                        rng_state=state.generator.get_state() if state.generator is not None else None,
+                    )
+                )
             if state.on_step is None:
                 continue
             if self.device.type != "cuda":  # nothing runs ahead on the CPU: report at once
@@ -81,6 +101,28 @@ class DenoisingStage(Stage):
         if pending is not None:
             self._report(state, pending, total, start)
         state.latents = latents
+
+    def _resume(
+        self, state: PipelineState, scheduler: UniPCMultistepScheduler, latents: torch.Tensor, total: int
+    ) -> tuple[int, torch.Tensor]:
+        """(first step index to run, latents): from the checkpointer's last checkpoint when it
+        belongs to this model and request, else (0, the fresh noise)."""
+        assert state.checkpointer is not None
+        checkpoint = state.checkpointer.load()
+        if (
+            checkpoint is None
+            or checkpoint.fingerprint != state.checkpoint_fingerprint
+            or checkpoint.total != total
+            or not 0 < checkpoint.step < total
+            or tuple(checkpoint.latents.shape) != tuple(latents.shape)
+        ):
+            return 0, latents
+        restore_scheduler(scheduler, checkpoint.scheduler_state, self.device)
+        if state.generator is not None and checkpoint.rng_state is not None:
+            state.generator.set_state(checkpoint.rng_state)
+        state.resumed_from_step = checkpoint.step
+        state.checkpointer.resumed(checkpoint)
+        return checkpoint.step, checkpoint.latents.to(device=self.device, dtype=latents.dtype)
 
     def _predict(
         self, latents: torch.Tensor, t: torch.Tensor, context: torch.Tensor, guidance_scale: float | None

@@ -54,3 +54,4 @@ class LatentPreparationStage(Stage):
         generator = torch.Generator("cpu").manual_seed(request.seed)
         noise = torch.randn(shape, generator=generator, dtype=torch.float32)
         state.latents = noise.to(self.device)
+        state.generator = generator  # its state is part of a denoising checkpoint

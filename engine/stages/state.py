@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.checkpoint import Checkpointer
 from engine.memory.planner import MemoryPlan
 from engine.request import GenerationRequest, StepInfo
 
@@ -30,10 +31,15 @@ class PipelineState:
     on_stage: OnStage | None = None
     output_path: Path | None = None
     memory_plan: MemoryPlan | None = None  # decides the VAE tiling; None = untiled
+    # Saves and restores the denoising loop's state (see engine.checkpoint); None = no checkpoints.
+    checkpointer: Checkpointer | None = None
+    checkpoint_fingerprint: str = ""  # the model and request a checkpoint must match
 
     prompt_embeds: torch.Tensor | None = None
     negative_prompt_embeds: torch.Tensor | None = None
     latents: torch.Tensor | None = None
+    generator: torch.Generator | None = None  # the request's random generator, after the initial noise
+    resumed_from_step: int | None = None  # set when denoising continued from a checkpoint
     frames: np.ndarray | None = None
     video_path: Path | None = None
     thumbnail_path: Path | None = None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from jobs.settings import Settings
-from jobs.storage.base import Storage, result_keys
+from jobs.storage.base import Storage, checkpoint_key, result_keys
 from jobs.storage.local import LocalStorage
 from jobs.storage.s3 import S3Storage
 
-__all__ = ["LocalStorage", "S3Storage", "Storage", "make_storage", "result_keys"]
+__all__ = ["LocalStorage", "S3Storage", "Storage", "checkpoint_key", "make_storage", "result_keys"]
 
 
 def make_storage(settings: Settings) -> Storage:
@@ -19,5 +19,7 @@ def make_storage(settings: Settings) -> Storage:
             bucket=settings.s3_bucket,
             region=settings.s3_region,
             public_endpoint=settings.s3_public_endpoint,
+            timeout_s=settings.s3_timeout_s,
+            retry_s=settings.storage_retry_s,
         )
     return LocalStorage(settings.storage_dir)

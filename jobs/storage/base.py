@@ -12,7 +12,15 @@ class Storage(Protocol):
     def ensure_ready(self) -> None:
         """Create the bucket/folder if missing; raise if the store cannot be reached."""
 
+    def check(self) -> None:
+        """Raise unless the store answers and the bucket/folder exists; never creates anything."""
+
     def put_file(self, key: str, path: Path, content_type: str) -> None: ...
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """The object's content, or None when there is no such key."""
 
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error (deletes are retried)."""
@@ -28,3 +36,8 @@ class Storage(Protocol):
 def result_keys(job_id: str) -> tuple[str, str]:
     """Object keys of a job's video and thumbnail."""
     return f"videos/{job_id}/video.mp4", f"videos/{job_id}/thumbnail.jpg"
+
+
+def checkpoint_key(job_id: str) -> str:
+    """Object key of a job's last denoising checkpoint (overwritten by each save)."""
+    return f"checkpoints/{job_id}/denoising.pt"
