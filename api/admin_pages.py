@@ -107,7 +107,9 @@ async def _login_required(request: Request, exc: LoginRequired) -> Response:
     if request.url.path.startswith("/admin"):
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/admin/login?next={quote(target)}", status_code=303)
-    return JSONResponse(error_body(exc.code, exc.message), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return JSONResponse(
+        error_body(exc.code, exc.message, status=401), status_code=401, headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
 def install_admin_handlers(app: FastAPI, *, media_origin: str = "") -> None:

@@ -12,7 +12,8 @@ from fastapi.staticfiles import StaticFiles
 from api.admin_pages import STATIC_DIR, install_admin_handlers
 from api.errors import install_error_handlers
 from api.logging import JobIdMiddleware
-from api.routes import admin, health, metrics, video_events, videos, webhooks
+from api.openapi import install_openapi
+from api.routes import admin, docs, health, metrics, models, unsupported, video_events, videos, webhooks
 from api.state import AppState
 from jobs.broker import make_celery
 from jobs.db import make_engine, make_session_factory
@@ -59,15 +60,22 @@ def create_app(settings: Settings | None = None, *, celery_app: Celery | None = 
         version="0.1.0",
         summary="Text-to-video generation jobs, shaped like OpenAI's Videos API.",
         lifespan=lifespan,
+        docs_url=None,  # served by api.routes.docs from the app's own assets
+        redoc_url=None,
     )
+    install_openapi(app)
     install_error_handlers(app)
     install_admin_handlers(app, media_origin=settings.s3_public_endpoint or settings.s3_endpoint)
     app.add_middleware(JobIdMiddleware)
     app.mount("/admin/static", StaticFiles(directory=STATIC_DIR), name="admin-static")
+    app.mount(docs.ASSETS, StaticFiles(directory=STATIC_DIR / "docs"), name="docs-static")
+    app.include_router(docs.router)
     app.include_router(health.router)
+    app.include_router(unsupported.router)  # before /v1/videos/{video_id}/...: /v1/videos/characters/x is not a video
     app.include_router(videos.router)
     app.include_router(video_events.router)
     app.include_router(webhooks.router)
+    app.include_router(models.router)
     app.include_router(admin.router)
     app.include_router(metrics.router)
     return app

@@ -1,4 +1,8 @@
-"""One error shape for every response: ``{"error": {"code", "message", "param"}}``."""
+"""One error shape for every response: ``{"error": {"code", "message", "param", "type"}}``.
+
+``code`` is vidq's machine-readable reason (carried by the domain exception); ``type`` is OpenAI's
+coarse class of error (``e.type`` in its SDK), decided by the HTTP status in one table here.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,19 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.errors import Conflict, DomainError, Forbidden, Gone, InvalidParameter, NotFound, Unauthenticated
 
 log = logging.getLogger(__name__)
+
+
+class UnsupportedMediaType(DomainError):
+    """A request body in a format the route does not read (HTTP 415)."""
+
+    code = "unsupported_media_type"
+
 
 STATUS_BY_ERROR: dict[type[DomainError], int] = {
     InvalidParameter: 422,
@@ -20,11 +32,45 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     Gone: 410,
     Unauthenticated: 401,
     Forbidden: 403,
+    UnsupportedMediaType: 415,
+}
+
+# OpenAI's error types by status; anything else in 4xx is an invalid request, 5xx a server error.
+ERROR_TYPE_BY_STATUS: dict[int, str] = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
 }
 
 
-def error_body(code: str, message: str, param: str | None = None) -> dict[str, dict[str, str | None]]:
-    return {"error": {"code": code, "message": message, "param": param}}
+def error_type(status: int) -> str:
+    return ERROR_TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable reason, e.g. `invalid_parameter`, `not_found`, `not_ready`.")
+    message: str = Field(description="What went wrong, for a person.")
+    param: str | None = Field(description="The request field at fault, when there is one.")
+    type: str = Field(
+        description="OpenAI's error class: `invalid_request_error`, `authentication_error`, `permission_error`, "
+        "`not_found_error`, `conflict_error`, `rate_limit_error` or `server_error`."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error vidq answers."""
+
+    error: ErrorDetail
+
+
+def error_body(code: str, message: str, param: str | None = None, *, status: int) -> dict[str, dict[str, str | None]]:
+    return {"error": {"code": code, "message": message, "param": param, "type": error_type(status)}}
+
+
+def status_of(exc: DomainError) -> int:
+    return next((s for cls, s in STATUS_BY_ERROR.items() if isinstance(exc, cls)), 400)
 
 
 def _param_from_loc(loc: tuple[object, ...]) -> str | None:
@@ -33,28 +79,30 @@ def _param_from_loc(loc: tuple[object, ...]) -> str | None:
 
 
 async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
-    status = next((s for cls, s in STATUS_BY_ERROR.items() if isinstance(exc, cls)), 400)
+    status = status_of(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(exc.code, exc.message, exc.param), status_code=status, headers=headers)
+    return JSONResponse(error_body(exc.code, exc.message, exc.param, status=status), status, headers=headers)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0]
     if first.get("type") == "json_invalid":
-        return JSONResponse(error_body("invalid_json", "the request body is not valid JSON", "body"), 422)
+        return JSONResponse(error_body("invalid_json", "the request body is not valid JSON", "body", status=422), 422)
     param = _param_from_loc(tuple(first.get("loc", ())))
     message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-    return JSONResponse(error_body("invalid_parameter", message, param), status_code=422)
+    return JSONResponse(error_body("invalid_parameter", message, param, status=422), status_code=422)
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(
+        error_body(code, str(exc.detail), status=exc.status_code), status_code=exc.status_code, headers=exc.headers
+    )
 
 
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error")
-    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+    return JSONResponse(error_body("internal_error", "internal server error", status=500), status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -2,36 +2,85 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from jobs.catalog import FRAME_STEP, ModelSpec, format_seconds, gpu_memory_estimate, request_bounds
+from jobs.errors import InvalidParameter
 from jobs.models import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from jobs.public import job_to_public, unix
-from jobs.validation import JobRequest
+from jobs.validation import InputReference, JobRequest
+from jobs.webhooks.outbox import receives
+
+# Bounds over every model, as schema constraints; each model's own range is checked after (422 naming the field).
+BOUNDS = request_bounds()
+
+# OpenAI's SDK sends `seconds` as a string ("4"); JSON clients may send a number.
+Seconds = Annotated[
+    float,
+    Field(gt=0, le=BOUNDS.max_frames / BOUNDS.min_fps),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": BOUNDS.max_frames / BOUNDS.min_fps},
+                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+            ],
+            "description": 'Length in seconds, a number or a numeric string (`"4"`): mapped to the model\'s '
+            "nearest allowed frame count at `fps` (`num_frames` / `fps` seconds).",
+            "examples": ["4"],
+        }
+    ),
+]
 
 
-class VideoCreate(BaseModel):
-    """Omitted fields take the model's defaults from the registry; the seed is drawn and recorded."""
+class ImageUrlReference(BaseModel):
+    """OpenAI's JSON form of `input_reference`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(description="What the video shows.")
-    model: str | None = Field(default=None, description="A registry name, e.g. `wan2.1-t2v-1.3b`.")
-    negative_prompt: str = ""
+    image_url: str = Field(description="A `data:image/...;base64,...` URL (vidq fetches no remote URL).")
+
+
+class VideoCreate(BaseModel):
+    """Omitted fields take the model's defaults from the registry; the seed is drawn and recorded.
+
+    Sent as `application/json` or as `multipart/form-data` (what OpenAI's SDK sends) with the same
+    fields; list fields as repeated form fields (`webhook_events[]` or `webhook_events`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="What the video shows.", min_length=1, max_length=BOUNDS.max_prompt_chars)
+    model: str | None = Field(default=None, description="A model id from `GET /v1/models`, e.g. `wan2.1-t2v-1.3b`.")
+    negative_prompt: str = Field(default="", max_length=BOUNDS.max_prompt_chars)
     size: str | None = Field(
-        default=None, description="`WIDTHxHEIGHT`, one of the model's sizes.", examples=["832x480"]
+        default=None,
+        description="`WIDTHxHEIGHT`, one of the model's `sizes` (its `openai_sizes` are the OpenAI sizes it serves).",
+        examples=["1280x720"],
     )
-    num_frames: int | None = Field(default=None, description="4k+1 frames, within the model's range.")
-    fps: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    seed: int | None = None
+    seconds: Seconds | None = None
+    num_frames: int | None = Field(
+        default=None,
+        ge=BOUNDS.min_frames,
+        le=BOUNDS.max_frames,
+        description="4k+1 frames, within the model's range; agrees with `seconds` when both are sent.",
+    )
+    fps: int | None = Field(default=None, ge=BOUNDS.min_fps, le=BOUNDS.max_fps)
+    num_inference_steps: int | None = Field(default=None, ge=BOUNDS.min_steps, le=BOUNDS.max_steps)
+    guidance_scale: float | None = Field(default=None, ge=BOUNDS.min_guidance, le=BOUNDS.max_guidance)
+    seed: int | None = Field(default=None, ge=0, le=BOUNDS.max_seed)
     num_gpus: int | None = Field(
-        default=None, description="GPUs to run this job across (1, 2, 4 or 8); reaches workers of that size."
+        default=None,
+        ge=1,
+        le=BOUNDS.max_gpus,
+        description="GPUs to run this job across (1, 2, 4 or 8); reaches workers of that size.",
     )
     webhook_url: str | None = Field(
-        default=None, description="Receives this job's events, signed with `GET /v1/webhooks/default/secret`."
+        default=None,
+        max_length=2000,
+        description="Receives this job's events, signed with `GET /v1/webhooks/default/secret`.",
     )
     webhook_events: list[str] | None = Field(
         default=None,
@@ -39,8 +88,14 @@ class VideoCreate(BaseModel):
         "only when listed).",
         examples=[["video.completed", "video.failed"]],
     )
+    input_reference: str | ImageUrlReference | None = Field(
+        default=None,
+        description='An image for image-to-video models: in JSON a `data:` URL (or `{"image_url": ...}`), in '
+        "multipart a file part. Text-to-video models refuse it (422 naming `input_reference`).",
+    )
 
-    def to_request(self, default_model: str) -> JobRequest:
+    def to_request(self, default_model: str, input_reference: InputReference | None = None) -> JobRequest:
+        """The domain's request; ``input_reference`` is the decoded image (see ``api.video_body``)."""
         return JobRequest(
             prompt=self.prompt,
             model=self.model or default_model,
@@ -54,7 +109,19 @@ class VideoCreate(BaseModel):
             num_gpus=self.num_gpus,
             webhook_url=self.webhook_url,
             webhook_events=self.webhook_events,
+            seconds=self.seconds,
+            input_reference=input_reference,
         )
+
+
+class VideoCreateForm(VideoCreate):
+    """`POST /v1/videos` as `multipart/form-data`: the same fields as text parts, and the image as a file."""
+
+    input_reference: bytes | None = Field(  # type: ignore[assignment]
+        default=None,
+        description="An image file (image-to-video models only).",
+        json_schema_extra={"format": "binary"},
+    )
 
 
 class VideoError(BaseModel):
@@ -82,7 +149,7 @@ class VideoPublic(BaseModel):
     size: str
     num_frames: int
     fps: int
-    seconds: float
+    seconds: str = Field(description='`num_frames` / `fps`, as a string like OpenAI\'s (`"4.062"`).')
     num_inference_steps: int
     guidance_scale: float
     seed: int
@@ -116,21 +183,43 @@ class VideoDeleted(BaseModel):
 
 
 class WebhookEndpointCreate(BaseModel):
+    """vidq's field names or OpenAI's SDK's (`event_types` for `events`, `name` for `description`): either works."""
+
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(description="An http(s) URL; private and loopback hosts are refused.")
+    url: str = Field(max_length=2000, description="An http(s) URL; private and loopback hosts are refused.")
     events: list[str] | None = Field(
         default=None, description="Events to send (default: every state change; `video.progress` only when listed)."
     )
-    description: str = Field(default="", max_length=500)
+    event_types: list[str] | None = Field(default=None, description="OpenAI's name for `events`.")
+    description: str | None = Field(default=None, max_length=500)
+    name: str | None = Field(default=None, max_length=500, description="OpenAI's name for `description`.")
+
+    def chosen_events(self) -> list[str] | None:
+        return _one_of(self.events, self.event_types, "events", "event_types")
+
+    def chosen_description(self) -> str:
+        return _one_of(self.description, self.name, "description", "name") or ""
+
+
+def _one_of(ours: Any, theirs: Any, our_name: str, their_name: str) -> Any:
+    """The value under either name; both may be sent only when they agree."""
+    if ours is not None and theirs is not None and ours != theirs:
+        raise InvalidParameter(
+            f"{their_name} and {our_name} are the same field and disagree; send one", param=their_name
+        )
+    return ours if ours is not None else theirs
 
 
 class WebhookEndpointPublic(BaseModel):
     id: str
     object: Literal["webhook_endpoint"] = "webhook_endpoint"
     url: str
-    events: list[str] | None
+    events: list[str] | None = Field(description="The filter as registered; None: every state change.")
+    event_types: list[str] = Field(description="The events this endpoint receives (OpenAI's field).")
     description: str
+    name: str = Field(description="OpenAI's name for `description`.")
+    signing_secret_hint: str = Field(description="The secret's last characters, to tell secrets apart.")
     status: Literal["enabled", "disabled"]
     disabled_reason: str | None
     disabled_at: int | None
@@ -143,7 +232,10 @@ class WebhookEndpointPublic(BaseModel):
             id=endpoint.id,
             url=endpoint.url,
             events=endpoint.events,
+            event_types=receives(endpoint.events),
             description=endpoint.description,
+            name=endpoint.description,
+            signing_secret_hint=f"whsec_...{endpoint.secret[-4:]}",
             status="disabled" if endpoint.disabled_at else "enabled",
             disabled_reason=endpoint.disabled_reason,
             disabled_at=unix(endpoint.disabled_at),
@@ -156,11 +248,15 @@ class WebhookEndpointWithSecret(WebhookEndpointPublic):
     """Returned at creation and rotation only: the one time the secret is shown."""
 
     secret: str
+    signing_secret: str = Field(description="OpenAI's name for `secret`.")
 
 
 class WebhookEndpointList(BaseModel):
     object: Literal["list"] = "list"
     data: list[WebhookEndpointPublic]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
 
 
 class WebhookEndpointDeleted(BaseModel):
@@ -226,3 +322,77 @@ class WebhookDeliveryPublic(BaseModel):
 class WebhookDeliveryList(BaseModel):
     object: Literal["list"] = "list"
     data: list[WebhookDeliveryPublic]
+
+
+class FrameRule(BaseModel):
+    min: int
+    max: int
+    step: int = Field(description="Allowed counts are `min + k * step` (4k+1 for Wan's VAE).")
+    default: int
+    allowed: list[int]
+
+
+class GpuMemory(BaseModel):
+    default_request_gib: float = Field(description="The model's default request, everything on the GPU.")
+    minimum_gib: float = Field(description="The least it runs in: layer-wise offload and a tiled VAE.")
+
+
+class ModelPublic(BaseModel):
+    """A model as `GET /v1/models` lists it: OpenAI's fields (`id`, `object`, `created`, `owned_by`), then vidq's."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(0, description="Always 0: vidq does not track when a model was published.")
+    owned_by: str = "vidq"
+    family: str
+    description: str
+    hub_id: str | None = Field(description="The diffusers checkpoint it loads, when it is a published one.")
+    sizes: list[str] = Field(description="Every `size` it accepts (`WIDTHxHEIGHT`).")
+    openai_sizes: list[str] = Field(description="The sizes of OpenAI's Videos API among them.")
+    default_size: str
+    frames: FrameRule
+    default_fps: int
+    fps_range: tuple[int, int]
+    seconds_range: tuple[str, str] = Field(description="Shortest and longest clip at `default_fps`, in seconds.")
+    default_steps: int
+    default_guidance: float
+    max_prompt_chars: int
+    takes_image: bool = Field(description="Whether `input_reference` (image-to-video) is accepted.")
+    gpu_memory: GpuMemory | None = Field(description="The planner's estimate; None when it has no footprint.")
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> ModelPublic:
+        estimate = gpu_memory_estimate(spec)
+        bounds = request_bounds()
+        return cls(
+            id=spec.name,
+            family=spec.family,
+            description=spec.description,
+            hub_id=spec.hub_id,
+            sizes=list(spec.sizes),
+            openai_sizes=list(spec.openai_sizes),
+            default_size=spec.default_size,
+            frames=FrameRule(
+                min=spec.min_frames,
+                max=spec.max_frames,
+                step=FRAME_STEP,
+                default=spec.default_frames,
+                allowed=spec.allowed_frames(),
+            ),
+            default_fps=spec.default_fps,
+            fps_range=(bounds.min_fps, bounds.max_fps),
+            seconds_range=(
+                format_seconds(spec.min_frames, spec.default_fps),
+                format_seconds(spec.max_frames, spec.default_fps),
+            ),
+            default_steps=spec.default_steps,
+            default_guidance=spec.default_guidance,
+            max_prompt_chars=spec.max_prompt_chars,
+            takes_image=spec.takes_image,
+            gpu_memory=GpuMemory(**asdict(estimate)) if estimate is not None else None,
+        )
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelPublic]

@@ -7,6 +7,7 @@ validate requests before a job is queued, so it must stay import-light: standard
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # Bounds shared by every model: outside them a request is refused before any work starts.
@@ -19,6 +20,9 @@ MAX_FPS = 60
 
 # Wan's VAE compresses time by 4 (plus the first frame), so a video has 4k + 1 frames.
 FRAME_STEP = 4
+
+# The sizes OpenAI's Videos API offers; each model says which of them it serves (`openai_sizes`).
+OPENAI_SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024")
 
 
 class UnknownModelError(KeyError):
@@ -39,6 +43,11 @@ class SpecViolationError(ValueError):
         super().__init__(message)
         self.param = param
         self.message = message
+
+
+def format_seconds(num_frames: int, fps: int) -> str:
+    """A clip's length as OpenAI writes it, a string: "4", "4.062" (at most 3 decimals, no trailing zeros)."""
+    return f"{num_frames / fps:.3f}".rstrip("0").rstrip(".")
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -71,6 +80,7 @@ class ModelSpec:
     flow_shift: float
     max_prompt_chars: int
     description: str = ""
+    image_input: str = "none"  # an `input_reference` image: "none" (text-to-video), "optional" or "required"
 
     def __post_init__(self) -> None:
         # A spec that contradicts itself is a programming error: fail at import, not per request.
@@ -94,6 +104,35 @@ class ModelSpec:
     def frames_allowed(self, num_frames: int) -> bool:
         """True when `num_frames` is 4k + 1 and within [min_frames, max_frames]."""
         return self.min_frames <= num_frames <= self.max_frames and (num_frames - 1) % FRAME_STEP == 0
+
+    @property
+    def takes_image(self) -> bool:
+        """Whether a request may carry an image (`input_reference`)."""
+        return self.image_input != "none"
+
+    @property
+    def openai_sizes(self) -> tuple[str, ...]:
+        """The sizes of OpenAI's Videos API that this model serves (a client may switch unchanged)."""
+        return tuple(size for size in OPENAI_SIZES if size in self.sizes)
+
+    def frames_for_seconds(self, seconds: float, fps: int) -> int:
+        """The allowed frame count nearest to `seconds` of video at `fps` (a clip lasts num_frames / fps).
+
+        Raises `SpecViolationError` (param "seconds") when `seconds` lies outside the model's range by
+        more than half a frame step, so "4" maps to 65 frames at 16 fps but "8" is refused by a model
+        that renders at most 81 frames.
+        """
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise SpecViolationError("seconds", f"seconds must be a positive number, got {seconds:g}")
+        target = seconds * fps
+        slack = FRAME_STEP / 2
+        if not self.min_frames - slack <= target <= self.max_frames + slack:
+            raise SpecViolationError(
+                "seconds",
+                f"{self.name} renders {format_seconds(self.min_frames, fps)} to {format_seconds(self.max_frames, fps)}"
+                f" seconds at {fps} fps ({self.min_frames} to {self.max_frames} frames), got {seconds:g}",
+            )
+        return min(self.allowed_frames(), key=lambda n: (abs(n - target), n))
 
     def allowed_frames(self) -> list[int]:
         """Every frame count this model accepts, ascending (for error messages and UIs)."""
@@ -163,7 +202,9 @@ WAN21_T2V_1_3B = ModelSpec(
     name="wan2.1-t2v-1.3b",
     family="wan",
     hub_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
-    sizes=("832x480", "480x832"),
+    # Trained at 480p; its model card says it also renders 720p, less stably. 720p is what OpenAI
+    # clients ask for (1280x720 / 720x1280), so it is served rather than refused.
+    sizes=("832x480", "480x832", "1280x720", "720x1280"),
     default_size="832x480",
     min_frames=5,
     max_frames=81,

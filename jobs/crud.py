@@ -23,6 +23,7 @@ from jobs.dispatch import add_to_outbox
 from jobs.errors import Conflict, InvalidParameter, NotFound
 from jobs.ids import new_job_id
 from jobs.models import ApiKey, Job
+from jobs.pages import SortOrder, keyset_page
 from jobs.states import JobStatus, is_terminal
 from jobs.storage import Storage, checkpoint_key
 from jobs.transitions import cancel
@@ -37,8 +38,15 @@ MAX_PAGE = 100
 
 
 def request_fingerprint(request: JobRequest) -> str:
-    """A stable hash of what the client sent, for ``Idempotency-Key`` comparisons."""
-    return hashlib.sha256(json.dumps(asdict(request), sort_keys=True).encode()).hexdigest()
+    """A stable hash of what the client sent, for ``Idempotency-Key`` comparisons (an image by its hash)."""
+    fields = asdict(request)
+    for name in ("seconds", "input_reference"):  # newer fields: absent ones keep older jobs' hashes valid
+        if fields[name] is None:
+            del fields[name]
+    if request.input_reference is not None:
+        reference = request.input_reference
+        fields["input_reference"] = [hashlib.sha256(reference.data).hexdigest(), reference.content_type]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def _find_idempotent(session: Session, owner: ApiKey, key: str) -> Job | None:
@@ -128,17 +136,16 @@ def list_jobs(
     limit: int = 20,
     after: str | None = None,
     status: JobStatus | None = None,
+    order: SortOrder = "desc",
 ) -> tuple[list[Job], bool]:
-    """Newest first; ``after`` is the last id of the previous page. Returns (page, has_more)."""
+    """Newest first (``order="asc"``: oldest first); ``after`` is the last id of the previous page.
+    Returns (page, has_more)."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidParameter(f"limit must be between 1 and {MAX_PAGE}", param="limit")
     query = select(Job).where(Job.owner_id == owner.id)
     if status is not None:
         query = query.where(Job.status == status.value)
-    if after is not None:
-        query = query.where(Job.id < after)  # ids sort by creation time
-    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return keyset_page(session, query, Job.id, limit=limit, after=after, order=order)
 
 
 def cancel_job(*, session: Session, owner: ApiKey, job_id: str) -> Job:

@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from engine.registry import format_seconds
 from jobs.models import Job
-from jobs.states import JobStatus
+from jobs.states import JobStatus, is_terminal
 
 
 def unix(value: datetime | None) -> int | None:
@@ -27,6 +28,19 @@ def queue_position(*, session: Session, job: Job) -> int | None:
         .where(Job.status == JobStatus.QUEUED.value, Job.queue == job.queue, Job.id < job.id)
     )
     return int(ahead or 0) + 1
+
+
+POLL_MIN_MS, POLL_MAX_MS, POLL_DEFAULT_MS = 250, 5000, 1000
+
+
+def poll_after_ms(job: Job) -> int | None:
+    """When a client polling a job should look again: a quarter of its ETA, within 0.25–5 s (1 s while
+    there is no ETA yet); None once the job is finished."""
+    if is_terminal(job.status):
+        return None
+    if job.eta_seconds is None:
+        return POLL_DEFAULT_MS
+    return max(POLL_MIN_MS, min(POLL_MAX_MS, round(job.eta_seconds * 1000 / 4)))
 
 
 def job_to_public(job: Job, *, queue_position: int | None) -> dict[str, Any]:
@@ -50,7 +64,7 @@ def job_to_public(job: Job, *, queue_position: int | None) -> dict[str, Any]:
         "size": job.size,
         "num_frames": job.num_frames,
         "fps": job.fps,
-        "seconds": round(job.num_frames / job.fps, 3),
+        "seconds": format_seconds(job.num_frames, job.fps),  # a string, as OpenAI writes it
         "num_inference_steps": job.num_inference_steps,
         "guidance_scale": job.guidance_scale,
         "seed": job.seed,

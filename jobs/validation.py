@@ -7,17 +7,45 @@ is deliberately torch-free so the API can import it without loading the engine.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from engine.registry import ModelSpec, SpecViolationError, UnknownModelError, get_spec, list_specs, parse_size
+from engine.registry import (
+    MAX_FPS,
+    MIN_FPS,
+    ModelSpec,
+    SpecViolationError,
+    UnknownModelError,
+    get_spec,
+    list_specs,
+    parse_size,
+)
 from jobs.errors import InvalidParameter
 
 MAX_SEED = 2**32 - 1
 
 
+# Read from a request at most this much of an `input_reference` (a guard for the API's memory; the
+# image's own checks, for models that take one, come after).
+MAX_INPUT_REFERENCE_BYTES = 20 * 2**20
+
+
+@dataclass(frozen=True)
+class InputReference:
+    """An image a client sent with a job (a multipart file part or a JSON ``data:`` URL), undecoded:
+    the bytes as received and the content type the client declared."""
+
+    data: bytes = field(repr=False)
+    content_type: str
+    filename: str | None = None
+
+
 @dataclass(frozen=True)
 class JobRequest:
-    """What a client asked for; ``None`` means "the model's default"."""
+    """What a client asked for; ``None`` means "the model's default".
+
+    ``seconds`` is OpenAI's way to ask for a length: it becomes the nearest allowed ``num_frames``
+    at the request's fps (and must agree with ``num_frames`` when both are given).
+    """
 
     prompt: str
     model: str
@@ -31,6 +59,8 @@ class JobRequest:
     num_gpus: int | None = None
     webhook_url: str | None = None
     webhook_events: list[str] | None = None  # None: every state change; checked in jobs.webhooks
+    seconds: float | None = None
+    input_reference: InputReference | None = None
 
 
 @dataclass(frozen=True)
@@ -73,11 +103,16 @@ def resolve_job_params(request: JobRequest) -> JobParams:
         width, height = parse_size(size)
     except ValueError as exc:
         raise InvalidParameter(str(exc), param="size") from None
-    num_frames = spec.default_frames if request.num_frames is None else request.num_frames
     steps = spec.default_steps if request.num_inference_steps is None else request.num_inference_steps
     guidance = spec.default_guidance if request.guidance_scale is None else request.guidance_scale
     fps = spec.default_fps if request.fps is None else request.fps
+    if request.input_reference is not None and not spec.takes_image:
+        raise InvalidParameter(
+            f"{spec.name} is a text-to-video model and takes no input_reference image; send the prompt alone",
+            param="input_reference",
+        )
     try:
+        num_frames = _frames(spec, request, fps)
         spec.validate(
             width=width,
             height=height,
@@ -118,6 +153,22 @@ def resolve_job_params(request: JobRequest) -> JobParams:
         seed=seed,
         num_gpus=num_gpus,
     )
+
+
+def _frames(spec: ModelSpec, request: JobRequest, fps: int) -> int:
+    """The frame count from ``num_frames`` or ``seconds`` (or the model's default)."""
+    if request.seconds is None:
+        return spec.default_frames if request.num_frames is None else request.num_frames
+    if not MIN_FPS <= fps <= MAX_FPS:  # checked here too: fps divides the seconds
+        raise SpecViolationError("fps", f"fps must be in [{MIN_FPS}, {MAX_FPS}]")
+    from_seconds = spec.frames_for_seconds(request.seconds, fps)
+    if request.num_frames is not None and request.num_frames != from_seconds:
+        raise SpecViolationError(
+            "seconds",
+            f"seconds={request.seconds:g} means {from_seconds} frames at {fps} fps, but num_frames is "
+            f"{request.num_frames}; send one of them",
+        )
+    return from_seconds
 
 
 def list_model_names() -> list[str]:

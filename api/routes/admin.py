@@ -152,6 +152,7 @@ def login(
 @router.post("/logout")
 def logout(admin: AdminAction, session: SessionDep) -> RedirectResponse:
     audit.record(session=session, actor=admin.key, action="logout", target=f"key:{admin.key.id}")
+    session.commit()
     response = RedirectResponse("/admin/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from api.deps import StateDep
 from api.errors import error_body
+from api.openapi import errors
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -20,7 +21,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=errors(503))
 def readyz(state: StateDep) -> JSONResponse:
     def database() -> None:
         with state.session_factory() as session:
@@ -36,5 +37,5 @@ def readyz(state: StateDep) -> JSONResponse:
             check()
         except Exception as exc:
             log.warning("readiness: %s unreachable: %s", name, exc)
-            return JSONResponse(error_body("unavailable", f"{name} is unreachable", name), status_code=503)
+            return JSONResponse(error_body("unavailable", f"{name} is unreachable", name, status=503), status_code=503)
     return JSONResponse({"status": "ready", "checks": dict.fromkeys(checks, "ok")})

@@ -13,12 +13,13 @@ from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import StateDep, _bearer, get_admin_session
+from api.openapi import errors
 from jobs.admin.metrics import render_metrics
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}, **errors(401, 403)})
 def metrics(
     request: Request,
     state: StateDep,

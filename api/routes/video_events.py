@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from api.deps import CallKey, CallSessionDep, StateDep
+from api.openapi import errors
 from jobs import crud
 from jobs.live import LiveEvent, job_events
 
@@ -29,7 +30,10 @@ def sse_frame(item: LiveEvent | None, seq: int) -> str:
 @router.get(
     "/{video_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "state, status and progress events"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "state, status and progress events"},
+        **errors(401, 404),
+    },
 )
 def stream_video_events(video_id: str, key: CallKey, session: CallSessionDep, state: StateDep) -> StreamingResponse:
     """The current state first, then every status change and step; the stream ends after a final status.

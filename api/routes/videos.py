@@ -4,35 +4,58 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
+from sqlalchemy.orm import Session
 
 from api.content import Variant, content_response
 from api.deps import CurrentKey, SessionDep, SettingsDep, StateDep, StorageDep
+from api.openapi import VIDEO_CREATE_BODY, errors
 from api.schemas import VideoCreate, VideoDeleted, VideoList, VideoPublic
+from api.video_body import read_video_create
 from jobs import crud
-from jobs.public import queue_position
+from jobs.models import Job
+from jobs.pages import SortOrder
+from jobs.public import poll_after_ms, queue_position
 from jobs.states import JobStatus
+from jobs.validation import InputReference
 
-router = APIRouter(prefix="/v1/videos", tags=["videos"])
+router = APIRouter(prefix="/v1/videos", tags=["videos"], responses=errors(401))
+
+POLL_AFTER_HEADER = "openai-poll-after-ms"
+OrderQuery = Annotated[SortOrder, Query(description="`desc`: newest first (the default); `asc`: oldest first.")]
+VideoCreateInput = Annotated[tuple[VideoCreate, InputReference | None], Depends(read_video_create)]
 
 
-def _public(session, job) -> VideoPublic:  # type: ignore[no-untyped-def]
+def _public(session: Session, job: Job, response: Response | None = None) -> VideoPublic:
+    """The job as clients see it; on a job still running, the header that tells OpenAI's SDK when to poll again."""
+    wait_ms = poll_after_ms(job)
+    if response is not None and wait_ms is not None:
+        response.headers[POLL_AFTER_HEADER] = str(wait_ms)
     return VideoPublic.from_job(job, queue_position=queue_position(session=session, job=job))
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=VideoPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=VideoPublic,
+    openapi_extra=VIDEO_CREATE_BODY,
+    responses=errors(400, 415, 422),
+)
 def create_video(
-    body: VideoCreate,
+    create: VideoCreateInput,
     key: CurrentKey,
     session: SessionDep,
     settings: SettingsDep,
     state: StateDep,
+    response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> VideoPublic:
+    """Queue a video. The body is JSON or multipart/form-data (OpenAI's SDK) with the same fields."""
+    body, input_reference = create
     job, created = crud.create_job(
         session=session,
         owner=key,
-        request=body.to_request(settings.default_model),
+        request=body.to_request(settings.default_model, input_reference),
         idempotency_key=idempotency_key,
         webhook_allowed_hosts=settings.webhook_allowed_host_set,
         workers=state.workers.list,
@@ -42,18 +65,21 @@ def create_video(
     if created:
         state.relay_now()
         session.refresh(job)
-    return _public(session, job)
+    return _public(session, job, response)
 
 
-@router.get("", response_model=VideoList)
+@router.get("", response_model=VideoList, responses=errors(422))
 def list_videos(
     key: CurrentKey,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=crud.MAX_PAGE)] = 20,
     after: str | None = None,
+    order: OrderQuery = "desc",
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
 ) -> VideoList:
-    jobs, has_more = crud.list_jobs(session=session, owner=key, limit=limit, after=after, status=status_filter)
+    jobs, has_more = crud.list_jobs(
+        session=session, owner=key, limit=limit, after=after, status=status_filter, order=order
+    )
     data = [_public(session, job) for job in jobs]
     return VideoList(
         data=data,
@@ -63,12 +89,24 @@ def list_videos(
     )
 
 
-@router.get("/{video_id}", response_model=VideoPublic)
-def retrieve_video(video_id: str, key: CurrentKey, session: SessionDep) -> VideoPublic:
-    return _public(session, crud.get_job(session=session, owner=key, job_id=video_id))
+@router.get("/{video_id}", response_model=VideoPublic, responses=errors(404))
+def retrieve_video(video_id: str, key: CurrentKey, session: SessionDep, response: Response) -> VideoPublic:
+    """The job; while it is queued or running, `openai-poll-after-ms` says when to look again (from its ETA)."""
+    return _public(session, crud.get_job(session=session, owner=key, job_id=video_id), response)
 
 
-@router.get("/{video_id}/content", response_model=None, responses={302: {"description": "presigned URL"}})
+@router.get(
+    "/{video_id}/content",
+    response_model=None,
+    responses={
+        200: {
+            "description": "The bytes (embedded mode, local storage).",
+            "content": {"video/mp4": {}, "image/jpeg": {}},
+        },
+        302: {"description": "A redirect to a presigned URL of the object store."},
+        **errors(404, 409, 410, 422),
+    },
+)
 def download_video(
     video_id: str,
     key: CurrentKey,
@@ -81,7 +119,7 @@ def download_video(
     return content_response(job, variant, storage, settings.presign_expiry_s)
 
 
-@router.post("/{video_id}/cancel", response_model=VideoPublic)
+@router.post("/{video_id}/cancel", response_model=VideoPublic, responses=errors(404, 409))
 def cancel_video(video_id: str, key: CurrentKey, session: SessionDep, state: StateDep) -> VideoPublic:
     job = crud.cancel_job(session=session, owner=key, job_id=video_id)
     session.commit()
@@ -90,7 +128,7 @@ def cancel_video(video_id: str, key: CurrentKey, session: SessionDep, state: Sta
     return _public(session, job)
 
 
-@router.delete("/{video_id}", response_model=VideoDeleted)
+@router.delete("/{video_id}", response_model=VideoDeleted, responses=errors(404))
 def delete_video(video_id: str, key: CurrentKey, session: SessionDep, storage: StorageDep) -> VideoDeleted:
     crud.delete_job(session=session, owner=key, job_id=video_id, storage=storage)
     session.commit()

@@ -13,11 +13,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from jobs.crud import get_job
+from jobs.crud import MAX_PAGE, get_job
 from jobs.db import utcnow
 from jobs.errors import Conflict, InvalidParameter, NotFound
 from jobs.ids import new_ulid
 from jobs.models import ApiKey, WebhookDelivery, WebhookEndpoint
+from jobs.pages import SortOrder, keyset_page
 from jobs.webhooks.outbox import DeliveryStatus, check_event_filter
 from jobs.webhooks.signing import new_secret
 from jobs.webhooks.targets import check_target
@@ -87,12 +88,14 @@ def create_endpoint(
     return EndpointWithSecret(endpoint, secret)
 
 
-def list_endpoints(*, session: Session, owner: ApiKey) -> list[WebhookEndpoint]:
-    return list(
-        session.scalars(
-            select(WebhookEndpoint).where(WebhookEndpoint.owner_id == owner.id).order_by(WebhookEndpoint.id)
-        )
-    )
+def list_endpoints(
+    *, session: Session, owner: ApiKey, limit: int = 20, after: str | None = None, order: SortOrder = "desc"
+) -> tuple[list[WebhookEndpoint], bool]:
+    """Newest first (like ``/v1/videos``); returns (page, has_more)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidParameter(f"limit must be between 1 and {MAX_PAGE}", param="limit")
+    query = select(WebhookEndpoint).where(WebhookEndpoint.owner_id == owner.id)
+    return keyset_page(session, query, WebhookEndpoint.id, limit=limit, after=after, order=order)
 
 
 def get_endpoint(*, session: Session, owner: ApiKey, endpoint_id: str) -> WebhookEndpoint:
@@ -131,14 +134,15 @@ def disable_endpoint(endpoint: WebhookEndpoint, *, reason: str, now: datetime) -
         endpoint.disabled_reason = reason
 
 
-def list_deliveries(*, session: Session, owner: ApiKey, job_id: str) -> list[WebhookDelivery]:
-    """A job's deliveries, oldest first, with every attempt."""
+def list_deliveries(*, session: Session, owner: ApiKey, job_id: str, order: SortOrder = "asc") -> list[WebhookDelivery]:
+    """A job's deliveries, oldest first (``order="desc"``: newest first), with every attempt."""
     get_job(session=session, owner=owner, job_id=job_id)
+    ordered = WebhookDelivery.id.asc() if order == "asc" else WebhookDelivery.id.desc()
     return list(
         session.scalars(
             select(WebhookDelivery)
             .where(WebhookDelivery.job_id == job_id)
-            .order_by(WebhookDelivery.id)
+            .order_by(ordered)
             .options(selectinload(WebhookDelivery.attempt_log))
         )
     )

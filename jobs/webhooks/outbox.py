@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,7 +23,7 @@ from jobs.db import session_scope, utcnow
 from jobs.errors import InvalidParameter
 from jobs.ids import new_ulid
 from jobs.models import Job, WebhookDelivery, WebhookEndpoint
-from jobs.public import job_to_public, queue_position
+from jobs.public import job_to_public, queue_position, unix
 from jobs.settings import Settings
 from jobs.states import JobStatus
 
@@ -83,6 +83,11 @@ def check_event_filter(events: Iterable[str] | None, *, param: str) -> list[str]
     return chosen
 
 
+def receives(events: list[str] | None) -> list[str]:
+    """The events a target with filter ``events`` receives, in lifecycle order."""
+    return [e.value for e in WebhookEvent if wants(events, e)]
+
+
 def wants(events: list[str] | None, event: WebhookEvent) -> bool:
     return event in DEFAULT_EVENTS if events is None else event.value in events
 
@@ -101,11 +106,20 @@ def _targets(session: Session, job: Job, event: WebhookEvent) -> list[tuple[str,
     return targets
 
 
-def event_body(job: Job, event: WebhookEvent, *, session: Session, now: datetime) -> str:
-    """The thin Standard Webhooks body: ``{"type", "timestamp", "data"}`` with the job object."""
-    data = job_to_public(job, queue_position=queue_position(session=session, job=job))
-    timestamp = now.isoformat().replace("+00:00", "Z")
-    return json.dumps({"type": event.value, "timestamp": timestamp, "data": data}, separators=(",", ":"))
+def event_body(data: dict[str, Any], event: WebhookEvent, *, delivery_id: str, created_at: datetime) -> str:
+    """The webhook body, in OpenAI's event envelope (what its SDK's ``webhooks.unwrap`` parses).
+
+    ``id`` is the delivery's id, which is also the ``webhook-id`` header: the same on every retry and
+    replay, so a receiver deduplicates on either. ``data`` is the public job (with its ``id``).
+    """
+    envelope = {
+        "id": delivery_id,
+        "object": "event",
+        "created_at": unix(created_at),
+        "type": event.value,
+        "data": data,
+    }
+    return json.dumps(envelope, separators=(",", ":"))
 
 
 def add_job_event(
@@ -120,22 +134,24 @@ def add_job_event(
     if not targets:
         return []
     now = now or utcnow()
-    body = event_body(job, event, session=session, now=now)
-    rows = [
-        WebhookDelivery(
-            id=DELIVERY_ID_PREFIX + new_ulid(),
-            job_id=job.id,
-            endpoint_id=endpoint_id,
-            url=url,
-            event_type=event.value,
-            payload=body,
-            status=DeliveryStatus.PENDING.value,
-            attempts=0,
-            created_at=now,
-            next_attempt_at=now,
+    data = job_to_public(job, queue_position=queue_position(session=session, job=job))
+    rows = []
+    for url, endpoint_id in targets:
+        delivery_id = DELIVERY_ID_PREFIX + new_ulid()
+        rows.append(
+            WebhookDelivery(
+                id=delivery_id,
+                job_id=job.id,
+                endpoint_id=endpoint_id,
+                url=url,
+                event_type=event.value,
+                payload=event_body(data, event, delivery_id=delivery_id, created_at=now),
+                status=DeliveryStatus.PENDING.value,
+                attempts=0,
+                created_at=now,
+                next_attempt_at=now,
+            )
         )
-        for url, endpoint_id in targets
-    ]
     session.add_all(rows)
     return rows
 

@@ -12,6 +12,7 @@ from engine.registry import (
     SpecViolationError,
     UnknownModelError,
     find_spec,
+    format_seconds,
     get_spec,
     list_specs,
     parse_size,
@@ -53,7 +54,7 @@ def test_wan_frame_range_is_4k_plus_1_up_to_81() -> None:
 
 def test_specs_have_expected_sizes_and_defaults() -> None:
     small, large = get_spec("wan2.1-t2v-1.3b"), get_spec("wan2.1-t2v-14b")
-    assert small.sizes == ("832x480", "480x832")
+    assert small.sizes == ("832x480", "480x832", "1280x720", "720x1280")
     assert small.hub_id == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
     assert (small.default_steps, small.default_guidance, small.default_fps, small.flow_shift) == (50, 5.0, 16, 3.0)
     assert "1280x720" in large.sizes and "720x1280" in large.sizes
@@ -103,3 +104,32 @@ def test_validate_names_the_bad_parameter(override: dict, param: str) -> None:
     with pytest.raises(SpecViolationError) as info:
         spec.validate(**{**VALID, **override})
     assert info.value.param == param
+
+
+def test_each_model_lists_the_openai_sizes_it_serves() -> None:
+    assert get_spec("wan2.1-t2v-14b").openai_sizes == ("720x1280", "1280x720")
+    assert get_spec("wan2.1-t2v-1.3b").openai_sizes == ("720x1280", "1280x720")
+    assert get_spec("tiny-wan").openai_sizes == ()
+
+
+def test_seconds_map_to_the_nearest_allowed_frame_count() -> None:
+    wan = get_spec("wan2.1-t2v-1.3b")  # 5..81 frames, 4k+1
+    assert wan.frames_for_seconds(4, 16) == 65  # 64 frames asked: 65 is the nearest 4k+1
+    assert wan.frames_for_seconds(5, 16) == 81  # 80 -> 81
+    assert wan.frames_for_seconds(2.5, 16) == 41
+    assert wan.frames_for_seconds(0.3, 16) == 5  # 4.8 frames: within half a step of the minimum
+    tiny = get_spec("tiny-wan")  # 5..33 frames
+    assert tiny.frames_for_seconds(1.125, 8) == 9
+
+
+@pytest.mark.parametrize("seconds", [8, 12, 0.1, 0, -1, float("nan")])
+def test_seconds_outside_the_models_range_are_refused_naming_seconds(seconds: float) -> None:
+    with pytest.raises(SpecViolationError) as info:
+        get_spec("wan2.1-t2v-1.3b").frames_for_seconds(seconds, 16)
+    assert info.value.param == "seconds"
+
+
+def test_seconds_are_written_like_openai_does() -> None:
+    assert format_seconds(64, 16) == "4"
+    assert format_seconds(65, 16) == "4.062"
+    assert format_seconds(9, 8) == "1.125"

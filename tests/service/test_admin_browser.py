@@ -130,7 +130,7 @@ def test_an_admin_watches_a_job_live_plays_its_video_and_cancels_a_queued_one(  
         "() => { const v = document.getElementById('result-video'); return v.readyState >= 1 && v.duration > 0; }"
     )
     duration = page.eval_on_selector("#result-video", "v => v.duration")
-    assert duration == pytest.approx(done["seconds"], rel=0.3)
+    assert duration == pytest.approx(float(done["seconds"]), rel=0.3)
     page.eval_on_selector("#result-video", "v => v.play()")
     page.wait_for_function("() => document.getElementById('result-video').currentTime > 0")
     sync_api.expect(page.get_by_role("img", name=f"Thumbnail of {slow}")).to_be_visible()

@@ -67,6 +67,7 @@ def test_same_idempotency_key_and_body_returns_the_first_job(api, make_key) -> N
         "code": "idempotency_key_reused",
         "message": "this Idempotency-Key was already used with a different request body",
         "param": "Idempotency-Key",
+        "type": "invalid_request_error",
     }
     # another client may use the same Idempotency-Key independently
     other = api.post("/v1/videos", json=BODY, headers={**auth(make_key()), "Idempotency-Key": "order-42"})
