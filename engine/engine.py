@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,9 @@ import torch
 
 from engine.attention import resolve_backend
 from engine.checkpoint import Checkpointer
+from engine.lora.apply import LoraApplier
+from engine.lora.cache import AdapterCache
+from engine.lora.runtime import install_runtime_slots
 from engine.memory.footprint import footprint_from_folder
 from engine.memory.offload import ComponentOffload, LayerwiseOffload
 from engine.memory.planner import GIB, MemoryPlan, ModelFootprint, RequestShape, plan_for_placement, plan_memory
@@ -123,7 +127,12 @@ class Engine:
         self.components = load_wan_components(located.folder, load_device, self.dtype)
         if settings.fuse_projections:
             self.components.transformer.fuse_projections()  # before placement: offload keeps fused weights
+        self.lora_mode = self._lora_mode(settings.lora_mode)
+        if self.lora_mode == "runtime" and settings.lora_runtime_rank > 0:  # before placement: slots travel with blocks
+            install_runtime_slots(self.components.transformer, settings.lora_runtime_rank)
         self._offloads = self._place(self.components)
+        self.loras = LoraApplier(self.components.transformer, self.device, host_view=self._host_view)
+        self.adapters = AdapterCache(settings.lora_cache_mb * 2**20)
         self.attention_backend = self.components.transformer.set_attention_backend(requested_backend)
         self.parallel = None
         if parallel is not None and parallel.enabled:
@@ -143,6 +152,42 @@ class Engine:
         if "vae" in self._offloads:
             self.pipeline.stage("decoding").around.append(self._offloads["vae"].on_device)
         self._lock = threading.Lock()
+
+    def _lora_mode(self, setting: str) -> str:
+        """How adapters are applied on this engine (see `engine.lora.apply`): "auto" fuses them
+        (free per step; a switch costs a copy of the changed weights on the GPU) unless the DiT is
+        offloaded, where a fused switch would rewrite its host copy over PCIe, so low-rank slots
+        that ride along with each block are cheaper."""
+        if setting != "auto":
+            return setting
+        return "fused" if self.placement.offload == "none" else "runtime"
+
+    def _host_view(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """Where an offloaded DiT tensor's values live between uses (None: on the device)."""
+        for key in ("dit_blocks", "dit"):
+            offload = self._offloads.get(key)
+            view = offload.host_view(tensor) if offload is not None else None
+            if view is not None:
+                return view
+        return None
+
+    def apply_loras(self, request: GenerationRequest) -> tuple[str | None, float]:
+        """Make the request's adapters (exactly those) active; -> (mode used, seconds it took).
+
+        Adapters come from the in-memory cache, read from their path on a miss. The same set as
+        the last request costs nothing; none restores the base weights bit for bit.
+        """
+        started = time.perf_counter()
+        adapters = [(self.adapters.get(ref.key, ref.path), ref.scale) for ref in request.loras]
+        mode = self.loras.apply(adapters, self.lora_mode)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return mode, time.perf_counter() - started
+
+    @property
+    def warm_adapters(self) -> list[str]:
+        """Keys of the adapters held in memory (a worker publishes them for the dispatcher)."""
+        return self.adapters.keys()
 
     def _budget_bytes(self, budget_gb: float | None) -> int | None:
         if budget_gb is not None:
@@ -239,7 +284,8 @@ class Engine:
             raise ValueError("denoising checkpoints need a single-process engine, not one rank of a group")
         memory_plan = self.plan(request)
         with self._lock:
-            return self.pipeline(
+            lora_mode, lora_s = self.apply_loras(request)
+            result = self.pipeline(
                 request,
                 on_step=on_step,
                 on_stage=on_stage,
@@ -247,3 +293,7 @@ class Engine:
                 memory_plan=memory_plan,
                 checkpointer=checkpointer,
             )
+        if request.loras:
+            result.stage_timings_s["lora"] = lora_s
+        result.lora_mode = lora_mode
+        return result

@@ -16,13 +16,28 @@ if TYPE_CHECKING:
     from engine.memory.planner import MemoryPlan
 
 
+@dataclass(frozen=True)
+class LoraRef:
+    """One adapter a request applies: `key` names its content (the engine caches by it), `path`
+    is a local .safetensors file to read on a cache miss, `scale` its strength (0 = not applied).
+
+    Paths, not tensors, so a request stays cheap to send to the other ranks of a GPU group.
+    """
+
+    key: str
+    path: str
+    scale: float = 1.0
+
+
 @dataclass
 class GenerationRequest:
     """Per-request sampling parameters (the third configuration layer, after settings and spec).
 
     `num_frames` must be 4k + 1 and `width`/`height` multiples of 16; the engine checks them
     against the model's spec when it has one. `guidance_scale` <= 1 disables classifier-free
-    guidance (one transformer pass per step instead of two).
+    guidance (one transformer pass per step instead of two). `loras` are applied for this
+    request only (see `engine.lora`); `flow_shift`, when set, replaces the model's for this
+    request (step-distilled adapters are trained for their own).
     """
 
     prompt: str
@@ -34,6 +49,8 @@ class GenerationRequest:
     seed: int
     fps: int
     negative_prompt: str = ""
+    loras: tuple[LoraRef, ...] = ()
+    flow_shift: float | None = None
 
     @property
     def do_cfg(self) -> bool:
@@ -65,6 +82,7 @@ class GenerationResult:
     `memory_plan` is the planner's choice for this request (`engine.memory.MemoryPlan`; its
     `to_dict()` is JSON-ready for a job record).
     `resumed_from_step` is the step a checkpoint let denoising start after (None: from the start).
+    `lora_mode` says how the request's adapters were applied (None without adapters).
     """
 
     frames: np.ndarray
@@ -77,3 +95,4 @@ class GenerationResult:
     stage_peak_memory_bytes: dict[str, int] = field(default_factory=dict)
     memory_plan: MemoryPlan | None = None
     resumed_from_step: int | None = None
+    lora_mode: str | None = None  # "fused" or "runtime" when adapters were applied

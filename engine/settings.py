@@ -12,6 +12,7 @@ AttentionBackendName = Literal["auto", "sdpa", "cudnn", "flash", "flash_attn", "
 CompileMode = Literal["auto", "on", "off"]
 OffloadMode = Literal["auto", "none", "model", "layerwise"]
 VaeTilingMode = Literal["auto", "on", "off"]
+LoraMode = Literal["auto", "fused", "runtime"]
 # The names `engine.attention.resolve_backend` accepts; see `engine.attention.dispatch` for each.
 ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackendName)
 
@@ -44,6 +45,14 @@ class EngineSettings(BaseSettings):
     text_encoder_on_cpu: bool = False
     # Blocks kept on the GPU under layer-wise offload; None = as many as the budget allows.
     offload_resident_blocks: int | None = None
+    # LoRA adapters (engine.lora): "fused" merges them into the weights (no cost per step),
+    # "runtime" runs them as low-rank slots beside the weights; "auto" fuses, except when the DiT
+    # is offloaded (merging would rewrite its host copy at every switch) and the slots fit.
+    lora_mode: LoraMode = "auto"
+    # Rank of the runtime slots (several adapters share it side by side); 0 = no slots.
+    lora_runtime_rank: int = 64
+    # Host memory for converted adapters kept between jobs.
+    lora_cache_mb: int = 4096
 
     @field_validator("models_dir")
     @classmethod

@@ -64,16 +64,26 @@ class ParamGroup:
             pin = torch.cuda.is_available()
         self.host = torch.empty(total, dtype=torch.uint8, pin_memory=pin)  # [total] bytes
         self.buffer = torch.empty(total, dtype=torch.uint8, device=device)
+        self._host_views: dict[int, torch.Tensor] = {}  # id(tensor) -> its values in `host`
         with torch.no_grad():
             for tensor, offset, nbytes in layout:
                 flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
                 self.host[offset : offset + nbytes].copy_(flat)
+                self._host_views[id(tensor)] = self.host[offset : offset + nbytes].view(tensor.dtype).view(tensor.shape)
                 view = self.buffer[offset : offset + nbytes].view(tensor.dtype).view(tensor.shape)
                 tensor.data = view  # same Parameter object, new storage
         self._storage = self.buffer.untyped_storage()
         self._storage.resize_(0)
         self.loaded = False
         self.ready: torch.cuda.Event | None = None
+
+    def host_view(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """The host copy of one of this group's tensors (what every `load` copies from), or None.
+
+        Editing it changes the weights from the next load on (how LoRA adapters are applied to
+        offloaded weights); never edit it while a load may be in flight.
+        """
+        return self._host_views.get(id(tensor))
 
     def load(self, copy_stream: torch.cuda.Stream | None = None) -> None:
         """Allocate the device buffer and enqueue the host->device copy.
@@ -147,6 +157,14 @@ class LayerwiseOffload:
             self._handles.append(block.register_forward_pre_hook(self._pre_hook(index)))
             self._handles.append(block.register_forward_hook(self._post_hook(index)))
 
+    def host_view(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """The host copy of an offloaded block's tensor (see `ParamGroup.host_view`), or None."""
+        for group in self.groups:
+            view = group.host_view(tensor) if group is not None else None
+            if view is not None:
+                return view
+        return None
+
     @property
     def offloaded_bytes(self) -> int:
         return sum(group.nbytes for group in self.groups if group is not None)
@@ -204,6 +222,9 @@ class ComponentOffload:
         self.module = module
         self.group = ParamGroup(module, device, pin=pin)
         self._depth = 0
+
+    def host_view(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        return self.group.host_view(tensor)
 
     @contextlib.contextmanager
     def on_device(self) -> Iterator[nn.Module]:

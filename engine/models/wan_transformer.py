@@ -193,7 +193,7 @@ class GELUProjection(nn.Module):
         self.fused_epilogue = False  # set by engine.optimize on CUDA
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_epilogue:
+        if self.fused_epilogue and not getattr(self.proj, "lora_active", False):  # a LoRA slot needs the plain GEMM
             return linear_gelu_tanh(x, self.proj.weight, self.proj.bias)
         return nn.functional.gelu(self.proj(x), approximate="tanh")
 

@@ -50,7 +50,10 @@ class DenoisingStage(Stage):
         if request.do_cfg and state.negative_prompt_embeds is None:
             raise ValueError("guidance > 1 needs negative prompt embeddings")
         dtype = self.transformer.proj_out.weight.dtype
-        scheduler = UniPCMultistepScheduler.from_config(self.scheduler_config)
+        scheduler_config = self.scheduler_config
+        if request.flow_shift is not None:  # a per-request shift (e.g. a distilled adapter's)
+            scheduler_config = {**scheduler_config, "flow_shift": request.flow_shift}
+        scheduler = UniPCMultistepScheduler.from_config(scheduler_config)
         scheduler.set_timesteps(request.num_inference_steps, device=self.device)
         scheduler.set_begin_index(0)  # avoids a device->host sync to look the index up each step
         timesteps = scheduler.timesteps
