@@ -11,9 +11,11 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
+from engine.models.locate import ModelNotInstalledError
 from engine.parallel.config import ParallelConfig
+from engine.progress import ProgressDisplay
 from engine.registry import (
     WAN21_T2V_1_3B,
     ModelSpec,
@@ -25,19 +27,16 @@ from engine.registry import (
 from engine.request import GenerationRequest
 from engine.settings import ATTENTION_BACKENDS
 
-if TYPE_CHECKING:
-    from engine.request import StepInfo
-
 # Defaults for a model folder the registry does not know: those of the 1.3B model.
 FALLBACK_SPEC = WAN21_T2V_1_3B
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `generate` options to `parser`; unset sampling options default to the model's spec."""
     parser.add_argument("--model", required=True, help="registry name (e.g. tiny-wan), local folder or hub id")
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--prompt", required=True, help="what the video shows")
+    parser.add_argument("--negative-prompt", default="", help="what it should not show")
     parser.add_argument("--size", help="WxH, e.g. 832x480 (default: the model's)")
     parser.add_argument("--num-frames", type=int, help="4k+1 frames (default: the model's)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
@@ -72,30 +71,6 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "on", "off"),
         help="torch.compile the DiT blocks (default: VIDQ_COMPILE or auto = on CUDA only)",
     )
-
-
-class StepProgress:
-    """A one-line progress bar: steps done, rate and time left, redrawn in place."""
-
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
-        self.stream = stream
-        self.width = width
-
-    def __call__(self, info: StepInfo) -> None:
-        step, total, elapsed = info.step, info.total, info.elapsed_s
-        rate = step / elapsed if elapsed > 0 else 0.0
-        eta = (total - step) / rate if rate > 0 else 0.0
-        filled = self.width * step // total
-        bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"\r  [{bar}] {step}/{total}  {rate:.2f} it/s  ETA {_clock(eta)}")
-        if step == total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def _format_bytes(count: int | None) -> str:
@@ -140,9 +115,15 @@ def run_generate(args: argparse.Namespace) -> int:
             launch(_generate_on_rank, config.world_size, args, request, config)
             return EXIT_OK
         result = _generate(args, request, err, device=args.device)
-    except (SpecViolationError, UnknownModelError, ValueError) as exc:
+    except UnknownModelError as exc:
+        err.write(f"error: {exc} (or give a model folder or a Hub id)\n")
+        return EXIT_USAGE
+    except (SpecViolationError, ValueError) as exc:
         err.write(f"error: {exc}\n")
         return EXIT_USAGE
+    except (ModelNotInstalledError, FileNotFoundError) as exc:  # the model, not the request, is missing
+        err.write(f"error: {exc}\n")
+        return EXIT_FAILED
     except KeyboardInterrupt:
         err.write("\ninterrupted\n")
         return EXIT_INTERRUPTED
@@ -172,12 +153,13 @@ def _generate(args: argparse.Namespace, request: GenerationRequest, err: TextIO,
         f"loaded {engine.folder} in {time.perf_counter() - start:.1f} s on {engine.device} "
         f"({engine.dtype}, attention {engine.attention_backend}); seed {request.seed}\n"
     )
-    return engine.generate(
-        request,
-        on_step=StepProgress(err),
-        on_stage=lambda name: err.write(f"{name} ...\n"),
-        output_path=args.out,
-    )
+    with ProgressDisplay(err) as progress:
+        return engine.generate(
+            request,
+            on_step=lambda info: progress.step(info.step, info.total, info.elapsed_s),
+            on_stage=progress.stage,
+            output_path=args.out,
+        )
 
 
 def _generate_on_rank(rank: int, args: argparse.Namespace, request: GenerationRequest, config: ParallelConfig) -> None:

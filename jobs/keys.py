@@ -57,3 +57,8 @@ def revoke_key(*, session: Session, key_id: int) -> ApiKey:
     if record.revoked_at is None:
         record.revoked_at = utcnow()
     return record
+
+
+def list_keys(*, session: Session) -> list[ApiKey]:
+    """Every key, oldest first (revoked ones too: their ids stay meaningful in the audit log)."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))

@@ -3,7 +3,8 @@
 Fed by Redis pub/sub (the worker publishes each stage, step and status on ``vidq:jobs:<id>``).
 The subscription opens before the first database read, so a late subscriber misses nothing: the
 first event is the row as it is now, and later events that the row already covers are dropped.
-Without Redis (embedded mode), or if Redis cannot be reached, the row itself is polled.
+Embedded mode (no Redis) subscribes to the in-process bus the same way; if Redis cannot be
+reached, the row itself is polled.
 
 Events are ``LiveEvent(event, data)``, ``data`` always carrying ``status`` (and, for steps,
 ``step``); ``None`` items are heartbeats. The stream ends after a terminal status.
@@ -24,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.db import session_scope
-from jobs.events import job_channel
+from jobs.events import LOCAL_EVENTS, LocalSubscription, job_channel
 from jobs.models import Job
 from jobs.public import job_to_public, queue_position
 from jobs.states import JobStage, JobStatus, is_terminal
@@ -103,7 +104,7 @@ async def job_events(
     def read() -> dict[str, Any] | None:
         return read_job(session_factory, job_id, owner_id)
 
-    subscription = await _subscribe(redis_url, job_id) if redis_url else None
+    subscription = await _subscribe(redis_url, job_id)
     try:
         current = await anyio.to_thread.run_sync(read)
         if current is None:
@@ -125,7 +126,9 @@ async def job_events(
             await subscription.aclose()
 
 
-async def _subscribe(redis_url: str, job_id: str) -> aioredis.client.PubSub | None:
+async def _subscribe(redis_url: str, job_id: str) -> aioredis.client.PubSub | LocalSubscription | None:
+    if not redis_url:  # embedded mode: the worker publishes on the in-process bus
+        return LOCAL_EVENTS.subscribe(job_id)
     try:
         pubsub = aioredis.Redis.from_url(redis_url).pubsub()
         await pubsub.subscribe(job_channel(job_id))
@@ -135,7 +138,7 @@ async def _subscribe(redis_url: str, job_id: str) -> aioredis.client.PubSub | No
         return None
 
 
-async def _next_message(pubsub: aioredis.client.PubSub, timeout_s: float) -> dict[str, Any] | None:
+async def _next_message(pubsub: aioredis.client.PubSub | LocalSubscription, timeout_s: float) -> dict[str, Any] | None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while (remaining := deadline - loop.time()) > 0:
@@ -146,7 +149,7 @@ async def _next_message(pubsub: aioredis.client.PubSub, timeout_s: float) -> dic
 
 
 async def _from_redis(
-    pubsub: aioredis.client.PubSub,
+    pubsub: aioredis.client.PubSub | LocalSubscription,
     read: Callable[[], dict[str, Any] | None],
     position: _Position,
     heartbeat_s: float,

@@ -112,7 +112,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:
         if self.environment == "production" and self.secret_key.get_secret_value() == DEFAULT_SECRET:
-            raise ValueError("VIDQ_SECRET_KEY must be set in production")
+            raise ValueError(
+                "VIDQ_SECRET_KEY is the default value and VIDQ_ENVIRONMENT is production: set VIDQ_SECRET_KEY "
+                "to a long random string, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
         return self
 
     @property

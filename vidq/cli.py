@@ -1,29 +1,75 @@
-"""The ``vidq`` command: one entry point for the API, the worker, migrations, keys, the demo and
-the engine's own ``generate``."""
+"""The ``vidq`` command: one entry point for the API, the worker, migrations, keys, models, the demo
+and the engine's own ``generate``.
+
+Every expected failure ends in one line on stderr that names the problem and the fix, and a non-zero
+exit (``vidq.failures``); a traceback means a bug.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from typing import Any
 
-from jobs.settings import Settings
+from vidq.failures import EXIT_FAILED, EXIT_INTERRUPTED, CliError, ensure_port_free, explain
+
+SERVICE_COMMANDS = ("api", "worker")  # long-running: they log at INFO unless told otherwise
 
 
-def _settings() -> Settings:
-    return Settings()
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vidq")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
-def _ensure_embedded_schema(settings: Settings) -> None:
-    # Embedded mode has no deploy step, so its SQLite schema is brought up to date on use.
-    # With a real database, `vidq migrate` is an explicit deployment step.
+class _Context:
+    """What main() learns while a command runs, to explain a failure: the settings once loaded."""
+
+    settings: Any = None
+
+
+_ctx = _Context()
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    """The process settings (cached); invalid ones raise pydantic's ValidationError, which
+    ``explain`` turns into one line naming the variables, without their values."""
+    if _ctx.settings is None:
+        from jobs.settings import Settings
+
+        _ctx.settings = Settings()
+    return _ctx.settings
+
+
+def _database_ready(settings) -> None:  # type: ignore[no-untyped-def]
+    """Embedded mode migrates its SQLite on use (it has no deploy step); a real database must
+    already be at the code's schema, or the command stops with "run `vidq migrate`"."""
+    from jobs import migrate
+
     if settings.embedded:
-        from jobs import migrate
-
         migrate.upgrade(settings)
+    else:
+        migrate.require_current_schema(settings)
+
+
+def _session(settings):  # type: ignore[no-untyped-def]
+    from jobs.db import make_engine, make_session_factory, session_scope
+
+    _database_ready(settings)
+    return session_scope(make_session_factory(make_engine(settings)))
+
+
+# -- commands --------------------------------------------------------------------------------------
 
 
 def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings()
+    ensure_port_free(args.host, args.port)
     if settings.embedded:
         from vidq.embedded import EmbeddedRuntime
 
@@ -32,65 +78,28 @@ def cmd_api(args: argparse.Namespace) -> int:
         runtime.wait()
         runtime.stop()
         return 0
+    _database_ready(settings)
     import uvicorn
 
     from api.app import create_app
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, proxy_headers=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, proxy_headers=True, log_config=None)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.main import run_worker
-
     settings = _settings()
     if settings.embedded:
-        print(
-            "vidq worker needs VIDQ_DATABASE_URL and VIDQ_REDIS_URL; in embedded mode `vidq api` "
-            "runs the worker in-process.",
-            file=sys.stderr,
+        raise CliError(
+            "vidq worker needs VIDQ_DATABASE_URL and VIDQ_REDIS_URL; without them `vidq api` runs the worker "
+            "in its own process"
         )
-        return 2
-    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    _database_ready(settings)
+    from worker.main import run_worker
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()] or None
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] or None
-    run_worker(settings, models=models, queues=queues, loglevel=args.loglevel)
-    return 0
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    import json
-
-    from vidq.client import Client, VidqError
-    from vidq.progress_bar import JobProgressBar
-
-    fields = {
-        "model": args.model,
-        "size": args.size,
-        "num_frames": args.num_frames,
-        "num_inference_steps": args.steps,
-        "seed": args.seed,
-        "webhook_url": args.webhook_url,
-    }
-    try:
-        with Client(args.base_url, args.api_key) as client:
-            video = client.create(args.prompt, **fields)
-            print(f"submitted {video['id']}", file=sys.stderr)
-            if args.wait or args.out:
-                bar = JobProgressBar()
-                video = client.wait(video["id"], on_progress=bar.update)
-                bar.close()
-                if video["status"] != "completed":
-                    error = (video.get("error") or {}).get("message", "")
-                    print(f"video {video['id']} {video['status']}: {error}", file=sys.stderr)
-                    print(json.dumps(video))
-                    return 1
-                if args.out:
-                    path = client.download(video["id"], args.out)
-                    print(f"saved {path}", file=sys.stderr)
-    except VidqError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(video))
+    run_worker(settings, models=models, queues=queues, loglevel=args.log_level)
     return 0
 
 
@@ -98,20 +107,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from jobs import migrate
 
     settings = _settings()
+    where = migrate.display_url(settings)
     if args.downgrade:
-        migrate.downgrade(settings, args.downgrade)
+        report = migrate.downgrade(settings, args.downgrade)
+        verb = "undid"
     else:
-        migrate.upgrade(settings, args.revision)
+        report = migrate.upgrade(settings, args.revision)
+        verb = "applied"
+    if not report.applied:
+        print(f"{where}: already at revision {report.after or 'base'}; nothing to do")
+        return 0
+    print(f"{where}: {report.before or 'empty'} -> {report.after or 'base'}")
+    for revision in report.applied:
+        print(f"  {verb} {revision}")
     return 0
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from jobs.db import make_engine, make_session_factory, session_scope
     from jobs.keys import create_key
 
-    settings = _settings()
-    _ensure_embedded_schema(settings)
-    with session_scope(make_session_factory(make_engine(settings))) as session:
+    with _session(_settings()) as session:
         created = create_key(session=session, name=args.name, is_admin=args.admin)
         kind = "admin key" if args.admin else "key"
         print(f"created {kind} {created.record.id} ({args.name}); it is shown only once:", file=sys.stderr)
@@ -119,14 +134,103 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from jobs.keys import list_keys
+
+    with _session(_settings()) as session:
+        keys = list_keys(session=session)
+        rows = [
+            (
+                str(k.id),
+                k.name,
+                k.prefix + "...",
+                "admin" if k.is_admin else "client",
+                k.created_at.strftime("%Y-%m-%d %H:%M"),
+                "revoked " + k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "active",
+            )
+            for k in keys
+            if args.all or k.revoked_at is None
+        ]
+    _print_table(("ID", "NAME", "KEY", "ROLE", "CREATED (UTC)", "STATUS"), rows)
+    return 0
+
+
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from jobs.db import make_engine, make_session_factory, session_scope
+    from jobs.errors import NotFound
     from jobs.keys import revoke_key
 
-    settings = _settings()
-    with session_scope(make_session_factory(make_engine(settings))) as session:
-        revoke_key(session=session, key_id=args.id)
+    try:
+        with _session(_settings()) as session:
+            revoke_key(session=session, key_id=args.id)
+    except NotFound:
+        raise CliError(f"no API key with id {args.id}: `vidq keys list` shows the ids") from None
     print(f"revoked key {args.id}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from engine.models.locate import TINY_NAME, folder_is_complete, install_command, installed_folder
+    from engine.registry import find_spec, list_specs
+
+    models_dir = _settings().resolved_models_dir
+    rows = []
+    for spec in list_specs():
+        if spec.name == TINY_NAME:
+            rows.append((spec.name, "built-in", "random weights, written on first use (demo and tests only)"))
+            continue
+        folder = installed_folder(spec, models_dir)
+        if folder is not None:
+            rows.append((spec.name, "installed", str(folder)))
+        else:
+            rows.append((spec.name, "not installed", f"`{install_command(spec)}`" if spec.hub_id else "-"))
+    if models_dir.is_dir():
+        for folder in sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if find_spec(folder.name) is None:
+                state = "folder" if folder_is_complete(folder) else "incomplete folder"
+                rows.append((folder.name, state, str(folder)))
+    print(f"models folder: {models_dir} (VIDQ_MODELS_DIR); Hugging Face cache: HF_HOME", file=sys.stderr)
+    _print_table(("MODEL", "STATUS", "WHERE / HOW TO INSTALL"), rows)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from vidq.client import Client
+    from vidq.progress_bar import JobProgressBar
+
+    fields = {
+        "model": args.model,
+        "negative_prompt": args.negative_prompt,
+        "size": args.size,
+        "num_frames": args.num_frames,
+        "fps": args.fps,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "seed": args.seed,
+        "num_gpus": args.num_gpus,
+        "webhook_url": args.webhook_url,
+        "webhook_events": [e.strip() for e in args.webhook_events.split(",") if e.strip()]
+        if args.webhook_events
+        else None,
+    }
+    if not (args.api_key or os.environ.get("VIDQ_API_KEY")):
+        raise CliError("no API key: set VIDQ_API_KEY or pass --api-key (an operator creates one: `vidq keys create`)")
+    # One retry only: a person is waiting, and "not running" should be said within a second.
+    with Client(args.base_url, args.api_key, max_retries=1, backoff_s=0.25) as client:
+        video = client.create(args.prompt, idempotency_key=args.idempotency_key, **fields)
+        print(f"submitted {video['id']}", file=sys.stderr)
+        if args.wait or args.out:
+            bar = JobProgressBar()
+            bar.update(video)
+            video = client.wait(video["id"], on_progress=bar.update)
+            bar.close()
+            if video["status"] != "completed":
+                error = (video.get("error") or {}).get("message", "")
+                print(json.dumps(video))
+                raise CliError(f"video {video['id']} {video['status']}" + (f": {error}" if error else ""))
+            if args.out:
+                path = client.download(video["id"], args.out)
+                print(f"saved {path}", file=sys.stderr)
+    print(json.dumps(video))
     return 0
 
 
@@ -144,17 +248,47 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return run_generate(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vidq", description="Text-to-video generation service and engine.")
-    parser.add_argument("--log-level", default="WARNING", help="Python logging level (default WARNING).")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
-    api = sub.add_parser("api", help="serve the REST API (OpenAPI at /openapi.json)")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
+def _command(sub: Any, name: str, help: str, parents: list[argparse.ArgumentParser], **kw: Any) -> Any:
+    """A subcommand whose --help shows `help` as its description."""
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", parents=parents, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --log-level is accepted before or after the command (`vidq --log-level DEBUG worker` or
+    # `vidq worker --log-level DEBUG`); SUPPRESS keeps a subcommand from resetting the global value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        help="logging level (default INFO for `api` and `worker`, WARNING otherwise); format: VIDQ_LOG_FORMAT",
+    )
+    parser = argparse.ArgumentParser(
+        prog="vidq",
+        description="Text-to-video generation: a job API, GPU workers and a diffusion engine. "
+        "Settings come from VIDQ_* environment variables (see the README).",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"vidq {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="each has its own --help")
+    p = [common]
+
+    api = _command(sub, "api", "serve the REST API (OpenAPI at /openapi.json, docs at /docs)", p)
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    api.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     api.set_defaults(func=cmd_api)
 
-    worker = sub.add_parser("worker", help="run a GPU worker (one process per GPU)")
+    worker = _command(sub, "worker", "run a GPU worker (one process per GPU) or a webhook sender", p)
     worker.add_argument("--models", default="", help="comma-separated models to serve (default: every installed)")
     worker.add_argument(
         "--queues",
@@ -162,42 +296,60 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated queues (default: the models' GPU queues and 'webhooks'); "
         "'--queues webhooks' runs a CPU-only webhook sender that loads no model",
     )
-    worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(func=cmd_worker)
 
-    mig = sub.add_parser("migrate", help="bring the database schema up to date (alembic upgrade)")
-    mig.add_argument("--revision", default="head")
+    mig = _command(sub, "migrate", "bring the database schema up to date and report what was applied", p)
+    mig.add_argument("--revision", default="head", help="upgrade to this revision (default head)")
     mig.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead")
     mig.set_defaults(func=cmd_migrate)
 
-    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
-    create = keys.add_parser("create", help="create a key; prints it alone on the last line")
-    create.add_argument("--name", required=True)
-    create.add_argument("--admin", action="store_true", help="the key may use the admin side")
+    keys = _command(sub, "keys", "manage API keys", p).add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION", help="create, list or revoke"
+    )
+    create = _command(keys, "create", "create a key; prints it alone on the last line (shown only once)", p)
+    create.add_argument("--name", required=True, help="who or what the key is for")
+    create.add_argument("--admin", action="store_true", help="the key may use the admin dashboard and /metrics")
     create.set_defaults(func=cmd_keys_create)
-    revoke = keys.add_parser("revoke", help="revoke a key by its id")
-    revoke.add_argument("id", type=int)
+    listing = _command(keys, "list", "list keys: id, name, first characters, role, status", p)
+    listing.add_argument("--all", action="store_true", help="include revoked keys")
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = _command(keys, "revoke", "revoke a key by its id (`vidq keys list` shows the ids)", p)
+    revoke.add_argument("id", type=int, help="the key's id")
     revoke.set_defaults(func=cmd_keys_revoke)
 
-    submit = sub.add_parser("submit", help="submit a job to a running API (VIDQ_BASE_URL, VIDQ_API_KEY)")
-    submit.add_argument("--prompt", required=True)
-    submit.add_argument("--model")
-    submit.add_argument("--size", help="WIDTHxHEIGHT")
-    submit.add_argument("--num-frames", type=int)
-    submit.add_argument("--steps", type=int, help="num_inference_steps")
-    submit.add_argument("--seed", type=int)
+    models = _command(sub, "models", "the models this machine has", p).add_subparsers(
+        dest="models_command", required=True, metavar="ACTION", help="list"
+    )
+    mlist = _command(models, "list", "known models, whether each is installed, and how to install it", p)
+    mlist.set_defaults(func=cmd_models_list)
+
+    submit = _command(sub, "submit", "submit a job to a running API (VIDQ_BASE_URL, VIDQ_API_KEY)", p)
+    submit.add_argument("--prompt", required=True, help="what the video shows")
+    submit.add_argument("--negative-prompt", help="what it should not show")
+    submit.add_argument("--model", help="registry name (default: the server's VIDQ_DEFAULT_MODEL)")
+    submit.add_argument("--size", help="WIDTHxHEIGHT, one of the model's sizes")
+    submit.add_argument("--num-frames", type=int, help="4k+1 frames (default: the model's)")
+    submit.add_argument("--fps", type=int, help="frames per second of the mp4 (default: the model's)")
+    submit.add_argument("--steps", type=int, help="denoising steps, num_inference_steps (default: the model's)")
+    submit.add_argument("--guidance", type=float, help="guidance_scale (default: the model's)")
+    submit.add_argument("--seed", type=int, help="default: drawn by the server and recorded")
+    submit.add_argument("--num-gpus", type=int, help="GPUs to run the job across: 1, 2, 4 or 8")
     submit.add_argument("--webhook-url", help="receives this job's signed events")
-    submit.add_argument("--wait", action="store_true", help="draw a progress bar until the job ends")
+    submit.add_argument("--webhook-events", help="comma-separated events for --webhook-url, e.g. video.completed")
+    submit.add_argument("--idempotency-key", help="submitting twice with the same key returns the first job")
+    submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
     submit.add_argument("--out", help="download the video here when done (implies --wait)")
     submit.add_argument("--base-url", help="the API (default: VIDQ_BASE_URL or http://127.0.0.1:8000)")
     submit.add_argument("--api-key", help="default: VIDQ_API_KEY")
     submit.set_defaults(func=cmd_submit)
 
-    demo = sub.add_parser("demo", help="run the whole product in one process and render a clip")
-    demo.add_argument("--prompt", default="a red fox running through fresh snow at sunrise, cinematic")
+    demo = _command(sub, "demo", "run the whole product in one process and render a clip with tiny-wan", p)
+    demo.add_argument(
+        "--prompt", default="a red fox running through fresh snow at sunrise, cinematic", help="the prompt"
+    )
     demo.set_defaults(func=cmd_demo)
 
-    gen = sub.add_parser("generate", help="render one video with the engine alone (no service)")
+    gen = _command(sub, "generate", "render one video with the engine alone (no service)", p)
     from engine.cli import add_generate_arguments
 
     add_generate_arguments(gen)
@@ -206,11 +358,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _ctx.settings = None
     args = build_parser().parse_args(argv)
+    if not hasattr(args, "log_level"):
+        args.log_level = "INFO" if args.command in SERVICE_COMMANDS else "WARNING"
     from jobs.logs import configure_logging
 
-    configure_logging(level=args.log_level, fmt=_settings().log_format)
-    return int(args.func(args) or 0)
+    try:
+        configure_logging(
+            level=args.log_level,
+            fmt=os.environ.get("VIDQ_LOG_FORMAT", "text").lower(),
+            service=args.command in (*SERVICE_COMMANDS, "demo"),
+        )
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("vidq: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        database = None
+        if _ctx.settings is not None:
+            from jobs.migrate import display_url
+
+            database = display_url(_ctx.settings)
+        message = explain(exc, database=database)
+        if message is None:
+            raise
+        print(f"vidq: error: {message}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

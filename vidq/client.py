@@ -87,7 +87,15 @@ class ServerError(APIError):  # 5xx
 
 
 class APIConnectionError(VidqError):
-    """The API could not be reached (after the retries)."""
+    """The API could not be reached (after the retries); ``url`` is the address tried."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"cannot reach the vidq API at {url} ({reason}): start it (`vidq api`) or point "
+            "VIDQ_BASE_URL / --base-url at it"
+        )
+        self.url = url
+        self.reason = reason
 
 
 class VideoFailedError(VidqError):
@@ -127,6 +135,16 @@ def _error_from(response: httpx.Response) -> APIError:
         body, message, code, param = response.text, response.text[:500] or response.reason_phrase, "error", None
     cls = _ERRORS_BY_STATUS.get(response.status_code, ServerError if response.status_code >= 500 else APIError)
     return cls(message, status_code=response.status_code, code=code, param=param, body=body)
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    """A short cause: "connection refused", "timed out", or the error's own first line."""
+    text = str(exc).lower()
+    if "refused" in text:
+        return "connection refused"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _retryable(status_code: int) -> bool:
@@ -192,7 +210,7 @@ class Client:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 if not retry or attempt >= self.max_retries:
-                    raise APIConnectionError(f"{method} {self.base_url}{path}: {exc}") from exc
+                    raise APIConnectionError(self.base_url, _reason(exc)) from exc
                 self._sleep_before_retry(attempt, None)
                 attempt += 1
                 continue

@@ -59,8 +59,9 @@ class EmbeddedRuntime:
         )
         self._spawn(self._worker.start, "vidq-worker")
 
+        # log_config=None: uvicorn's records go through the process's one logging set-up (jobs.logs).
         config = uvicorn.Config(
-            create_app(self.settings, celery_app=app), host=self.host, port=self.port, log_level="warning"
+            create_app(self.settings, celery_app=app), host=self.host, port=self.port, log_config=None
         )
         self._server = uvicorn.Server(config)
         self._spawn(self._server.run, "vidq-api")

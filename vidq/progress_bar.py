@@ -1,38 +1,46 @@
-"""A one-line terminal progress bar for a job's progress (no dependency, redraws in place on a TTY).
+"""A job's progress on the terminal, from the API's job objects or event-stream events.
 
-It takes job objects (polling) and event-stream events (``step`` instead of ``current_step``)."""
+Drawn by the engine's ``ProgressDisplay`` (the one progress display of every vidq command): each
+stage a line, denoising steps as a bar on a TTY and as periodic plain lines elsewhere.
+"""
 
 from __future__ import annotations
 
-import sys
 from typing import Any, TextIO
+
+from engine.progress import ProgressDisplay
+
+TERMINAL = ("completed", "failed", "cancelled")
 
 
 class JobProgressBar:
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
-        self.stream = stream
-        self.width = width
-        self._last = ""
-        self._tty = stream.isatty()
+    """Feed it every job object or event (``update``); it prints stages as they begin and steps as
+    they advance. Events carry ``step``, job objects ``current_step``: both are understood."""
 
-    def update(self, job: dict[str, Any]) -> None:
-        progress = int(job.get("progress") or 0)
-        filled = self.width * progress // 100
-        bar = "#" * filled + "-" * (self.width - filled)
-        stage = job.get("stage") or job["status"]
-        step = f"step {job.get('current_step', job.get('step', 0))}/{job.get('total_steps', 0)}"
-        queue = f" (queue position {job['queue_position']})" if job.get("queue_position") else ""
-        line = f"[{bar}] {progress:3d}% {stage:<13} {step}{queue}"
-        if line == self._last:
+    def __init__(self, stream: TextIO | None = None, *, display: ProgressDisplay | None = None) -> None:
+        self.display = display or ProgressDisplay(stream)
+        self.stages_seen: list[str] = []
+
+    def update(self, item: dict[str, Any]) -> None:
+        status = item.get("status")
+        if status == "queued":
+            position = item.get("queue_position")
+            self._stage("queued", f"(queue position {position})" if position else "")
             return
-        self._last = line
-        if self._tty:
-            self.stream.write("\r" + line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        stage = item.get("stage")
+        if status == "in_progress" and stage:
+            self._stage(stage)
+            total = int(item.get("total_steps") or 0)
+            step = item.get("step", item.get("current_step"))
+            if stage == "denoising" and total and step is not None:
+                self.display.step(int(step), total)
+        elif status in TERMINAL:
+            self._stage(status)
+
+    def _stage(self, name: str, detail: str = "") -> None:
+        if name not in self.stages_seen:
+            self.stages_seen.append(name)
+        self.display.stage(name, detail)
 
     def close(self) -> None:
-        if self._tty and self._last:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.display.close()

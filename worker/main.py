@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from typing import TextIO
 
 from celery import Celery
 
 from jobs.broker import WEBHOOK_QUEUE
 from jobs.dispatch import CeleryPublisher, Sweeper, make_markers, make_sweeper
+from jobs.logs import json_line
 from jobs.settings import Settings
 from jobs.workers import make_worker_registry
 from worker.celery_app import create_worker_app, set_context
@@ -58,9 +61,23 @@ def prepare_worker(
     return app, queues, sweeper
 
 
+def _celery_notices_as_json() -> None:
+    """Celery writes its shutdown notices ("Warm shutdown", ...) straight to a file descriptor from
+    its signal handlers, bypassing logging; in JSON mode they become JSON lines, still written the
+    same signal-safe way (one ``os.write``, no logging lock)."""
+    import celery.apps.worker as celery_worker
+
+    def say(msg: str, f: TextIO = sys.__stderr__) -> None:  # type: ignore[assignment]
+        os.write(f.fileno(), (json_line("WARNING", "celery.apps.worker", msg) + "\n").encode())
+
+    celery_worker.safe_say = say
+
+
 def run_worker(
     settings: Settings, *, models: list[str] | None = None, queues: list[str] | None = None, loglevel: str = "INFO"
 ) -> None:
+    if settings.log_format == "json":
+        _celery_notices_as_json()
     app, queues, sweeper = prepare_worker(settings, models=models, queues=queues)
     webhooks_only = queues == [WEBHOOK_QUEUE]
     log.info("consuming %s%s", queues, "" if webhooks_only else f", serving {models or served_models(settings)}")
@@ -74,6 +91,8 @@ def run_worker(
     try:
         app.worker_main(
             [
+                # The start-up banner is printed, not logged: in JSON mode every line must be JSON.
+                *(["--quiet"] if settings.log_format == "json" else []),
                 "worker",
                 *pool,
                 f"--queues={','.join(queues)}",

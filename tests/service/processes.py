@@ -35,7 +35,7 @@ class WorkerProcess:
         self.log_path = log_path
         self._log = log_path.open("w")
         self.proc = subprocess.Popen(
-            [VIDQ, "--log-level", "INFO", "worker", "--loglevel", "INFO", *args],
+            [VIDQ, "worker", "--log-level", "INFO", *args],
             env=settings_env(settings, **env_overrides),
             stdout=self._log,
             stderr=subprocess.STDOUT,
