@@ -201,6 +201,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "model": args.model,
         "negative_prompt": args.negative_prompt,
         "size": args.size,
+        "seconds": args.seconds,
         "num_frames": args.num_frames,
         "fps": args.fps,
         "num_inference_steps": args.steps,
@@ -211,6 +212,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "webhook_events": [e.strip() for e in args.webhook_events.split(",") if e.strip()]
         if args.webhook_events
         else None,
+        "input_reference": _data_url(args.input_reference) if args.input_reference else None,
     }
     if not (args.api_key or os.environ.get("VIDQ_API_KEY")):
         raise CliError("no API key: set VIDQ_API_KEY or pass --api-key (an operator creates one: `vidq keys create`)")
@@ -232,6 +234,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 print(f"saved {path}", file=sys.stderr)
     print(json.dumps(video))
     return 0
+
+
+def _data_url(path: str) -> str:
+    """An image file as the ``data:`` URL the API takes for ``input_reference``."""
+    import base64
+    import mimetypes
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"--input-reference {path}: no such file")
+    mime = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(file.read_bytes()).decode()}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -328,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--negative-prompt", help="what it should not show")
     submit.add_argument("--model", help="registry name (default: the server's VIDQ_DEFAULT_MODEL)")
     submit.add_argument("--size", help="WIDTHxHEIGHT, one of the model's sizes")
+    submit.add_argument("--seconds", help="length in seconds (instead of --num-frames)")
     submit.add_argument("--num-frames", type=int, help="4k+1 frames (default: the model's)")
     submit.add_argument("--fps", type=int, help="frames per second of the mp4 (default: the model's)")
     submit.add_argument("--steps", type=int, help="denoising steps, num_inference_steps (default: the model's)")
@@ -336,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--num-gpus", type=int, help="GPUs to run the job across: 1, 2, 4 or 8")
     submit.add_argument("--webhook-url", help="receives this job's signed events")
     submit.add_argument("--webhook-events", help="comma-separated events for --webhook-url, e.g. video.completed")
+    submit.add_argument("--input-reference", metavar="IMAGE", help="an image file, for image-to-video models")
     submit.add_argument("--idempotency-key", help="submitting twice with the same key returns the first job")
     submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
     submit.add_argument("--out", help="download the video here when done (implies --wait)")
