@@ -13,7 +13,7 @@ from api.admin_pages import STATIC_DIR, install_admin_handlers
 from api.errors import install_error_handlers
 from api.logging import JobIdMiddleware
 from api.openapi import install_openapi
-from api.routes import admin, docs, health, metrics, models, unsupported, video_events, videos, webhooks
+from api.routes import admin, docs, health, loras, metrics, models, unsupported, video_events, videos, webhooks
 from api.state import AppState
 from jobs.broker import make_celery
 from jobs.db import make_engine, make_session_factory
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, *, celery_app: Celery | None = 
     app.include_router(video_events.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
+    app.include_router(loras.router)
     app.include_router(admin.router)
     app.include_router(metrics.router)
     return app

@@ -14,7 +14,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs.errors import Conflict, DomainError, Forbidden, Gone, InvalidParameter, NotFound, Unauthenticated
+from jobs.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    Gone,
+    InvalidParameter,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,7 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     Unauthenticated: 401,
     Forbidden: 403,
     UnsupportedMediaType: 415,
+    PayloadTooLarge: 413,
 }
 
 # OpenAI's error types by status; anything else in 4xx is an invalid request, 5xx a server error.

@@ -26,6 +26,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     410: "The results expired and were deleted.",
     415: "A request body vidq does not read; the message names the accepted content types.",
     422: "A request field is invalid; `param` names it.",
+    413: "An upload over its size limit; `param` names the file field.",
     503: "A dependency is unreachable; `param` names it.",
 }
 ERROR_REF = "#/components/schemas/ErrorResponse"

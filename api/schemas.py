@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from jobs.catalog import FRAME_STEP, ModelSpec, format_seconds, gpu_memory_estimate, request_bounds
 from jobs.errors import InvalidParameter
 from jobs.models import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from jobs.public import job_to_public, unix
-from jobs.validation import InputReference, JobRequest
+from jobs.validation import MAX_FLOW_SHIFT, MIN_FLOW_SHIFT, InputReference, JobRequest, LoraChoice
 from jobs.webhooks.outbox import receives
 
 # Bounds over every model, as schema constraints; each model's own range is checked after (422 naming the field).
@@ -33,6 +33,15 @@ Seconds = Annotated[
         }
     ),
 ]
+
+
+class LoraUse(BaseModel):
+    """One adapter of a job: an id from `GET /v1/loras` and its strength."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(max_length=40, description="A LoRA id (`lora_...`).")
+    scale: float = Field(default=1.0, ge=-4.0, le=4.0, description="Strength; 0 applies nothing.")
 
 
 class ImageUrlReference(BaseModel):
@@ -93,6 +102,34 @@ class VideoCreate(BaseModel):
         description='An image for image-to-video models: in JSON a `data:` URL (or `{"image_url": ...}`), in '
         "multipart a file part. Text-to-video models refuse it (422 naming `input_reference`).",
     )
+    loras: list[LoraUse] | None = Field(
+        default=None,
+        max_length=4,
+        description='LoRA adapters to apply, e.g. `[{"id": "lora_01J...", "scale": 0.8}]` (in multipart: '
+        "the same list as one JSON-encoded field). Settings the request leaves out take the adapters' "
+        "recommended values (steps, guidance, flow shift).",
+    )
+    flow_shift: float | None = Field(
+        default=None,
+        ge=MIN_FLOW_SHIFT,
+        le=MAX_FLOW_SHIFT,
+        description="The sampler's flow shift (default: an adapter's recommendation, else the model's).",
+    )
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _loras_from_form(cls, value: Any) -> Any:
+        """A multipart form carries the list as one JSON-encoded text field."""
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            value = value[0]
+        if isinstance(value, str):
+            import json
+
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("loras must be a JSON list of {id, scale} objects") from None
+        return value
 
     def to_request(self, default_model: str, input_reference: InputReference | None = None) -> JobRequest:
         """The domain's request; ``input_reference`` is the decoded image (see ``api.video_body``)."""
@@ -111,6 +148,8 @@ class VideoCreate(BaseModel):
             webhook_events=self.webhook_events,
             seconds=self.seconds,
             input_reference=input_reference,
+            loras=tuple(LoraChoice(use.id, use.scale) for use in self.loras or ()),
+            flow_shift=self.flow_shift,
         )
 
 
@@ -157,6 +196,10 @@ class VideoPublic(BaseModel):
     attempts: int
     # The denoising step this attempt resumed after, from a checkpoint of an earlier attempt; None: from the start.
     resumed_from_step: int | None = None
+    loras: list[dict[str, Any]] = Field(
+        default_factory=list, description='The adapters applied: `[{"id", "name", "scale"}]`.'
+    )
+    flow_shift: float | None = Field(default=None, description="The flow shift used (None: the model's).")
     error: VideoError | None
     stage_timings: dict[str, Any] | None
     memory: dict[str, Any] | None = None
@@ -396,3 +439,43 @@ class ModelPublic(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelPublic]
+
+
+class LoraPublic(BaseModel):
+    """A LoRA adapter as clients see it (`GET /v1/loras/{id}`)."""
+
+    id: str
+    object: Literal["lora"] = "lora"
+    name: str
+    model: str = Field(description="The model it was trained for; jobs of other models refuse it.")
+    format: str = Field(description="The key layout it was uploaded in: `diffusers`, `wan` or `kohya`.")
+    rank: int
+    size_bytes: int
+    sha256: str
+    recommended: dict[str, Any] = Field(
+        description="Settings a job takes when its request leaves them out: `num_inference_steps`, "
+        "`guidance_scale`, `flow_shift`."
+    )
+    public: bool = Field(description="Published by an admin to every client.")
+    use_count: int = Field(description="Jobs submitted with it.")
+    created_at: int
+
+    @classmethod
+    def from_lora(cls, lora: Any) -> LoraPublic:
+        from jobs.loras import lora_to_public
+
+        return cls.model_validate(lora_to_public(lora))
+
+
+class LoraList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[LoraPublic]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class LoraDeleted(BaseModel):
+    id: str
+    object: Literal["lora.deleted"] = "lora.deleted"
+    deleted: bool = True

@@ -9,6 +9,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.login_throttle import LoginThrottle
+from jobs.affinity import DIRECT_MARKER_TTL_FACTOR, affinity_router
 from jobs.dispatch import CeleryPublisher, Sweeper, relay_outbox
 from jobs.events import EventBus
 from jobs.settings import Settings
@@ -35,7 +36,12 @@ class AppState:
         """Publish what a committed change put in the outboxes (render messages, webhook deliveries)
         now, for low latency; if the broker refuses, the sweeper's relay publishes it on its next pass."""
         try:
-            relay_outbox(session_factory=self.session_factory, publisher=self.publisher)
+            relay_outbox(
+                session_factory=self.session_factory,
+                publisher=self.publisher,
+                route=affinity_router(self.workers.list, heartbeat_timeout_s=self.settings.heartbeat_timeout_s),
+                direct_marker_ttl_s=int(self.settings.redispatch_after_s * DIRECT_MARKER_TTL_FACTOR) + 1,
+            )
             relay_webhooks(session_factory=self.session_factory, publisher=self.publisher, settings=self.settings)
         except Exception as exc:
             log.warning("immediate dispatch failed, the sweeper will retry: %s", exc)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -22,6 +22,7 @@ from jobs.db import utcnow
 from jobs.dispatch import add_to_outbox
 from jobs.errors import Conflict, InvalidParameter, NotFound
 from jobs.ids import new_job_id
+from jobs.loras import resolve_job_loras
 from jobs.models import ApiKey, Job
 from jobs.pages import SortOrder, keyset_page
 from jobs.states import JobStatus, is_terminal
@@ -40,8 +41,8 @@ MAX_PAGE = 100
 def request_fingerprint(request: JobRequest) -> str:
     """A stable hash of what the client sent, for ``Idempotency-Key`` comparisons (an image by its hash)."""
     fields = asdict(request)
-    for name in ("seconds", "input_reference"):  # newer fields: absent ones keep older jobs' hashes valid
-        if fields[name] is None:
+    for name in ("seconds", "input_reference", "loras", "flow_shift"):  # newer fields: absent ones keep
+        if fields[name] in (None, ()):  # older jobs' hashes valid
             del fields[name]
     if request.input_reference is not None:
         reference = request.input_reference
@@ -84,7 +85,18 @@ def create_job(
         if existing is not None:
             return _replay(existing, fingerprint), False
 
-    params = resolve_job_params(request)
+    loras: list[dict[str, object]] = []
+    if request.loras:  # the adapters' recommended settings fill what the request left out
+        loras, recommended = resolve_job_loras(session=session, owner=owner, choices=request.loras, model=request.model)
+        request = replace(
+            request,
+            **{
+                name: value
+                for name, value in recommended.__dict__.items()
+                if value is not None and getattr(request, name) is None
+            },
+        )
+    params = replace(resolve_job_params(request), loras=loras or None)
     if workers is not None:  # the fleet's declared GPU memory, for requests no GPU could hold
         check_fits_a_worker(params, workers, heartbeat_timeout_s=heartbeat_timeout_s)
     webhook_events = check_event_filter(request.webhook_events, param="webhook_events")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -42,7 +43,7 @@ class DispatchMarkers(Protocol):
     and marker vanish together, and the sweeper sees a queued job with no marker.
     """
 
-    def mark(self, job_id: str) -> None: ...
+    def mark(self, job_id: str, ttl_s: int | None = None) -> None: ...
 
     def is_marked(self, job_id: str) -> bool: ...
 
@@ -52,8 +53,8 @@ class RedisDispatchMarkers:
         self.client = client
         self.ttl_s = ttl_s
 
-    def mark(self, job_id: str) -> None:
-        self.client.set(f"vidq:dispatched:{job_id}", "1", ex=self.ttl_s)
+    def mark(self, job_id: str, ttl_s: int | None = None) -> None:
+        self.client.set(f"vidq:dispatched:{job_id}", "1", ex=ttl_s or self.ttl_s)
 
     def is_marked(self, job_id: str) -> bool:
         return bool(self.client.exists(f"vidq:dispatched:{job_id}"))
@@ -66,7 +67,7 @@ class MemoryDispatchMarkers:
         self._marked: set[str] = set()
         self._lock = threading.Lock()
 
-    def mark(self, job_id: str) -> None:
+    def mark(self, job_id: str, ttl_s: int | None = None) -> None:
         with self._lock:
             self._marked.add(job_id)
 
@@ -76,7 +77,7 @@ class MemoryDispatchMarkers:
 
 
 class Publisher(Protocol):
-    def publish(self, job_id: str, queue: str) -> None: ...
+    def publish(self, job_id: str, queue: str, *, marker_ttl_s: int | None = None) -> None: ...
 
 
 class CeleryPublisher:
@@ -84,9 +85,9 @@ class CeleryPublisher:
         self.app = app
         self.markers = markers
 
-    def publish(self, job_id: str, queue: str) -> None:
+    def publish(self, job_id: str, queue: str, *, marker_ttl_s: int | None = None) -> None:
         self.app.send_task(RENDER_TASK, args=[job_id], queue=queue)
-        self.markers.mark(job_id)
+        self.markers.mark(job_id, marker_ttl_s)
 
     def publish_webhook(self, delivery_id: str, attempt: int) -> None:
         self.app.send_task(WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE)
@@ -103,8 +104,20 @@ def add_to_outbox(*, session: Session, job: Job) -> DispatchOutbox:
     return row
 
 
-def relay_outbox(*, session_factory: sessionmaker[Session], publisher: Publisher, batch: int = 100) -> int:
-    """Publish pending outbox rows; return how many went out. Stops at the first broker error."""
+def relay_outbox(
+    *,
+    session_factory: sessionmaker[Session],
+    publisher: Publisher,
+    batch: int = 100,
+    route: Callable[[Job], str | None] | None = None,
+    direct_marker_ttl_s: int | None = None,
+) -> int:
+    """Publish pending outbox rows; return how many went out. Stops at the first broker error.
+
+    ``route`` may send a job to another queue than its row's (``jobs.affinity``: a worker's own
+    queue); such a message's marker lives ``direct_marker_ttl_s``, after which the sweeper
+    publishes the job again to its shared queue if it is still waiting.
+    """
     published = 0
     with session_scope(session_factory) as session:
         rows = session.scalars(
@@ -115,8 +128,13 @@ def relay_outbox(*, session_factory: sessionmaker[Session], publisher: Publisher
             .with_for_update(skip_locked=True)  # concurrent relays share the work, never double it
         ).all()
         for row in rows:
+            job = session.get(Job, row.job_id)
+            direct = route(job) if route is not None and job is not None else None
             try:
-                publisher.publish(row.job_id, row.queue)
+                if direct is not None:
+                    publisher.publish(row.job_id, direct, marker_ttl_s=direct_marker_ttl_s)
+                else:
+                    publisher.publish(row.job_id, row.queue)
             except Exception as exc:  # the broker is down: keep the row, try on the next pass
                 row.publish_attempts += 1
                 row.last_error = f"{type(exc).__name__}: {exc}"[:1000]
@@ -125,7 +143,6 @@ def relay_outbox(*, session_factory: sessionmaker[Session], publisher: Publisher
             now = utcnow()
             row.published_at = now
             row.publish_attempts += 1
-            job = session.get(Job, row.job_id)
             if job is not None:
                 job.dispatched_at = now
             published += 1

@@ -31,6 +31,12 @@ class Gone(DomainError):
     code = "gone"
 
 
+class PayloadTooLarge(DomainError):
+    """An upload over its size limit (HTTP 413)."""
+
+    code = "file_too_large"
+
+
 class Unauthenticated(DomainError):
     code = "invalid_api_key"
 

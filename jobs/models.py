@@ -91,6 +91,10 @@ class Job(Base):
     eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # from measured step times
     # The denoising step the current attempt resumed after (a checkpoint of an earlier attempt), if any.
     resumed_from_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # LoRA adapters applied, as resolved at submission: [{"id", "name", "scale"}] (None: none).
+    loras: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # The sampler's flow shift for this job (None: the model's); an adapter may recommend one.
+    flow_shift: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     # When
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -239,3 +243,31 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(200))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Lora(Base):
+    """A LoRA adapter file a client uploaded (in object storage at ``storage_key``), for one model.
+
+    Visible to its owner; ``public`` ones (only an admin can publish) are visible to every client.
+    ``recommended`` holds settings a job takes when its request leaves them out
+    (``num_inference_steps``, ``guidance_scale``, ``flow_shift``).
+    """
+
+    __tablename__ = "loras"
+    __table_args__ = (Index("ix_loras_owner_id_id", "owner_id", "id"), Index("ix_loras_public_id", "public", "id"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(100))
+    format: Mapped[str] = mapped_column(String(20))
+    rank: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(500))
+    recommended: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    use_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    owner: Mapped[ApiKey] = relationship()

@@ -71,6 +71,8 @@ def job_to_public(job: Job, *, queue_position: int | None) -> dict[str, Any]:
         "num_gpus": job.num_gpus,
         "attempts": job.attempts,
         "resumed_from_step": job.resumed_from_step,
+        "loras": job.loras or [],
+        "flow_shift": job.flow_shift,
         "error": {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None,
         "stage_timings": job.stage_timings,
         "memory": job.memory,

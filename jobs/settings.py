@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     collective_timeout_s: float = Field(default=600.0, gt=0)
     device: str = ""  # engine device, empty = cuda when available
     attention_backend: str = "auto"
+    # LoRA files a worker keeps on its disk (fetched from storage on first use); the converted
+    # adapters in memory are bounded by the engine's VIDQ_LORA_CACHE_MB.
+    lora_files_kept: int = Field(default=32, ge=1)
+
+    # LoRA uploads (POST /v1/loras): the largest file accepted
+    lora_max_upload_mb: int = Field(default=2048, ge=1)
 
     # Webhooks and live events
     webhook_allowed_hosts: str = ""  # comma-separated hosts exempt from the private-address check
@@ -135,6 +141,10 @@ class Settings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return self.models_dir or self.data_dir / "models"
+
+    @property
+    def lora_files_dir(self) -> Path:
+        return self.data_dir / "lora-files"
 
     @property
     def storage_dir(self) -> Path:

@@ -6,8 +6,10 @@ is deliberately torch-free so the API can import it without loading the engine.
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.registry import (
     MAX_FPS,
@@ -39,6 +41,22 @@ class InputReference:
     filename: str | None = None
 
 
+MIN_FLOW_SHIFT, MAX_FLOW_SHIFT = 0.1, 20.0
+
+
+def check_flow_shift(value: float | None, param: str = "flow_shift") -> None:
+    if value is not None and not (math.isfinite(value) and MIN_FLOW_SHIFT <= value <= MAX_FLOW_SHIFT):
+        raise InvalidParameter(f"flow_shift must be in [{MIN_FLOW_SHIFT}, {MAX_FLOW_SHIFT}]", param=param)
+
+
+@dataclass(frozen=True)
+class LoraChoice:
+    """One entry of a request's ``loras``: an adapter id and its strength."""
+
+    id: str
+    scale: float = 1.0
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """What a client asked for; ``None`` means "the model's default".
@@ -61,6 +79,8 @@ class JobRequest:
     webhook_events: list[str] | None = None  # None: every state change; checked in jobs.webhooks
     seconds: float | None = None
     input_reference: InputReference | None = None
+    loras: tuple[LoraChoice, ...] = ()  # resolved in jobs.loras (they live in the database)
+    flow_shift: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +99,8 @@ class JobParams:
     guidance_scale: float
     seed: int
     num_gpus: int = 1
+    loras: list[dict[str, Any]] | None = None  # [{"id", "name", "scale"}], from jobs.loras
+    flow_shift: float | None = None
 
 
 GPU_GROUP_SIZES = (1, 2, 4, 8)
@@ -135,6 +157,8 @@ def resolve_job_params(request: JobRequest) -> JobParams:
             f"num_gpus must be one of {', '.join(map(str, GPU_GROUP_SIZES))}, got {num_gpus}", param="num_gpus"
         )
 
+    check_flow_shift(request.flow_shift)
+
     seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
     if not 0 <= seed <= MAX_SEED:
         raise InvalidParameter(f"seed must be between 0 and {MAX_SEED}, got {seed}", param="seed")
@@ -152,6 +176,7 @@ def resolve_job_params(request: JobRequest) -> JobParams:
         guidance_scale=float(guidance),
         seed=seed,
         num_gpus=num_gpus,
+        flow_shift=request.flow_shift,
     )
 
 

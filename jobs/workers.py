@@ -46,6 +46,8 @@ class WorkerStatus:
     step: int = 0
     total_steps: int = 0
     jobs_done: int = 0
+    # LoRA adapter ids held in memory: the dispatcher sends a job with these adapters here when idle.
+    warm_loras: list[str] = field(default_factory=list)
 
     def is_lost(self, *, timeout_s: float, now: float | None = None) -> bool:
         return (now if now is not None else time.time()) - self.heartbeat_at > timeout_s

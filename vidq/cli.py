@@ -213,6 +213,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.webhook_events
         else None,
         "input_reference": _data_url(args.input_reference) if args.input_reference else None,
+        "loras": [_lora_use(text) for text in args.lora] or None,
+        "flow_shift": args.flow_shift,
     }
     if not (args.api_key or os.environ.get("VIDQ_API_KEY")):
         raise CliError("no API key: set VIDQ_API_KEY or pass --api-key (an operator creates one: `vidq keys create`)")
@@ -233,6 +235,40 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 path = client.download(video["id"], args.out)
                 print(f"saved {path}", file=sys.stderr)
     print(json.dumps(video))
+    return 0
+
+
+def _lora_use(text: str) -> dict[str, object]:
+    """`--lora ID` or `--lora ID:SCALE`."""
+    lora_id, _, scale = text.partition(":")
+    try:
+        return {"id": lora_id, "scale": float(scale)} if scale else {"id": lora_id}
+    except ValueError:
+        raise CliError(f"--lora {text}: the scale after ':' must be a number") from None
+
+
+def cmd_loras(args: argparse.Namespace) -> int:
+    from vidq.client import Client
+
+    if not (args.api_key or os.environ.get("VIDQ_API_KEY")):
+        raise CliError("no API key: set VIDQ_API_KEY or pass --api-key (an operator creates one: `vidq keys create`)")
+    with Client(args.base_url, args.api_key, max_retries=1, backoff_s=0.25) as client:
+        if args.loras_command == "add":
+            result = client.add_lora(
+                args.path,
+                name=args.name,
+                model=args.model,
+                public=args.public,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                flow_shift=args.flow_shift,
+            )
+            print(f"added {result['id']} ({result['format']}, rank {result['rank']})", file=sys.stderr)
+        elif args.loras_command == "list":
+            result = client.list_loras(limit=args.limit, after=args.after)
+        else:
+            result = client.delete_lora(args.lora_id)
+    print(json.dumps(result))
     return 0
 
 
@@ -353,12 +389,34 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--webhook-url", help="receives this job's signed events")
     submit.add_argument("--webhook-events", help="comma-separated events for --webhook-url, e.g. video.completed")
     submit.add_argument("--input-reference", metavar="IMAGE", help="an image file, for image-to-video models")
+    submit.add_argument("--lora", action="append", default=[], help="a LoRA adapter: ID or ID:SCALE (repeatable)")
+    submit.add_argument("--flow-shift", type=float, help="the sampler's flow shift (default: the adapters' or model's)")
     submit.add_argument("--idempotency-key", help="submitting twice with the same key returns the first job")
     submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
     submit.add_argument("--out", help="download the video here when done (implies --wait)")
     submit.add_argument("--base-url", help="the API (default: VIDQ_BASE_URL or http://127.0.0.1:8000)")
     submit.add_argument("--api-key", help="default: VIDQ_API_KEY")
     submit.set_defaults(func=cmd_submit)
+
+    loras = _command(sub, "loras", "manage LoRA adapters through the API (VIDQ_BASE_URL, VIDQ_API_KEY)", p)
+    loras_sub = loras.add_subparsers(dest="loras_command", required=True, metavar="ACTION", help="add, list or delete")
+    add = _command(loras_sub, "add", "upload a .safetensors adapter; prints it as JSON", p)
+    add.add_argument("path", help="the .safetensors file")
+    add.add_argument("--name", required=True, help="a name to tell it apart")
+    add.add_argument("--model", required=True, help="the model it is for, e.g. wan2.1-t2v-1.3b")
+    add.add_argument("--steps", type=int, help="recommended num_inference_steps (e.g. 4 for a distilled adapter)")
+    add.add_argument("--guidance", type=float, help="recommended guidance_scale (1: no unconditional pass)")
+    add.add_argument("--flow-shift", type=float, help="recommended flow_shift")
+    add.add_argument("--public", action="store_true", help="admins: publish it to every client")
+    llist = _command(loras_sub, "list", "your adapters and the published ones, newest first", p)
+    llist.add_argument("--limit", type=int, default=20)
+    llist.add_argument("--after", help="the last id of the previous page")
+    remove = _command(loras_sub, "delete", "delete an adapter", p)
+    remove.add_argument("lora_id", help="lora_...")
+    for action in (add, llist, remove):
+        action.add_argument("--base-url", help="the API (default: VIDQ_BASE_URL or http://127.0.0.1:8000)")
+        action.add_argument("--api-key", help="default: VIDQ_API_KEY")
+        action.set_defaults(func=cmd_loras)
 
     demo = _command(sub, "demo", "run the whole product in one process and render a clip with tiny-wan", p)
     demo.add_argument(

@@ -252,6 +252,26 @@ class Client:
     def delete(self, video_id: str) -> dict[str, Any]:
         return self._request("DELETE", f"/v1/videos/{video_id}", retry=True).json()  # type: ignore[no-any-return]
 
+    # -- LoRA adapters -------------------------------------------------------------------------
+
+    def add_lora(
+        self, path: str | Path, *, name: str, model: str, public: bool = False, **recommended: float | int | None
+    ) -> dict[str, Any]:
+        """Upload a .safetensors adapter for `model`; `recommended` takes `num_inference_steps`,
+        `guidance_scale` and `flow_shift` (what jobs with it default to)."""
+        fields = {"name": name, "model": model, "public": "true" if public else "false"}
+        fields.update({k: str(v) for k, v in recommended.items() if v is not None})
+        with Path(path).open("rb") as handle:
+            files = {"file": (Path(path).name, handle, "application/octet-stream")}
+            return self._request("POST", "/v1/loras", retry=False, data=fields, files=files).json()  # type: ignore[no-any-return]
+
+    def list_loras(self, *, limit: int = 20, after: str | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in {"limit": limit, "after": after}.items() if v is not None}
+        return self._request("GET", "/v1/loras", retry=True, params=params).json()  # type: ignore[no-any-return]
+
+    def delete_lora(self, lora_id: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/v1/loras/{lora_id}", retry=True).json()  # type: ignore[no-any-return]
+
     def download(self, video_id: str, path: str | Path, *, variant: str = "video") -> Path:
         """Write the video (or ``variant="thumbnail"``) to ``path``; the presigned URL is fetched
         without the API key."""

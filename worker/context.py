@@ -15,6 +15,7 @@ from jobs.settings import Settings
 from jobs.storage import Storage, make_storage
 from jobs.webhooks.outbox import WebhookPublisher
 from worker.engines import EnginePool
+from worker.loras import LoraFiles
 from worker.status import WorkerActivity
 
 
@@ -29,6 +30,10 @@ class WorkerContext:
     # Publishes a job's webhook deliveries right after its state changes; without one the sweeper does.
     webhooks: WebhookPublisher | None = None
     activity: WorkerActivity = field(default_factory=WorkerActivity)  # what the status thread publishes
+    lora_files: LoraFiles = field(init=False)  # local copies of adapter files
+
+    def __post_init__(self) -> None:
+        self.lora_files = LoraFiles(self.storage, self.settings.lora_files_dir, self.settings.lora_files_kept)
 
 
 def build_context(settings: Settings) -> WorkerContext:

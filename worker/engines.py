@@ -98,6 +98,14 @@ class EnginePool:
                 budgets.append(single.memory_budget_bytes)
         return max(budgets) if budgets else None
 
+    def warm_adapters(self) -> list[str]:
+        """Adapter ids some loaded engine holds in memory (published for the dispatcher)."""
+        warm: set[str] = set()
+        for engine in list(self._engines.values()):
+            single = getattr(engine, "engine", engine)  # an EngineGroup's rank-0 engine
+            warm.update(getattr(single, "warm_adapters", ()))
+        return sorted(warm)
+
     @property
     def loaded(self) -> list[str]:
         return sorted(self._engines)

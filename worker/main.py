@@ -10,6 +10,7 @@ from typing import TextIO
 
 from celery import Celery
 
+from jobs.affinity import worker_queue
 from jobs.broker import WEBHOOK_QUEUE
 from jobs.dispatch import CeleryPublisher, Sweeper, make_markers, make_sweeper
 from jobs.logs import json_line
@@ -38,6 +39,8 @@ def prepare_worker(
     renders = any(q != WEBHOOK_QUEUE for q in queues)
     app = app or create_worker_app(settings)
     ctx = build_context(settings)
+    if renders:  # its own queue: jobs whose adapters it holds warm (jobs.affinity)
+        queues = [*queues, worker_queue(ctx.worker_id)]
     ctx.engines.served = models if renders else []
     markers = make_markers(settings)
     ctx.webhooks = CeleryPublisher(app, markers)
@@ -54,6 +57,7 @@ def prepare_worker(
         loaded_models=lambda: ctx.engines.loaded,
         interval_s=settings.heartbeat_interval_s,
         vram_budget_bytes=ctx.engines.vram_budget_bytes(),
+        warm_loras=ctx.engines.warm_adapters,
     ).start()  # a daemon thread: its heartbeats stop with the process, and the dashboard shows it lost
     sweeper = make_sweeper(settings, app, ctx.session_factory, ctx.storage) if settings.sweeper_enabled else None
     if sweeper is not None:

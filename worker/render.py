@@ -24,6 +24,7 @@ from worker.checkpoints import StorageCheckpointer, checkpoints_enabled, delete_
 from worker.context import WorkerContext
 from worker.engines import ModelUnavailable
 from worker.heartbeat import JobHeartbeat
+from worker.loras import LoraUnavailable
 from worker.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ def error_code_for(exc: BaseException) -> str:
         return "rank_failed"
     if isinstance(exc, ModelUnavailable | FileNotFoundError):
         return "model_unavailable"
+    if isinstance(exc, LoraUnavailable):
+        return "lora_unavailable"
     if isinstance(exc, ValueError):
         return "invalid_request"
     return "render_error"
@@ -159,6 +162,8 @@ def _generate_and_upload(  # type: ignore[no-untyped-def]
         guidance_scale=job.guidance_scale,
         seed=job.seed,
         fps=job.fps,
+        loras=ctx.lora_files.refs(job.loras),
+        flow_shift=job.flow_shift,
     )
     resume: dict[str, Any] = {}
     if checkpoints_enabled(ctx.settings):

@@ -130,7 +130,9 @@ class StatusPublisher:
         loaded_models: Any,  # a callable returning the loaded model names
         interval_s: float,
         vram_budget_bytes: int | None = None,
+        warm_loras: Any = None,  # a callable returning the adapter ids held in memory
     ) -> None:
+        self.warm_loras = warm_loras or list
         self.vram_budget_bytes = vram_budget_bytes
         self.registry = registry
         self.worker_id = worker_id
@@ -160,6 +162,7 @@ class StatusPublisher:
             loaded_models=list(self.loaded_models()),
             gpus=self._gpus,
             vram_budget_bytes=self.vram_budget_bytes,
+            warm_loras=list(self.warm_loras()),
             **self.activity.snapshot(),
         )
 

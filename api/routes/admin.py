@@ -36,6 +36,7 @@ from jobs.admin.jobs import JobFilter, cancel_jobs, dead_letters, get_any_job, r
 from jobs.attempts import list_attempts
 from jobs.db import session_scope
 from jobs.errors import Conflict, DomainError
+from jobs.loras import all_loras
 from jobs.models import ApiKey, Job, WebhookDelivery
 from jobs.states import JobStatus, is_terminal
 from jobs.validation import list_model_names
@@ -494,6 +495,12 @@ def revoke_key(key_id: int, admin: AdminAction, session: SessionDep) -> Redirect
     )
     session.commit()
     return _back("/admin/keys", f"Revoked key {key_id}.")
+
+
+@router.get("/loras", response_class=HTMLResponse)
+def loras_page(request: Request, admin: AdminUser, session: SessionDep) -> HTMLResponse:
+    """Every client's adapters with their use counts (the admin's view; clients see theirs via the API)."""
+    return render(request, "admin/loras.html", admin, page="loras", loras=all_loras(session=session))
 
 
 @router.get("/audit", response_class=HTMLResponse)

@@ -331,3 +331,12 @@ def read_header(source: bytes | BinaryIO | Path) -> tuple[dict[str, tuple[int, .
             raise LoraFormatError(f"not a safetensors file (entry {key!r})")
         shapes[key] = tuple(int(size) for size in entry["shape"])
     return shapes, {str(k): str(v) for k, v in metadata.items()}
+
+
+# The DiT of each registry model that takes adapters (config.json values; a test holds tiny-wan's
+# to its real config). A LoRA is checked against its model's shapes at upload.
+DIT_SHAPES: dict[str, DiTShape] = {
+    "tiny-wan": DiTShape(dim=32, ffn_dim=64, num_layers=2, text_dim=32, freq_dim=32),
+    "wan2.1-t2v-1.3b": DiTShape(dim=1536, ffn_dim=8960, num_layers=30),
+    "wan2.1-t2v-14b": DiTShape(dim=5120, ffn_dim=13824, num_layers=40),
+}

@@ -68,3 +68,23 @@ def test_waiting_falls_back_to_polling_without_an_event_stream(receiver: Receive
 def test_sse_parsing_skips_heartbeats_and_joins_data_lines() -> None:
     lines = [": heartbeat", "", "id: 1", "event: state", 'data: {"status":', 'data: "queued"}', "", ": heartbeat", ""]
     assert list(iter_sse(iter(lines))) == [("state", {"status": "queued"})]
+
+
+def test_vidq_loras_add_uploads_the_file_with_its_settings(receiver: Receiver, tmp_path, capsys) -> None:
+    from vidq.cli import main
+
+    path = tmp_path / "distill.safetensors"
+    path.write_bytes(b"adapter-bytes")
+    lora = {"id": "lora_1", "format": "wan", "rank": 64}
+    receiver.answer(Answer(201, json.dumps(lora).encode()))
+    argv = ["loras", "add", str(path), "--name", "distill", "--model", "wan2.1-t2v-1.3b", "--steps", "4"]
+    assert main([*argv, "--guidance", "1", "--base-url", receiver.url, "--api-key", "vq_test"]) == 0
+    (request,) = receiver.requests
+    assert (request.method, request.path) == ("POST", "/v1/loras")
+    assert request.headers["content-type"].startswith("multipart/form-data")
+    for part in (b'name="name"\r\n\r\ndistill', b'name="model"\r\n\r\nwan2.1-t2v-1.3b', b"adapter-bytes"):
+        assert part in request.body
+    assert (
+        b'name="num_inference_steps"\r\n\r\n4' in request.body and b'name="guidance_scale"\r\n\r\n1.0' in request.body
+    )
+    assert json.loads(capsys.readouterr().out) == lora
