@@ -14,17 +14,22 @@ from engine.checkpoint import Checkpointer
 from engine.lora.apply import LoraApplier
 from engine.lora.cache import AdapterCache
 from engine.lora.runtime import install_runtime_slots
+from engine.memory.diffusers_footprint import diffusers_footprint_from_folder
+from engine.memory.diffusers_placement import place_pipeline
 from engine.memory.footprint import footprint_from_folder
 from engine.memory.offload import ComponentOffload, LayerwiseOffload
 from engine.memory.planner import GIB, MemoryPlan, ModelFootprint, RequestShape, plan_for_placement, plan_memory
 from engine.models.components import WanComponents, load_wan_components
-from engine.models.locate import locate_model
+from engine.models.diffusers_loading import diffusers_family_of, load_variants
+from engine.models.locate import LocatedModel, locate_model
 from engine.optimize import optimize_transformer, should_compile
+from engine.optimize_diffusers import compile_repeated_blocks, set_attention
 from engine.parallel import ParallelConfig
 from engine.parallel.state import initialize_parallel_state
+from engine.pipelines.diffusers_backend import DiffusersPipeline
+from engine.pipelines.diffusers_families import DiffusersFamily
 from engine.pipelines.wan_t2v import WanT2VPipeline
 from engine.registry import (
-    FRAME_STEP,
     MAX_GUIDANCE,
     MAX_STEPS,
     MIN_GUIDANCE,
@@ -36,8 +41,6 @@ from engine.request import GenerationRequest, GenerationResult
 from engine.settings import EngineSettings
 from engine.stages.state import OnStage, OnStep
 
-# Height and width must split into whole 2x2 patches of 8x8-downsampled latents.
-SIZE_MULTIPLE = 16
 # Share of the GPU's free memory the planner may use when no budget is given (the rest absorbs
 # the CUDA context's growth and other processes' small allocations).
 FREE_MEMORY_FRACTION = 0.95
@@ -58,7 +61,10 @@ class Engine:
     """One loaded text-to-video model on one device.
 
     `model` is a registry name (see `engine.registry`), a local diffusers-format folder, or a
-    Hugging Face hub id. Everything is loaded in the constructor and stays resident, so
+    Hugging Face hub id. Wan checkpoints run on the native DiT; LTX-Video, CogVideoX, Mochi and
+    HunyuanVideo checkpoints (model_index.json names their pipeline class) run on diffusers' own
+    pipelines behind the same stages (`engine.pipelines.diffusers_backend`): same callbacks,
+    cancel, memory plan, compile and attention settings. Everything is loaded in the constructor and stays resident, so
     `generate` pays only for the generation. Generations on one engine run one at a time (a
     lock serialises them): one engine per GPU, one GPU per process.
 
@@ -108,20 +114,47 @@ class Engine:
         self.model_id = located.model_id
         self.spec: ModelSpec | None = located.spec
 
+        # Wan runs on the native pipeline; the families in `engine.pipelines.diffusers_families` run
+        # their own diffusers pipelines behind the same stages (`engine.pipelines.diffusers_backend`).
+        self.family: DiffusersFamily | None = diffusers_family_of(located.folder)
+
         # Plan before loading: a model that cannot fit is refused in milliseconds, not minutes.
-        self.footprint: ModelFootprint = footprint_from_folder(located.folder, self.dtype)
+        if self.family is not None:
+            self.footprint: ModelFootprint = diffusers_footprint_from_folder(located.folder, self.dtype)
+        else:
+            self.footprint = footprint_from_folder(located.folder, self.dtype)
         budget_gb = vram_budget_gb if vram_budget_gb is not None else settings.vram_budget_gb
         self.memory_budget_bytes = self._budget_bytes(budget_gb)
         self.vae_tiling = vae_tiling or settings.vae_tiling
+        offload = offload or settings.offload
+        if resident_blocks is None:
+            resident_blocks = settings.offload_resident_blocks
+        if self.family is not None and offload in ("auto", "layerwise"):
+            resident_blocks = 0  # diffusers' group offloading streams every block
         self.placement: MemoryPlan = plan_memory(
             self.footprint,
             self._largest_request(),
             self.memory_budget_bytes,
-            offload=offload or settings.offload,
+            offload=offload,
             vae_tiling=self.vae_tiling,
             text_encoder_on_cpu=settings.text_encoder_on_cpu if text_encoder_on_cpu is None else text_encoder_on_cpu,
-            resident_blocks=settings.offload_resident_blocks if resident_blocks is None else resident_blocks,
+            resident_blocks=resident_blocks,
         )
+        self.compiled = should_compile(compile or settings.compile, self.device)
+        self.parallel = None
+        if self.family is not None:
+            if parallel is not None and parallel.enabled:
+                raise ValueError(f"{self.family.name} runs on one GPU (multi-GPU parallelism is native Wan only)")
+            self.attention_backend = resolve_backend(requested_backend, self.device)
+            self.pipeline: WanT2VPipeline | DiffusersPipeline = self._build_diffusers_pipeline(located.folder)
+        else:
+            self.pipeline = self._build_wan_pipeline(located, settings, requested_backend, parallel)
+        self._lock = threading.Lock()
+
+    def _build_wan_pipeline(
+        self, located: LocatedModel, settings: EngineSettings, requested_backend: str, parallel: ParallelConfig | None
+    ) -> WanT2VPipeline:
+        """Load a Wan checkpoint onto the native DiT and place it as `self.placement` says."""
         everything_resident = self.placement.offload == "none" and self.placement.text_encoder == "resident"
         load_device = self.device if everything_resident else torch.device("cpu")
         self.components = load_wan_components(located.folder, load_device, self.dtype)
@@ -134,24 +167,40 @@ class Engine:
         self.loras = LoraApplier(self.components.transformer, self.device, host_view=self._host_view)
         self.adapters = AdapterCache(settings.lora_cache_mb * 2**20)
         self.attention_backend = self.components.transformer.set_attention_backend(requested_backend)
-        self.parallel = None
         if parallel is not None and parallel.enabled:
             # One rank of a multi-process job: torch.distributed is up (engine.parallel.launch).
             parallel.check_heads(self.components.transformer.config.num_attention_heads)
             self.parallel = initialize_parallel_state(parallel)
             self.components.transformer.sequence_parallel = True
-        self.compiled = should_compile(compile or settings.compile, self.device)
         optimize_transformer(self.components.transformer, fuse=settings.fuse_projections, compile=self.compiled)
         overrides = {"flow_shift": self.spec.flow_shift} if self.spec is not None else {}
         text_encoder_device = torch.device("cpu") if self.placement.text_encoder == "cpu" else self.device
-        self.pipeline = WanT2VPipeline(
+        pipeline = WanT2VPipeline(
             self.components, self.device, self.model_id, overrides, text_encoder_device=text_encoder_device
         )
         if "dit" in self._offloads:
-            self.pipeline.stage("denoising").around.append(self._offloads["dit"].on_device)
+            pipeline.stage("denoising").around.append(self._offloads["dit"].on_device)
         if "vae" in self._offloads:
-            self.pipeline.stage("decoding").around.append(self._offloads["vae"].on_device)
-        self._lock = threading.Lock()
+            pipeline.stage("decoding").around.append(self._offloads["vae"].on_device)
+        return pipeline
+
+    def _build_diffusers_pipeline(self, folder: Path) -> DiffusersPipeline:
+        """Load the family's diffusers pipeline(s), place them, and apply the speed settings."""
+        assert self.family is not None
+        variants = load_variants(folder, self.family, self.dtype)
+        pipe = next(iter(variants.values()))
+        takes_image = self.family.image_to_video in variants
+        around = place_pipeline(pipe, self.placement, self.device, vae_in_denoising=takes_image)
+        around_loop = set_attention(pipe.transformer, self.family, self.attention_backend)
+        if self.compiled:
+            compile_repeated_blocks(pipe.transformer, self.family.repeated_blocks)
+        encoder_device = torch.device("cpu") if self.placement.text_encoder == "cpu" else self.device
+        pipeline = DiffusersPipeline(
+            self.family, variants, self.device, around_loop=around_loop, text_encoder_device=encoder_device
+        )
+        for stage_name, factories in around.items():
+            pipeline.stage(stage_name).around.extend(factories)
+        return pipeline
 
     def _lora_mode(self, setting: str) -> str:
         """How adapters are applied on this engine (see `engine.lora.apply`): "auto" fuses them
@@ -187,7 +236,7 @@ class Engine:
     @property
     def warm_adapters(self) -> list[str]:
         """Keys of the adapters held in memory (a worker publishes them for the dispatcher)."""
-        return self.adapters.keys()
+        return self.adapters.keys() if self.family is None else []
 
     def _budget_bytes(self, budget_gb: float | None) -> int | None:
         if budget_gb is not None:
@@ -242,13 +291,19 @@ class Engine:
         With a registry spec its rules apply (sizes, frame range, ...); for unregistered folders,
         only what the architecture itself needs.
         """
+        if self.family is not None and request.loras:
+            raise SpecViolationError("loras", f"LoRA adapters are served for Wan models only, not {self.family.name}")
         if self.spec is not None:
             self.spec.validate_request(request)
             return
-        if request.width <= 0 or request.height <= 0 or request.width % SIZE_MULTIPLE or request.height % SIZE_MULTIPLE:
-            raise SpecViolationError("size", f"width and height must be positive multiples of {SIZE_MULTIPLE}")
-        if request.num_frames < 1 or (request.num_frames - 1) % FRAME_STEP:
-            raise SpecViolationError("num_frames", "num_frames must be 4k+1")
+        # The VAE's compression (x the patch) sets the size multiple and the frame rule: 16 and 4k+1 for Wan.
+        footprint = self.footprint
+        size_multiple = footprint.vae_spatial_factor * footprint.patch_size[1]
+        frame_step = footprint.vae_temporal_factor
+        if request.width <= 0 or request.height <= 0 or request.width % size_multiple or request.height % size_multiple:
+            raise SpecViolationError("size", f"width and height must be positive multiples of {size_multiple}")
+        if request.num_frames < 1 or (request.num_frames - 1) % frame_step:
+            raise SpecViolationError("num_frames", f"num_frames must be {frame_step}k+1")
         if not MIN_STEPS <= request.num_inference_steps <= MAX_STEPS:
             raise SpecViolationError("num_inference_steps", f"steps must be in [{MIN_STEPS}, {MAX_STEPS}]")
         if not MIN_GUIDANCE <= request.guidance_scale <= MAX_GUIDANCE:
@@ -284,7 +339,7 @@ class Engine:
             raise ValueError("denoising checkpoints need a single-process engine, not one rank of a group")
         memory_plan = self.plan(request)
         with self._lock:
-            lora_mode, lora_s = self.apply_loras(request)
+            lora_mode, lora_s = self.apply_loras(request) if self.family is None else (None, 0.0)
             result = self.pipeline(
                 request,
                 on_step=on_step,

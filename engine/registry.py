@@ -18,8 +18,11 @@ MAX_GUIDANCE = 20.0
 MIN_FPS = 1
 MAX_FPS = 60
 
-# Wan's VAE compresses time by 4 (plus the first frame), so a video has 4k + 1 frames.
+# Wan's VAE compresses time by 4 (plus the first frame), so a video has 4k + 1 frames; other
+# families set their own step (`ModelSpec.frame_step`: LTX-Video 8, Mochi 6).
 FRAME_STEP = 4
+# Whether a model takes an input image: never, optionally (image-to-video when given), or always.
+IMAGE_INPUTS = ("none", "optional", "required")
 
 # The sizes OpenAI's Videos API offers; each model says which of them it serves (`openai_sizes`).
 OPENAI_SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024")
@@ -63,7 +66,11 @@ class ModelSpec:
     """What one model accepts and what it defaults to.
 
     Sizes are "WxH" strings (width first, as users write them). Variants of a family are new
-    entries that override fields, not conditionals in the engine.
+    entries that override fields, not conditionals in the engine. A video has `frame_step` k + 1
+    frames (the VAE's temporal compression); sizes are multiples of `size_multiple` (the VAE's
+    spatial compression x the transformer's patch). `image_input` says whether requests carry an
+    input image (image-to-video). `flow_shift` is the native pipeline's scheduler shift (None for
+    the families whose checkpoint's scheduler config decides).
     """
 
     name: str
@@ -77,9 +84,11 @@ class ModelSpec:
     default_steps: int
     default_guidance: float
     default_fps: int
-    flow_shift: float
+    flow_shift: float | None
     max_prompt_chars: int
     description: str = ""
+    frame_step: int = FRAME_STEP
+    size_multiple: int = 16
     image_input: str = "none"  # an `input_reference` image: "none" (text-to-video), "optional" or "required"
 
     def __post_init__(self) -> None:
@@ -88,10 +97,12 @@ class ModelSpec:
             raise ValueError(f"{self.name}: default size {self.default_size} not in {self.sizes}")
         if not self.frames_allowed(self.default_frames):
             raise ValueError(f"{self.name}: default frames {self.default_frames} breaks the frame rule")
+        if self.image_input not in IMAGE_INPUTS:
+            raise ValueError(f"{self.name}: image_input must be one of {IMAGE_INPUTS}, got {self.image_input!r}")
         for size in self.sizes:
             width, height = parse_size(size)
-            if width % 16 or height % 16:
-                raise ValueError(f"{self.name}: {size} is not a multiple of 16 (VAE 8 x patch 2)")
+            if width % self.size_multiple or height % self.size_multiple:
+                raise ValueError(f"{self.name}: {size} is not a multiple of {self.size_multiple} (VAE x patch)")
 
     @property
     def default_width(self) -> int:
@@ -102,8 +113,8 @@ class ModelSpec:
         return parse_size(self.default_size)[1]
 
     def frames_allowed(self, num_frames: int) -> bool:
-        """True when `num_frames` is 4k + 1 and within [min_frames, max_frames]."""
-        return self.min_frames <= num_frames <= self.max_frames and (num_frames - 1) % FRAME_STEP == 0
+        """True when `num_frames` is `frame_step` k + 1 and within [min_frames, max_frames]."""
+        return self.min_frames <= num_frames <= self.max_frames and (num_frames - 1) % self.frame_step == 0
 
     @property
     def takes_image(self) -> bool:
@@ -148,6 +159,7 @@ class ModelSpec:
             guidance_scale=request.guidance_scale,  # type: ignore[attr-defined]
             fps=request.fps,  # type: ignore[attr-defined]
             prompt=request.prompt,  # type: ignore[attr-defined]
+            has_image=getattr(request, "image", None) is not None,
         )
 
     def validate(
@@ -160,8 +172,12 @@ class ModelSpec:
         guidance_scale: float,
         fps: int,
         prompt: str,
+        has_image: bool | None = None,
     ) -> None:
-        """Raise `SpecViolationError` for the first parameter this model does not accept."""
+        """Raise `SpecViolationError` for the first parameter this model does not accept.
+
+        `has_image` None skips the input-image rule (for callers that check the image elsewhere).
+        """
         if not prompt.strip():
             raise SpecViolationError("prompt", "prompt must not be empty")
         if len(prompt) > self.max_prompt_chars:
@@ -171,7 +187,7 @@ class ModelSpec:
         if not self.frames_allowed(num_frames):
             raise SpecViolationError(
                 "num_frames",
-                f"num_frames must be 4k+1 in [{self.min_frames}, {self.max_frames}], got {num_frames}",
+                f"num_frames must be {self.frame_step}k+1 in [{self.min_frames}, {self.max_frames}], got {num_frames}",
             )
         if not MIN_STEPS <= num_inference_steps <= MAX_STEPS:
             raise SpecViolationError("num_inference_steps", f"steps must be in [{MIN_STEPS}, {MAX_STEPS}]")
@@ -179,6 +195,10 @@ class ModelSpec:
             raise SpecViolationError("guidance_scale", f"guidance must be in [{MIN_GUIDANCE}, {MAX_GUIDANCE}]")
         if not MIN_FPS <= fps <= MAX_FPS:
             raise SpecViolationError("fps", f"fps must be in [{MIN_FPS}, {MAX_FPS}]")
+        if has_image is True and self.image_input == "none":
+            raise SpecViolationError("input_reference", f"{self.name} is text-to-video only and takes no image")
+        if has_image is False and self.image_input == "required":
+            raise SpecViolationError("input_reference", f"{self.name} is image-to-video: it needs an input image")
 
 
 TINY_WAN = ModelSpec(
@@ -236,7 +256,181 @@ WAN21_T2V_14B = ModelSpec(
     description="Wan2.1 text-to-video, 14B parameters, 480p and 720p.",
 )
 
-_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (TINY_WAN, WAN21_T2V_1_3B, WAN21_T2V_14B)}
+
+# --- Families served through diffusers' own pipelines (engine.pipelines.diffusers_backend) ---------------
+# Sizes, frame rules, fps and defaults follow each checkpoint's published pipeline defaults and model card.
+# The tiny-* entries are random-weight checkpoints of a few hundred kB written locally on first use
+# (engine.models.tiny_diffusers), for tests and CI.
+
+_TINY_DIFFUSERS = {
+    "sizes": ("64x64", "96x64", "64x96"),
+    "default_size": "64x64",
+    "default_steps": 4,
+    "default_fps": 8,
+    "flow_shift": None,
+    "max_prompt_chars": 2000,
+    "hub_id": None,
+}
+
+TINY_LTX_VIDEO = ModelSpec(
+    name="tiny-ltx-video",
+    family="ltx",
+    min_frames=9,
+    max_frames=33,
+    default_frames=9,
+    default_guidance=3.0,
+    frame_step=8,
+    size_multiple=32,
+    image_input="optional",
+    description="Random-weight LTX-Video (text- and image-to-video) for tests and CI.",
+    **_TINY_DIFFUSERS,
+)
+
+LTX_VIDEO = ModelSpec(
+    name="ltx-video",
+    family="ltx",
+    hub_id="Lightricks/LTX-Video",
+    sizes=("704x512", "512x704", "704x480", "480x704", "768x512", "512x768", "1216x704", "704x1216"),
+    default_size="704x512",
+    min_frames=9,
+    max_frames=257,
+    default_frames=161,
+    default_steps=50,
+    default_guidance=3.0,
+    default_fps=25,
+    flow_shift=None,
+    max_prompt_chars=2000,
+    frame_step=8,
+    size_multiple=32,
+    image_input="optional",
+    description="LTX-Video 2B (Lightricks), text- and image-to-video from one checkpoint; sizes of 32.",
+)
+
+TINY_COGVIDEOX = ModelSpec(
+    name="tiny-cogvideox",
+    family="cogvideox",
+    min_frames=5,
+    max_frames=33,
+    default_frames=9,
+    default_guidance=6.0,
+    description="Random-weight CogVideoX (5B layout) for tests and CI.",
+    **_TINY_DIFFUSERS,
+)
+
+TINY_COGVIDEOX_I2V = ModelSpec(
+    name="tiny-cogvideox-i2v",
+    family="cogvideox",
+    min_frames=5,
+    max_frames=33,
+    default_frames=9,
+    default_guidance=6.0,
+    image_input="required",
+    description="Random-weight CogVideoX image-to-video (5B-I2V layout) for tests and CI.",
+    **_TINY_DIFFUSERS,
+)
+
+_COGVIDEOX = {
+    "family": "cogvideox",
+    "sizes": ("720x480",),
+    "default_size": "720x480",
+    "min_frames": 9,
+    "max_frames": 49,
+    "default_frames": 49,
+    "default_steps": 50,
+    "default_guidance": 6.0,
+    "default_fps": 8,
+    "flow_shift": None,
+    "max_prompt_chars": 2000,
+}
+
+COGVIDEOX_2B = ModelSpec(
+    name="cogvideox-2b", hub_id="THUDM/CogVideoX-2b", description="CogVideoX 2B text-to-video, 720x480.", **_COGVIDEOX
+)
+COGVIDEOX_5B = ModelSpec(
+    name="cogvideox-5b", hub_id="THUDM/CogVideoX-5b", description="CogVideoX 5B text-to-video, 720x480.", **_COGVIDEOX
+)
+COGVIDEOX_5B_I2V = ModelSpec(
+    name="cogvideox-5b-i2v",
+    hub_id="THUDM/CogVideoX-5b-I2V",
+    image_input="required",
+    description="CogVideoX 5B image-to-video, 720x480: needs an input image.",
+    **_COGVIDEOX,
+)
+
+TINY_MOCHI = ModelSpec(
+    name="tiny-mochi",
+    family="mochi",
+    min_frames=7,
+    max_frames=31,
+    default_frames=7,
+    default_guidance=4.5,
+    frame_step=6,
+    description="Random-weight Mochi-1 for tests and CI.",
+    **_TINY_DIFFUSERS,
+)
+
+MOCHI_1 = ModelSpec(
+    name="mochi-1",
+    family="mochi",
+    hub_id="genmo/mochi-1-preview",
+    sizes=("848x480", "480x848"),
+    default_size="848x480",
+    min_frames=7,
+    max_frames=163,
+    default_frames=85,
+    default_steps=64,
+    default_guidance=4.5,
+    default_fps=30,
+    flow_shift=None,
+    max_prompt_chars=2000,
+    frame_step=6,
+    description="Mochi-1 preview (Genmo, 10B), 480p at 30 fps; 6k+1 frames.",
+)
+
+TINY_HUNYUANVIDEO = ModelSpec(
+    name="tiny-hunyuanvideo",
+    family="hunyuanvideo",
+    min_frames=5,
+    max_frames=33,
+    default_frames=9,
+    default_guidance=6.0,
+    description="Random-weight HunyuanVideo (Llama + CLIP text encoders) for tests and CI.",
+    **_TINY_DIFFUSERS,
+)
+
+HUNYUANVIDEO = ModelSpec(
+    name="hunyuanvideo",
+    family="hunyuanvideo",
+    hub_id="hunyuanvideo-community/HunyuanVideo",
+    sizes=("1280x720", "720x1280", "960x544", "544x960", "848x480", "480x848"),
+    default_size="1280x720",
+    min_frames=5,
+    max_frames=129,
+    default_frames=129,
+    default_steps=50,
+    # Guidance-distilled: the scale is an input of the transformer (one pass per step, no negative prompt).
+    default_guidance=6.0,
+    default_fps=24,
+    flow_shift=None,
+    max_prompt_chars=2000,
+    description="HunyuanVideo 13B (Tencent), 720p/540p/480p at 24 fps; the negative prompt is not used.",
+)
+
+DIFFUSERS_SPECS = (
+    TINY_LTX_VIDEO,
+    LTX_VIDEO,
+    TINY_COGVIDEOX,
+    TINY_COGVIDEOX_I2V,
+    COGVIDEOX_2B,
+    COGVIDEOX_5B,
+    COGVIDEOX_5B_I2V,
+    TINY_MOCHI,
+    MOCHI_1,
+    TINY_HUNYUANVIDEO,
+    HUNYUANVIDEO,
+)
+
+_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (TINY_WAN, WAN21_T2V_1_3B, WAN21_T2V_14B, *DIFFUSERS_SPECS)}
 
 
 def get_spec(name: str) -> ModelSpec:

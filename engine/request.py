@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
+    import PIL.Image
     import torch
 
     from engine.memory.planner import MemoryPlan
@@ -33,11 +34,11 @@ class LoraRef:
 class GenerationRequest:
     """Per-request sampling parameters (the third configuration layer, after settings and spec).
 
-    `num_frames` must be 4k + 1 and `width`/`height` multiples of 16; the engine checks them
-    against the model's spec when it has one. `guidance_scale` <= 1 disables classifier-free
-    guidance (one transformer pass per step instead of two). `loras` are applied for this
-    request only (see `engine.lora`); `flow_shift`, when set, replaces the model's for this
-    request (step-distilled adapters are trained for their own).
+    `num_frames` must follow the model's frame rule (4k + 1 for Wan) and `width`/`height` be one of
+    its sizes; the engine checks them against the model's spec when it has one. `guidance_scale`
+    <= 1 disables classifier-free guidance (one transformer pass per step instead of two). `loras`
+    are applied for this request only (see `engine.lora`); `flow_shift`, when set, replaces the
+    model's for this request (step-distilled adapters are trained for their own).
     """
 
     prompt: str
@@ -51,6 +52,9 @@ class GenerationRequest:
     negative_prompt: str = ""
     loras: tuple[LoraRef, ...] = ()
     flow_shift: float | None = None
+    # The first frame of an image-to-video request (a PIL image at any size: the pipeline resizes
+    # it to width x height); None for text-to-video.
+    image: PIL.Image.Image | None = None
 
     @property
     def do_cfg(self) -> bool:
@@ -62,7 +66,8 @@ class StepInfo:
     """Passed to `on_step` after each denoising step.
 
     `step` is 1-based (1..total); `elapsed_s` counts from the start of the denoising loop;
-    `latents` is the live tensor [1, 16, F', H/8, W/8] (read it, do not modify it).
+    `latents` is the live tensor, for Wan [1, 16, F', H/8, W/8]; for the diffusers backend's families
+    in the layout of their pipeline's loop (LTX's are packed [1, tokens, C]). Read it, do not modify it.
     """
 
     step: int

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 TINY_NAME = "tiny-wan"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# The other families' random checkpoints (`engine.models.tiny_diffusers.TINY_WRITERS`), written on first use.
+TINY_DIFFUSERS_NAMES = ("tiny-ltx-video", "tiny-cogvideox", "tiny-cogvideox-i2v", "tiny-mochi", "tiny-hunyuanvideo")
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,10 @@ def locate_model(model: str | Path, models_dir: Path) -> LocatedModel:
     """Find (and if needed create or download) the checkpoint for `model`.
 
     - An existing folder is used as is (no spec: the registry does not know arbitrary folders).
-    - A registry name or its hub id: ``tiny-wan`` is written to ``models_dir/tiny-wan`` on first
-      use; other models are looked up as the module docstring says, and downloaded into the Hugging
-      Face cache when missing. Raises ``ModelNotInstalledError`` when that is impossible.
+    - A registry name or its hub id: ``tiny-wan`` and the other ``tiny-*`` checkpoints are written to
+      ``models_dir/<name>`` on first use; other models are looked up as the module docstring says,
+      and downloaded into the Hugging Face cache when missing. Raises ``ModelNotInstalledError`` when
+      that is impossible.
     - Any other "org/name" goes through the Hugging Face cache the same way.
     """
     if isinstance(model, Path) or Path(model).expanduser().is_dir():
@@ -140,6 +143,11 @@ def locate_model(model: str | Path, models_dir: Path) -> LocatedModel:
 
             # a no-op once written (it is renamed into place complete)
             return LocatedModel(folder=write_tiny_wan(models_dir / spec.name), spec=spec, model_id=spec.name)
+        if spec.name in TINY_DIFFUSERS_NAMES:
+            from engine.models.tiny_diffusers import write_tiny_diffusers
+
+            folder = write_tiny_diffusers(spec.name, models_dir / spec.name)
+            return LocatedModel(folder=folder, spec=spec, model_id=spec.name)
         folder = installed_folder(spec, models_dir)
         if folder is None:
             if spec.hub_id is None:

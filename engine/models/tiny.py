@@ -118,8 +118,11 @@ def _corpus() -> list[str]:
     return sentences
 
 
-def _write_tokenizer(folder: Path) -> None:
-    """Train a small Unigram tokenizer (T5-style Metaspace, EOS appended) and save it for AutoTokenizer."""
+def write_tokenizer(folder: Path, max_tokens: int = MAX_TEXT_TOKENS) -> None:
+    """Train a small Unigram tokenizer (T5-style Metaspace, EOS appended) and save it for AutoTokenizer.
+
+    Also the tokenizer of the other families' tiny checkpoints (`engine.models.tiny_diffusers`).
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -139,7 +142,7 @@ def _write_tokenizer(folder: Path) -> None:
         pad_token=PAD,
         eos_token=EOS,
         unk_token=UNK,
-        model_max_length=MAX_TEXT_TOKENS,
+        model_max_length=max_tokens,
     )
     fast.save_pretrained(folder)
 
@@ -155,7 +158,7 @@ def _write_components(root: Path) -> None:
         torch.manual_seed(SEED)
         WanTransformer3DModel(TINY_TRANSFORMER).save_pretrained(root / "transformer")
         AutoencoderKLWan(**TINY_VAE).save_pretrained(root / "vae")
-        _write_tokenizer(root / "tokenizer")
+        write_tokenizer(root / "tokenizer")
         vocab_size = len(AutoTokenizer.from_pretrained(root / "tokenizer"))
         text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=vocab_size, **TINY_TEXT_ENCODER))
         text_encoder.save_pretrained(root / "text_encoder")

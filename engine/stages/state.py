@@ -35,6 +35,10 @@ class PipelineState:
     checkpointer: Checkpointer | None = None
     checkpoint_fingerprint: str = ""  # the model and request a checkpoint must match
 
+    # The diffusers backend (`engine.pipelines.diffusers_backend`): the embeddings as keyword
+    # arguments of the family's pipeline.
+    conditioning: dict[str, torch.Tensor | None] | None = None
+
     prompt_embeds: torch.Tensor | None = None
     negative_prompt_embeds: torch.Tensor | None = None
     latents: torch.Tensor | None = None
