@@ -35,7 +35,7 @@ def load_variants(folder: Path, family: DiffusersFamily, dtype: torch.dtype) -> 
 
     name = checkpoint_class(folder)
     assert name is not None
-    base = getattr(diffusers, name).from_pretrained(folder, torch_dtype=dtype)
+    base = getattr(diffusers, name).from_pretrained(folder, dtype=dtype)
     variants = {}
     for class_name in family.pipeline_classes(name):
         pipe = base if class_name == name else getattr(diffusers, class_name).from_pipe(base)
