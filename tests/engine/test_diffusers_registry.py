@@ -33,7 +33,12 @@ def test_published_defaults() -> None:
     ltx, cog, mochi, hunyuan = (get_spec(n) for n in ("ltx-video", "cogvideox-2b", "mochi-1", "hunyuanvideo"))
     assert (ltx.default_size, ltx.default_fps, ltx.default_guidance, ltx.size_multiple) == ("704x512", 25, 3.0, 32)
     assert (cog.default_size, cog.default_fps, cog.default_guidance, cog.default_steps) == ("720x480", 8, 6.0, 50)
-    assert (mochi.default_size, mochi.default_fps, mochi.default_steps, mochi.default_guidance) == ("848x480", 30, 64, 4.5)
+    assert (mochi.default_size, mochi.default_fps, mochi.default_steps, mochi.default_guidance) == (
+        "848x480",
+        30,
+        64,
+        4.5,
+    )
     assert (hunyuan.default_size, hunyuan.default_fps, hunyuan.hub_id) == (
         "1280x720",
         24,
