@@ -40,6 +40,16 @@ def build_state(settings: Settings, celery_app: Celery | None = None) -> AppStat
     )
 
 
+OPENAPI_TAGS = [
+    {"name": "videos", "description": "Generation jobs, shaped like OpenAI's Videos API."},
+    {"name": "models", "description": "What each model renders: sizes, frames, fps, defaults, memory."},
+    {"name": "webhooks", "description": "Signed event deliveries (Standard Webhooks, OpenAI's envelope)."},
+    {"name": "health", "description": "Liveness and readiness."},
+    {"name": "operations", "description": "Prometheus metrics."},
+    {"name": "not supported", "description": "Calls of OpenAI's API that vidq answers with `unsupported_endpoint`."},
+]
+
+
 def create_app(settings: Settings | None = None, *, celery_app: Celery | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -60,6 +70,7 @@ def create_app(settings: Settings | None = None, *, celery_app: Celery | None = 
         version="0.1.0",
         summary="Text-to-video generation jobs, shaped like OpenAI's Videos API.",
         lifespan=lifespan,
+        openapi_tags=OPENAPI_TAGS,
         docs_url=None,  # served by api.routes.docs from the app's own assets
         redoc_url=None,
     )
