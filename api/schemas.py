@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from jobs.catalog import FRAME_STEP, ModelSpec, format_seconds, gpu_memory_estimate, request_bounds
+from jobs.catalog import ModelSpec, format_seconds, gpu_memory_estimate, request_bounds
 from jobs.errors import InvalidParameter
 from jobs.models import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from jobs.public import job_to_public, unix
@@ -370,7 +370,7 @@ class WebhookDeliveryList(BaseModel):
 class FrameRule(BaseModel):
     min: int
     max: int
-    step: int = Field(description="Allowed counts are `min + k * step` (4k+1 for Wan's VAE).")
+    step: int = Field(description="Allowed counts are `k * step + 1` (4k+1 for Wan's VAE, 8k+1 for LTX-Video).")
     default: int
     allowed: list[int]
 
@@ -418,7 +418,7 @@ class ModelPublic(BaseModel):
             frames=FrameRule(
                 min=spec.min_frames,
                 max=spec.max_frames,
-                step=FRAME_STEP,
+                step=spec.frame_step,
                 default=spec.default_frames,
                 allowed=spec.allowed_frames(),
             ),

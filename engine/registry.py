@@ -136,7 +136,7 @@ class ModelSpec:
         if not math.isfinite(seconds) or seconds <= 0:
             raise SpecViolationError("seconds", f"seconds must be a positive number, got {seconds:g}")
         target = seconds * fps
-        slack = FRAME_STEP / 2
+        slack = self.frame_step / 2
         if not self.min_frames - slack <= target <= self.max_frames + slack:
             raise SpecViolationError(
                 "seconds",

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from engine.memory import KNOWN_FOOTPRINTS, RequestShape, plan_memory
 from engine.registry import (
-    FRAME_STEP,
     MAX_FPS,
     MAX_GUIDANCE,
     MAX_STEPS,
@@ -89,7 +88,6 @@ def list_models() -> list[ModelSpec]:
 
 
 __all__ = [
-    "FRAME_STEP",
     "GpuMemoryEstimate",
     "ModelSpec",
     "RequestBounds",

@@ -143,6 +143,7 @@ def resolve_job_params(request: JobRequest) -> JobParams:
             guidance_scale=guidance,
             fps=fps,
             prompt=request.prompt,
+            has_image=request.input_reference is not None,  # an image-to-video model needs one
         )
     except SpecViolationError as exc:
         raise InvalidParameter(exc.message, param=exc.param) from None

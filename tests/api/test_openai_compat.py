@@ -13,6 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from engine.registry import list_specs
+from jobs.catalog import request_bounds
 from jobs.settings import Settings
 from tests.api.conftest import bearer
 
@@ -270,8 +272,9 @@ def test_openapi_documents_the_real_error_body_statuses_and_limits(app_client: T
     guidance = fields["guidance_scale"]["anyOf"][0]
     assert (guidance["minimum"], guidance["maximum"]) == (0, 20)
     frames = fields["num_frames"]["anyOf"][0]
-    assert (frames["minimum"], frames["maximum"]) == (5, 81)
-    assert fields["prompt"]["maxLength"] == 2000
+    bounds = request_bounds()  # the widest range over the registry's models
+    assert (frames["minimum"], frames["maximum"]) == (bounds.min_frames, bounds.max_frames)
+    assert fields["prompt"]["maxLength"] == bounds.max_prompt_chars
     assert components["VideoCreateForm"]["properties"]["input_reference"]["anyOf"][0]["format"] == "binary"
     limit = next(p for p in schema["paths"]["/v1/videos"]["get"]["parameters"] if p["name"] == "limit")
     assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, 100)
@@ -286,3 +289,15 @@ def test_docs_pages_use_only_assets_the_app_serves(app_client: TestClient) -> No
             assert app_client.get(asset).status_code == 200, asset
     assert app_client.get("/static/docs/swagger-ui/LICENSE").status_code == 200
     assert app_client.get("/static/docs/redoc/LICENSE").status_code == 200
+
+
+def test_an_image_to_video_model_without_an_image_is_refused_naming_input_reference(
+    app_client: TestClient, new_key
+) -> None:
+    _, key = new_key()
+    needs_image = next(spec for spec in list_specs() if spec.image_input == "required")
+    body = {"prompt": "the same scene, moving", "model": needs_image.name}
+    response = app_client.post("/v1/videos", json=body, headers=bearer(key))
+    assert response.status_code == 422 and response.json()["error"]["param"] == "input_reference"
+    listed = app_client.get(f"/v1/models/{needs_image.name}", headers=bearer(key)).json()
+    assert listed["takes_image"] is True
