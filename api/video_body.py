@@ -23,8 +23,10 @@ from jobs.validation import MAX_INPUT_REFERENCE_BYTES, InputReference
 ACCEPTED_TYPES = ("application/json", "multipart/form-data")
 MAX_FORM_FIELDS = 100
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.DOTALL)
-# `webhook_events[]` (a list, repeated) and `input_reference[image_url]` (an object), as the SDK writes them
+# As OpenAI's SDK writes them: `webhook_events[]` (a list, repeated), `input_reference[image_url]` (an
+# object), `loras[][id]` + `loras[][scale]` (a list of objects: a repeated key starts the next object).
 _NESTED_KEY = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<sub>[^\[\]]*)\]$")
+_LIST_OF_OBJECTS_KEY = re.compile(r"^(?P<name>[^\[\]]+)\[\]\[(?P<sub>[^\[\]]+)\]$")
 
 
 async def read_video_create(request: Request) -> tuple[VideoCreate, InputReference | None]:
@@ -69,11 +71,17 @@ async def _json_payload(request: Request) -> dict[str, Any]:
 
 async def _form_payload(form: FormData) -> dict[str, Any]:
     """Form fields as the JSON body would have them: ``name[]`` (repeated) is a list, ``name[key]`` an
-    object, and the ``input_reference`` file part an ``InputReference``."""
+    object, ``name[][key]`` a list of objects, and the ``input_reference`` file part an ``InputReference``."""
     payload: dict[str, Any] = {}
     for key, value in form.multi_items():
         nested = _NESTED_KEY.match(key)
-        if isinstance(value, UploadFile):
+        in_list = _LIST_OF_OBJECTS_KEY.match(key)
+        if in_list is not None and isinstance(value, str):
+            items = payload.setdefault(in_list["name"], [])
+            if not items or in_list["sub"] in items[-1]:
+                items.append({})
+            items[-1][in_list["sub"]] = value
+        elif isinstance(value, UploadFile):
             if key != "input_reference":
                 raise InvalidParameter(f"only input_reference may be a file, got a file for {key!r}", param=key)
             payload[key] = await _read_upload(value)

@@ -301,3 +301,24 @@ def test_an_image_to_video_model_without_an_image_is_refused_naming_input_refere
     assert response.status_code == 422 and response.json()["error"]["param"] == "input_reference"
     listed = app_client.get(f"/v1/models/{needs_image.name}", headers=bearer(key)).json()
     assert listed["takes_image"] is True
+
+
+def test_multipart_lists_of_objects_arrive_as_the_sdk_encodes_them(app_client: TestClient, new_key) -> None:
+    from tests.api.test_loras import adapter_bytes, upload
+
+    _, key = new_key()
+    first = upload(app_client, key, adapter_bytes(), num_inference_steps=2).json()["id"]
+    second = upload(app_client, key, adapter_bytes(seed=1)).json()["id"]
+    # extra_body={"loras": [{"id": ..., "scale": 0.5}, {"id": ...}]} in the SDK's multipart encoding
+    body, content_type = multipart(
+        [
+            ("prompt", "a fox"),
+            ("model", "tiny-wan"),
+            ("loras[][id]", first),
+            ("loras[][scale]", "0.5"),
+            ("loras[][id]", second),
+        ]
+    )
+    response = app_client.post("/v1/videos", content=body, headers={**bearer(key), "Content-Type": content_type})
+    assert response.status_code == 202, response.text
+    assert [(lora["id"], lora["scale"]) for lora in response.json()["loras"]] == [(first, 0.5), (second, 1.0)]
