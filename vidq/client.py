@@ -241,8 +241,12 @@ class Client:
     def retrieve(self, video_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/videos/{video_id}", retry=True).json()  # type: ignore[no-any-return]
 
-    def list(self, *, limit: int = 20, after: str | None = None, status: str | None = None) -> dict[str, Any]:
-        params = {k: v for k, v in {"limit": limit, "after": after, "status": status}.items() if v is not None}
+    def list(
+        self, *, limit: int = 20, after: str | None = None, status: str | None = None, order: str | None = None
+    ) -> dict[str, Any]:
+        """One page; ``order`` "desc" (newest first, the default) or "asc"; ``after`` is a page's ``last_id``."""
+        query = {"limit": limit, "after": after, "status": status, "order": order}
+        params = {k: v for k, v in query.items() if v is not None}
         return self._request("GET", "/v1/videos", retry=True, params=params).json()  # type: ignore[no-any-return]
 
     def cancel(self, video_id: str) -> dict[str, Any]:

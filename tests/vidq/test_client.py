@@ -88,3 +88,10 @@ def test_vidq_loras_add_uploads_the_file_with_its_settings(receiver: Receiver, t
         b'name="num_inference_steps"\r\n\r\n4' in request.body and b'name="guidance_scale"\r\n\r\n1.0' in request.body
     )
     assert json.loads(capsys.readouterr().out) == lora
+
+
+def test_list_passes_the_order(receiver: Receiver) -> None:
+    receiver.answer(Answer(200, json.dumps({"object": "list", "data": [], "has_more": False}).encode()))
+    with Client(receiver.url, "vq_test", max_retries=0) as client:
+        assert client.list(limit=2, order="asc")["data"] == []
+    assert receiver.requests[0].path == "/v1/videos?limit=2&order=asc"
