@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from api.admin_pages import STATIC_DIR, install_admin_handlers
 from api.errors import install_error_handlers
 from api.logging import JobIdMiddleware
+from api.metrics_middleware import HttpMetricsMiddleware
 from api.openapi import install_openapi
 from api.routes import admin, docs, health, loras, metrics, models, unsupported, video_events, videos, webhooks
 from api.state import AppState
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, *, celery_app: Celery | None = 
     install_error_handlers(app)
     install_admin_handlers(app, media_origin=settings.s3_public_endpoint or settings.s3_endpoint)
     app.add_middleware(JobIdMiddleware)
+    app.add_middleware(HttpMetricsMiddleware)  # added last: the outermost, it sees every answer
     app.mount("/admin/static", StaticFiles(directory=STATIC_DIR), name="admin-static")
     app.mount(docs.ASSETS, StaticFiles(directory=STATIC_DIR / "docs"), name="docs-static")
     app.include_router(docs.router)

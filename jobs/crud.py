@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from jobs import metrics
 from jobs.attempts import AttemptOutcome, close_attempt
 from jobs.capacity import check_fits_a_worker
 from jobs.db import utcnow
@@ -128,6 +129,7 @@ def create_job(
             raise
         return _replay(existing, fingerprint), False
     add_job_event(session=session, job=job)
+    metrics.after_commit(session, lambda model=job.model: metrics.JOBS_SUBMITTED.labels(model).inc())
     return job, True
 
 

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # GPUs one worker runs each job across (one process per GPU, this one is rank 0), and how.
     worker_gpus: int = Field(default=1, ge=1)
     worker_vram_gb: float | None = Field(default=None, gt=0)  # declared GPU memory; default: measured
+    # Port of the worker's own Prometheus endpoint (its renders, steps, stages, webhook attempts and
+    # GPUs by UUID); unset = none. Several workers on one host need one port each.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     worker_ulysses_degree: int | None = None
     worker_ring_degree: int | None = None
     worker_cfg_parallel: bool = False

@@ -1,11 +1,13 @@
 """Status changes applied to a Job row. Every one goes through ``check_transition``, so the table in
-``jobs.states`` is the only authority on what may happen, and each change sets its own timestamps."""
+``jobs.states`` is the only authority on what may happen, and each change sets its own timestamps
+and counts itself in the metrics (``jobs.metrics``, applied when the change commits)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
 
+from jobs import metrics
 from jobs.db import utcnow
 from jobs.models import Job
 from jobs.states import JobStatus, check_transition
@@ -25,6 +27,8 @@ def start(job: Job, *, worker_id: str, now: datetime | None = None) -> None:
     job.total_steps = job.num_inference_steps
     job.eta_seconds = None
     job.error_code = job.error_message = None
+    waited = (now - job.created_at).total_seconds()
+    metrics.after_commit(job, lambda model=job.model: metrics.QUEUE_WAIT.labels(model).observe(waited))
 
 
 def complete(
@@ -48,6 +52,15 @@ def complete(
     job.progress = 100
     job.stage = None
     job.eta_seconds = None
+    latency = (now - job.created_at).total_seconds()
+
+    def count(model: str = job.model) -> None:
+        metrics.JOBS_FINISHED.labels(model, "completed").inc()
+        metrics.JOB_LATENCY.labels(model).observe(latency)
+        for stage, seconds in stage_timings.items():
+            metrics.STAGE_SECONDS.labels(model, stage).observe(seconds)
+
+    metrics.after_commit(job, count)
 
 
 def fail(job: Job, *, code: str, message: str, now: datetime | None = None) -> None:
@@ -56,12 +69,14 @@ def fail(job: Job, *, code: str, message: str, now: datetime | None = None) -> N
     job.error_code = code
     job.error_message = message[:4000]
     job.eta_seconds = None
+    metrics.after_commit(job, lambda model=job.model: metrics.JOBS_FINISHED.labels(model, "failed").inc())
 
 
 def cancel(job: Job, *, now: datetime | None = None) -> None:
     job.status = check_transition(job.status, JobStatus.CANCELLED).value
     job.completed_at = now or utcnow()
     job.eta_seconds = None
+    metrics.after_commit(job, lambda model=job.model: metrics.JOBS_FINISHED.labels(model, "cancelled").inc())
 
 
 def requeue(job: Job, *, reason: str | None = None) -> None:
@@ -77,3 +92,4 @@ def requeue(job: Job, *, reason: str | None = None) -> None:
     job.completed_at = None
     if reason:
         job.error_message = reason
+    metrics.after_commit(job, lambda model=job.model: metrics.JOBS_REQUEUED.labels(model).inc())

@@ -81,6 +81,23 @@ def cmd_api(args: argparse.Namespace) -> int:
     _database_ready(settings)
     import uvicorn
 
+    if args.workers > 1:
+        # Separate processes: their metrics are summed through files in one shared folder, which
+        # must be known before any of them imports prometheus_client.
+        from vidq.serve import prepare_multiprocess_metrics
+
+        prepare_multiprocess_metrics()
+        os.environ["VIDQ_LOG_LEVEL"] = args.log_level  # each process sets up its logging as this one did
+        uvicorn.run(
+            "vidq.serve:create_served_app",
+            factory=True,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            proxy_headers=True,
+            log_config=None,
+        )
+        return 0
     from api.app import create_app
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port, proxy_headers=True, log_config=None)
@@ -95,6 +112,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "in its own process"
         )
     _database_ready(settings)
+    if settings.worker_metrics_port:
+        ensure_port_free("0.0.0.0", settings.worker_metrics_port)
     from worker.main import run_worker
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] or None
@@ -322,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         type=str.upper,
-        help="logging level (default INFO for `api` and `worker`, WARNING otherwise); format: VIDQ_LOG_FORMAT",
+        help="logging level (default VIDQ_LOG_LEVEL, else INFO for `api` and `worker`, WARNING otherwise); "
+        "format: VIDQ_LOG_FORMAT",
     )
     parser = argparse.ArgumentParser(
         prog="vidq",
@@ -337,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     api = _command(sub, "api", "serve the REST API (OpenAPI at /openapi.json, docs at /docs)", p)
     api.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     api.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    api.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes sharing the port (default 1); /metrics sums them through PROMETHEUS_MULTIPROC_DIR",
+    )
     api.set_defaults(func=cmd_api)
 
     worker = _command(sub, "worker", "run a GPU worker (one process per GPU) or a webhook sender", p)
@@ -436,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     _ctx.settings = None
     args = build_parser().parse_args(argv)
     if not hasattr(args, "log_level"):
-        args.log_level = "INFO" if args.command in SERVICE_COMMANDS else "WARNING"
+        default = "INFO" if args.command in SERVICE_COMMANDS else "WARNING"
+        args.log_level = os.environ.get("VIDQ_LOG_LEVEL", default).upper()
     from jobs.logs import configure_logging
 
     try:

@@ -59,6 +59,8 @@ def prepare_worker(
         vram_budget_bytes=ctx.engines.vram_budget_bytes(),
         warm_loras=ctx.engines.warm_adapters,
     ).start()  # a daemon thread: its heartbeats stop with the process, and the dashboard shows it lost
+    if settings.worker_metrics_port:
+        serve_metrics(settings.worker_metrics_port, ctx.worker_id)
     sweeper = make_sweeper(settings, app, ctx.session_factory, ctx.storage) if settings.sweeper_enabled else None
     if sweeper is not None:
         sweeper.start()
@@ -75,6 +77,18 @@ def _celery_notices_as_json() -> None:
         os.write(f.fileno(), (json_line("WARNING", "celery.apps.worker", msg) + "\n").encode())
 
     celery_worker.safe_say = say
+
+
+def serve_metrics(port: int, worker_id: str) -> None:
+    """The worker's ``/metrics`` on `port` (a daemon thread): its counters and histograms, and its
+    GPUs read through NVML at each scrape."""
+    from prometheus_client import start_http_server
+
+    from jobs.metrics import scrape_registry
+    from worker.gpus import GpuCollector
+
+    start_http_server(port, registry=scrape_registry(GpuCollector(worker_id)))
+    log.info("metrics on port %d", port)
 
 
 def run_worker(

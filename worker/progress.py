@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from jobs import metrics
 from jobs.db import session_scope
 from jobs.execution import ensure_owned, record_progress
 from jobs.states import JobStage, JobStatus
@@ -39,10 +40,12 @@ class ProgressReporter:
     (remaining denoising steps times the mean measured step time), and ``video.progress`` webhooks
     (at most one per second, and only when a webhook target asked for them)."""
 
-    def __init__(self, ctx: WorkerContext, job_id: str, total_steps: int) -> None:
+    def __init__(self, ctx: WorkerContext, job_id: str, total_steps: int, *, model: str = "") -> None:
         self.ctx = ctx
         self.job_id = job_id
+        self.model = model
         self.total_steps = total_steps
+        self._step_metric: tuple[int, float] | None = None  # (step, elapsed_s) of the last step observed
         self.stage = JobStage.TEXT_ENCODING
         self.step = 0
         self.eta_seconds: float | None = None
@@ -103,6 +106,16 @@ class ProgressReporter:
         self._write(force=True)
         self._publish()
 
+    def _observe_step(self, elapsed: float) -> None:
+        """One observation per step (steps reported together share their time evenly)."""
+        # `elapsed` starts with this attempt's first step (after a resume, not with step 1).
+        last_step, last_elapsed = self._step_metric or (self.step - 1, 0.0)
+        if self.step > last_step and elapsed >= last_elapsed:
+            per_step = (elapsed - last_elapsed) / (self.step - last_step)
+            for _ in range(self.step - last_step):
+                metrics.STEP_SECONDS.labels(self.model).observe(per_step)
+        self._step_metric = (self.step, elapsed)
+
     def on_step(self, info: Any) -> None:
         """Called after each denoising step; raises JobCancelled to stop the render."""
         self.step = int(info.step)
@@ -113,5 +126,6 @@ class ProgressReporter:
         computed = self.step - self._first_step + 1  # steps measured in `elapsed` (a resume skips some)
         if computed > 0:
             self.eta_seconds = round(elapsed / computed * (self.total_steps - self.step), 2)
+        self._observe_step(elapsed)
         self._write(force=self.step == self.total_steps)
         self._publish(step_elapsed_s=round(elapsed, 3))

@@ -146,7 +146,7 @@ def _generate_and_upload(  # type: ignore[no-untyped-def]
     from engine import GenerationRequest
     from engine.io.video import encode_mp4, write_thumbnail
 
-    reporter = ProgressReporter(ctx, job.id, job.num_inference_steps)
+    reporter = ProgressReporter(ctx, job.id, job.num_inference_steps, model=job.model)
     reporter.on_stage(JobStage.TEXT_ENCODING.value)
     load_started = time.perf_counter()
     engine = ctx.engines.get(job.model)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -15,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.workers import WorkerRegistry, WorkerStatus
+from worker.gpus import read_gpus
 
 log = logging.getLogger(__name__)
 
@@ -53,36 +52,6 @@ class WorkerActivity:
             }
 
 
-def _nvidia_smi() -> list[dict[str, Any]] | None:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    query = "index,name,memory.used,memory.total,utilization.gpu"
-    try:
-        out = subprocess.run(
-            [exe, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    gpus = []
-    for line in out.strip().splitlines():
-        index, name, used, total, util = (part.strip() for part in line.split(","))
-        gpus.append(
-            {
-                "index": int(index),
-                "name": name,
-                "memory_used_mb": float(used),
-                "memory_total_mb": float(total),
-                "utilization_pct": float(util) if util.replace(".", "").isdigit() else None,
-            }
-        )
-    return gpus
-
-
 def _torch_cuda() -> list[dict[str, Any]]:
     # Only a process that already touched CUDA is asked: the status thread must never be the one
     # that initialises CUDA (or imports torch into a webhook-only worker).
@@ -105,15 +74,12 @@ def _torch_cuda() -> list[dict[str, Any]]:
 
 
 def gpu_stats() -> list[dict[str, Any]]:
-    """The GPUs this worker can see (nvidia-smi when installed, else torch.cuda); [] on a CPU host."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = _nvidia_smi()
-    if gpus is None:
-        return _torch_cuda()
-    if visible:
-        wanted = {v.strip() for v in visible.split(",")}
-        gpus = [g for g in gpus if str(g["index"]) in wanted] or gpus
-    return gpus
+    """The GPUs this worker may use (NVML, by UUID, following CUDA_VISIBLE_DEVICES; else torch.cuda
+    in a process that already uses CUDA); [] on a CPU host."""
+    readings = read_gpus()
+    if readings:
+        return [gpu.as_status() for gpu in readings]
+    return _torch_cuda()
 
 
 class StatusPublisher:
@@ -149,7 +115,7 @@ class StatusPublisher:
 
     def status(self) -> WorkerStatus:
         now = time.time()
-        if now - self._gpus_checked_at >= max(self.interval_s, 5.0):  # nvidia-smi costs ~50 ms
+        if now - self._gpus_checked_at >= max(self.interval_s, 5.0):  # NVML reads cost a few ms
             self._gpus, self._gpus_checked_at = gpu_stats(), now
         return WorkerStatus(
             worker_id=self.worker_id,

@@ -1,30 +1,21 @@
-"""Prometheus metrics, every name prefixed ``vidq_``, computed at scrape time from PostgreSQL and
-the worker registry: nothing is kept in process memory, so any API replica answers the same and
-the numbers survive restarts. Histograms are built from the rows of the latest completed jobs
-(``stats.MAX_ROWS``), so they describe recent history, not a counter since process start."""
+"""The gauges of ``/metrics``, read at scrape time from PostgreSQL and the worker registry: jobs by
+status, queue depth and age, workers online. They are states, not events, so any API replica
+answers the same. Events (submissions, outcomes, steps, stages, webhook attempts, HTTP requests)
+are true counters and histograms in ``jobs.metrics``."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs import metrics
 from jobs.admin import stats
 from jobs.db import session_scope
 from jobs.workers import WorkerRegistry
-
-LATENCY_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
-
-
-def histogram(name: str, doc: str, values: list[float], buckets: tuple[float, ...]) -> HistogramMetricFamily:
-    cumulative = [(str(float(b)), sum(1 for v in values if v <= b)) for b in buckets]
-    cumulative.append(("+Inf", len(values)))
-    return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=sum(values))
 
 
 class VidqCollector(Collector):
@@ -39,8 +30,6 @@ class VidqCollector(Collector):
         with session_scope(self.session_factory) as session:
             counts = stats.counts_by_status(session=session)
             queues = stats.queue_depths(session=session)
-            hooks = stats.webhook_attempts_by_result(session=session)
-            times = stats.completed_times(session=session)
 
         jobs = GaugeMetricFamily("vidq_jobs", "Jobs in the database by status.", labels=["status"])
         for status, n in sorted(counts.items()):
@@ -56,21 +45,6 @@ class VidqCollector(Collector):
             oldest.add_metric([q.queue], q.oldest_age_s or 0.0)
         yield depth
         yield oldest
-
-        attempts = CounterMetricFamily(
-            "vidq_webhook_attempts", "Webhook delivery attempts on record, by result.", labels=["result"]
-        )
-        for result, n in sorted(hooks.items()):
-            attempts.add_metric([result], n)
-        yield attempts
-
-        yield histogram(
-            "vidq_job_latency_seconds", "Submit to completion of completed jobs.", times.latency_s, LATENCY_BUCKETS
-        )
-        yield histogram(
-            "vidq_queue_wait_seconds", "Submit to start of completed jobs.", times.queue_wait_s, LATENCY_BUCKETS
-        )
-        yield histogram("vidq_step_seconds", "Mean denoising step time of completed jobs.", times.step_s, STEP_BUCKETS)
 
         now = time.time()
         records = self.workers.list()
@@ -95,9 +69,8 @@ class VidqCollector(Collector):
 def render_metrics(
     *, session_factory: sessionmaker[Session], workers: WorkerRegistry, heartbeat_timeout_s: float
 ) -> bytes:
-    """The Prometheus text exposition of every vidq metric."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(
+    """The Prometheus text exposition: the counters and histograms of ``jobs.metrics`` (every API
+    process's, in multiprocess mode) and these gauges."""
+    return metrics.render(
         VidqCollector(session_factory=session_factory, workers=workers, heartbeat_timeout_s=heartbeat_timeout_s)
     )
-    return generate_latest(registry)

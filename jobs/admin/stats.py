@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jobs.db import utcnow
-from jobs.models import ApiKey, Job, JobAttempt, WebhookAttempt
+from jobs.models import ApiKey, Job, JobAttempt
 from jobs.states import JobStatus
 
 MAX_ROWS = 20_000
@@ -176,21 +176,6 @@ def key_usage(*, session: Session, now: datetime | None = None) -> list[KeyUsage
     ):
         seconds[owner_id] = seconds.get(owner_id, 0.0) + ((ended_at or now) - started_at).total_seconds()
     return [KeyUsage(k, int(jobs.get(k.id, 0)), round(seconds.get(k.id, 0.0), 2)) for k in keys]
-
-
-def webhook_attempts_by_result(*, session: Session) -> dict[str, int]:
-    """Attempts still on record, by result: ``success`` (2xx), ``http_error`` (other statuses) and
-    ``error`` (timeouts, refused targets, connection errors)."""
-    rows = session.execute(select(WebhookAttempt.status_code, func.count()).group_by(WebhookAttempt.status_code))
-    out = {"success": 0, "http_error": 0, "error": 0}
-    for status_code, n in rows:
-        if status_code is None:
-            out["error"] += int(n)
-        elif 200 <= status_code < 300:
-            out["success"] += int(n)
-        else:
-            out["http_error"] += int(n)
-    return out
 
 
 @dataclass

@@ -23,6 +23,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from jobs import metrics
 from jobs.db import session_scope, utcnow
 from jobs.logs import job_context
 from jobs.models import ApiKey, Job, WebhookAttempt, WebhookDelivery
@@ -193,6 +194,18 @@ def send_attempt(target: Target, *, body: bytes, headers: dict[str, str], timeou
     return AttemptResult(latency_ms=round((time.perf_counter() - started) * 1000), error=error)
 
 
+def _count_attempt(result: AttemptResult) -> None:
+    if result.refused:
+        label = "refused"
+    elif result.succeeded:
+        label = "success"
+    else:
+        label = "http_error" if result.status_code is not None else "error"
+    metrics.WEBHOOK_ATTEMPTS.labels(label).inc()
+    if result.latency_ms is not None:
+        metrics.WEBHOOK_SECONDS.observe(result.latency_ms / 1000)
+
+
 def record_attempt(*, session: Session, delivery_id: str, result: AttemptResult, settings: Settings) -> AttemptOutcome:
     """Append the attempt to the log and decide what happens next."""
     delivery = session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update())
@@ -227,6 +240,7 @@ def record_attempt(*, session: Session, delivery_id: str, result: AttemptResult,
         else:
             delivery.next_attempt_at = now + timedelta(seconds=delay)
             outcome = AttemptOutcome.RETRY_SCHEDULED
+    metrics.after_commit(session, lambda: _count_attempt(result))
     session.add(
         WebhookAttempt(
             delivery_id=delivery.id,

@@ -234,7 +234,12 @@ def test_metrics_are_prometheus_text_with_vidq_names(app_client, new_key) -> Non
         "vidq_webhook_attempts",
         "vidq_job_latency_seconds",
         "vidq_queue_wait_seconds",
-        "vidq_step_seconds",
+        "vidq_denoising_step_seconds",
+        "vidq_stage_seconds",
+        "vidq_jobs_submitted",
+        "vidq_jobs_finished",
+        "vidq_http_requests",
+        "vidq_http_request_duration_seconds",
         "vidq_workers_online",
         "vidq_worker_last_heartbeat_timestamp_seconds",
     }
