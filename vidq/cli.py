@@ -188,13 +188,19 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from engine.models.locate import TINY_NAME, folder_is_complete, install_command, installed_folder
+    from engine.models.locate import (
+        TINY_DIFFUSERS_NAMES,
+        TINY_NAME,
+        folder_is_complete,
+        install_command,
+        installed_folder,
+    )
     from engine.registry import find_spec, list_specs
 
     models_dir = _settings().resolved_models_dir
     rows = []
     for spec in list_specs():
-        if spec.name == TINY_NAME:
+        if spec.name == TINY_NAME or spec.name in TINY_DIFFUSERS_NAMES:
             rows.append((spec.name, "built-in", "random weights, written on first use (demo and tests only)"))
             continue
         folder = installed_folder(spec, models_dir)
@@ -435,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--flow-shift", type=float, help="recommended flow_shift")
     add.add_argument("--public", action="store_true", help="admins: publish it to every client")
     llist = _command(loras_sub, "list", "your adapters and the published ones, newest first", p)
-    llist.add_argument("--limit", type=int, default=20)
+    llist.add_argument("--limit", type=int, default=20, help="how many to list (default 20)")
     llist.add_argument("--after", help="the last id of the previous page")
     remove = _command(loras_sub, "delete", "delete an adapter", p)
     remove.add_argument("lora_id", help="lora_...")

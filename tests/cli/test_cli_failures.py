@@ -204,7 +204,7 @@ def test_one_spelling_per_flag() -> None:
 
 
 def test_submit_covers_every_field_of_the_api() -> None:
-    renamed = {"num_inference_steps": "steps", "guidance_scale": "guidance"}
+    renamed = {"num_inference_steps": "steps", "guidance_scale": "guidance", "loras": "lora"}
     submit = cli.build_parser()._subparsers._group_actions[0].choices["submit"]
     dests = {action.dest for action in submit._actions}
     missing = {f for f in VideoCreate.model_fields if renamed.get(f, f) not in dests}
