@@ -15,6 +15,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SECRET = "change-me"
+DEV_DEFAULT_MODEL = "tiny-wan"  # random weights, written on first use: renders noise, fast, on any CPU
+PRODUCTION_DEFAULT_MODEL = "wan2.1-t2v-1.3b"
 
 # Standard Webhooks' schedule after the first, immediate attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
 # (about 27.5 hours of waits; jittered exponential backoff that spans a day and more of receiver downtime).
@@ -49,7 +51,9 @@ class Settings(BaseSettings):
     metrics_public: bool = False  # True: GET /metrics needs no admin key (a scraper on a private network)
 
     # Jobs
-    default_model: str = "tiny-wan"
+    # The model of a request that names none. Unset: the random-weight tiny-wan in development (the
+    # demo, the tests), a real model in production (see _default_model_by_environment).
+    default_model: str = ""
     max_attempts: int = Field(default=3, ge=1)
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     presign_expiry_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
@@ -125,6 +129,12 @@ class Settings(BaseSettings):
                 "VIDQ_SECRET_KEY is the default value and VIDQ_ENVIRONMENT is production: set VIDQ_SECRET_KEY "
                 "to a long random string, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _default_model_by_environment(self) -> Settings:
+        if not self.default_model:
+            self.default_model = PRODUCTION_DEFAULT_MODEL if self.environment == "production" else DEV_DEFAULT_MODEL
         return self
 
     @property

@@ -118,8 +118,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] or None
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] or None
+    if queues != ["webhooks"] and not (models or _served_models(settings)):
+        raise CliError(
+            "this worker has no model to serve: install one (`vidq models list` says how), set "
+            "VIDQ_WORKER_MODELS, or run a webhook sender with --queues webhooks"
+        )
     run_worker(settings, models=models, queues=queues, loglevel=args.log_level)
     return 0
+
+
+def _served_models(settings) -> list[str]:  # type: ignore[no-untyped-def]
+    from worker.engines import served_models
+
+    return served_models(settings)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

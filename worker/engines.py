@@ -20,11 +20,13 @@ BUILTIN_MODELS = ("tiny-wan",)  # written on first use, so every install serves 
 
 def installed_models(settings: Settings) -> list[str]:
     """Registry models whose complete checkpoint is in the models folder or the Hugging Face cache,
-    plus the built-in random model."""
+    plus (outside production) the built-in random model."""
     from engine.models.locate import installed_folder
 
     models_dir = settings.resolved_models_dir
     found = [s.name for s in list_specs() if s.name not in BUILTIN_MODELS and installed_folder(s, models_dir)]
+    if settings.environment == "production":
+        return sorted(found)  # the random-weight models only when VIDQ_WORKER_MODELS names them
     return sorted(set(found) | set(BUILTIN_MODELS))
 
 
