@@ -164,7 +164,12 @@ class Engine:
         if self.lora_mode == "runtime" and settings.lora_runtime_rank > 0:  # before placement: slots travel with blocks
             install_runtime_slots(self.components.transformer, settings.lora_runtime_rank)
         self._offloads = self._place(self.components)
-        self.loras = LoraApplier(self.components.transformer, self.device, host_view=self._host_view)
+        self.loras = LoraApplier(
+            self.components.transformer,
+            self.device,
+            host_view=self._host_view,
+            device_backup_bytes=self._spare_device_bytes(),
+        )
         self.adapters = AdapterCache(settings.lora_cache_mb * 2**20)
         self.attention_backend = self.components.transformer.set_attention_backend(requested_backend)
         if parallel is not None and parallel.enabled:
@@ -210,6 +215,14 @@ class Engine:
         if setting != "auto":
             return setting
         return "fused" if self.placement.offload == "none" else "runtime"
+
+    def _spare_device_bytes(self) -> int:
+        """GPU memory the placement leaves unused even for the largest request: where fused LoRA
+        keeps the original weights (so restoring them is a device-side copy)."""
+        plan = self.placement
+        if plan.budget_bytes is None or plan.offload != "none":
+            return 0
+        return max(0, plan.budget_bytes - plan.estimated_peak_bytes)
 
     def _host_view(self, tensor: torch.Tensor) -> torch.Tensor | None:
         """Where an offloaded DiT tensor's values live between uses (None: on the device)."""

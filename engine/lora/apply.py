@@ -3,9 +3,10 @@
 Two ways, same result (the tests hold both to diffusers' `set_adapters` output):
 
 - **fused**: each changed weight becomes `round(W + sum_i scale_i * delta_i)`, computed in float32
-  on the compute device. The first time a parameter is changed its original is copied aside (to
-  pinned host memory) and kept, so taking adapters off is a copy back: bit-exact, and no delta
-  is recomputed. Costs nothing per step; switching costs a copy of the changed weights.
+  on the compute device. The first time a parameter is changed its original is copied aside and
+  kept (on the GPU while `device_backup_bytes` allows, the memory the engine's plan leaves free;
+  else in pinned host memory), so taking adapters off is a copy back: bit-exact, and no delta is
+  recomputed. Costs nothing per step; switching costs a copy of the changed weights.
 - **runtime**: the low-rank factors of the block linears go into the fixed-rank slots of
   `engine.lora.runtime` (everything else an adapter changes, biases and norms and the few
   non-block linears, is small and is fused as above). Switching writes the slots; each step
@@ -79,6 +80,7 @@ class LoraApplier:
         device: torch.device,
         *,
         host_view: Callable[[torch.Tensor], torch.Tensor | None] = _no_host_view,
+        device_backup_bytes: int = 0,
     ) -> None:
         self.model = model
         self.device = device
@@ -87,6 +89,8 @@ class LoraApplier:
         self.slots = [module for module in model.modules() if isinstance(module, LoraLinear)]
         self.slot_rank = self.slots[0].lora_rank if self.slots else 0
         self._pin = torch.cuda.is_available()
+        self.device_backup_bytes = device_backup_bytes  # originals kept on the GPU up to this much
+        self._device_backup_used = 0
         self._backups: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(param) -> (param, original)
         self._changed: set[int] = set()
         self.active: tuple[tuple[str, float], ...] = ()
@@ -147,8 +151,13 @@ class LoraApplier:
     def _backup(self, param: torch.Tensor, storage: torch.Tensor) -> None:
         if id(param) in self._backups:
             return
-        original = torch.empty(storage.shape, dtype=storage.dtype, pin_memory=self._pin)
-        original.copy_(storage)
+        nbytes = storage.numel() * storage.element_size()
+        if storage.device.type != "cpu" and self._device_backup_used + nbytes <= self.device_backup_bytes:
+            original = storage.clone()  # a copy back is then a device-to-device copy
+            self._device_backup_used += nbytes
+        else:
+            original = torch.empty(storage.shape, dtype=storage.dtype, pin_memory=self._pin)
+            original.copy_(storage)
         self._backups[id(param)] = (param, original)
 
     def _locate(self, name: str) -> tuple[torch.Tensor, slice | None]:
