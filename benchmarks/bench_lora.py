@@ -132,11 +132,7 @@ def bench_switch_and_steps(args: argparse.Namespace, device: torch.device, dtype
     results["runtime_overhead"] = results["runtime_s_per_step"] / results["base_s_per_step"]  # type: ignore[operator]
     results["chosen_mode"] = "fused"  # engine.Engine._lora_mode for a resident model
     results["switch_s"] = results["fused_switch_s"]
-    del model, applier, adapters, out, base, fused_a
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return results
+    return results  # the model and its backups go with this frame
 
 
 def bench_distilled_preset(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, object]:
@@ -245,6 +241,9 @@ def main() -> None:
 
     record.update(bench_switch_and_steps(args, device, dtype))
     write()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     if not args.skip_preset:
         record.update(
             {"preset_model": args.preset_config, "preset_size": args.preset_size, "preset_frames": args.preset_frames}
