@@ -131,20 +131,31 @@ def test_parallel_options_fill_in_the_missing_degree() -> None:
 
 
 def test_parallel_engine_group_generates_like_one_engine_and_fails_fast_when_a_rank_dies(
-    tiny_engine, tiny_folder, make_request
+    tiny_engine, tiny_folder, make_request, tmp_path: Path
 ) -> None:
     import os
     import signal
     import time
+    from dataclasses import replace
 
+    from engine.lora.keys import DIT_SHAPES
+    from engine.lora.synthetic import random_adapter, write_adapter
     from engine.parallel.group import EngineGroup, RankFailure
+    from engine.request import LoraRef
 
     request = make_request(num_inference_steps=3)
     expected = tiny_engine.generate(request).latents
+    path = write_adapter(tmp_path / "style.safetensors", random_adapter(DIT_SHAPES["tiny-wan"], 4, "wan", seed=2))
+    lora_request = replace(request, loras=(LoraRef("style", str(path), 0.7),))
+    expected_lora = tiny_engine.generate(lora_request).latents  # before the group: its state is process-wide
+    assert relative_error(expected_lora, expected) > 1e-3
     group = EngineGroup(str(tiny_folder), ParallelConfig(world_size=2, cfg_degree=2), backend="gloo", timeout_s=60)
     try:
         assert relative_error(group.generate(request).latents, expected) < 1e-5
         assert relative_error(group.generate(request).latents, expected) < 1e-5  # warm ranks, second job
+
+        # LoRA adapters travel in the request (as paths): every rank applies them
+        assert relative_error(group.generate(lora_request).latents, expected_lora) < 1e-5
 
         def kill_rank_one(info) -> None:  # type: ignore[no-untyped-def]
             if info.step == 1:
