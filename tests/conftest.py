@@ -10,17 +10,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 from moto.server import ThreadedMotoServer
 
 from jobs import migrate
 from jobs.settings import Settings
 from tests.receiver import Receiver
+from tests.redis_db import ClaimedDatabase, RedisDatabaseBusy, claim_any
 from vidq.embedded import free_port
 
 PG_ADMIN_URL = os.environ.get("VIDQ_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("VIDQ_TEST_REDIS", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("VIDQ_TEST_REDIS_DB", "11"))
+REDIS_DB = int(os.environ["VIDQ_TEST_REDIS_DB"]) if os.environ.get("VIDQ_TEST_REDIS_DB") else None
 
 
 def create_database() -> str:
@@ -75,10 +75,21 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    url = f"{REDIS_BASE}/{REDIS_DB}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+def redis_db() -> Iterator[ClaimedDatabase]:
+    """A Redis database this run claimed for itself (``tests.redis_db``): the only kind it flushes."""
+    try:
+        claimed = claim_any(REDIS_BASE, REDIS_DB)
+    except RedisDatabaseBusy as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield claimed
+    finally:
+        claimed.release()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_db: ClaimedDatabase) -> str:
+    return redis_db.url
 
 
 @pytest.fixture(scope="session")
