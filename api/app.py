@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager, suppress
 from celery import Celery
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.admin_pages import STATIC_DIR, install_admin_handlers
 from api.errors import install_error_handlers
@@ -20,9 +22,24 @@ from jobs.broker import make_celery
 from jobs.db import make_engine, make_session_factory
 from jobs.dispatch import CeleryPublisher, make_markers, make_sweeper
 from jobs.events import make_event_bus
+from jobs.readiness import ReadinessProbe
 from jobs.settings import Settings, get_settings
-from jobs.storage import make_storage
+from jobs.storage import Storage, make_storage
 from jobs.workers import make_worker_registry
+
+
+def readiness_probe(session_factory: sessionmaker[Session], app: Celery, storage: Storage) -> ReadinessProbe:
+    """Read-only checks of the three dependencies (see jobs.readiness)."""
+
+    def database() -> None:
+        with session_factory() as session:
+            session.execute(text("SELECT 1"))
+
+    def broker() -> None:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=1)
+
+    return ReadinessProbe({"database": database, "broker": broker, "storage": storage.check})
 
 
 def build_state(settings: Settings, celery_app: Celery | None = None) -> AppState:
@@ -38,6 +55,7 @@ def build_state(settings: Settings, celery_app: Celery | None = None) -> AppStat
         events=make_event_bus(settings),
         sweeper=make_sweeper(settings, app, session_factory, storage) if settings.sweeper_enabled else None,
         workers=make_worker_registry(settings),
+        readiness=readiness_probe(session_factory, app, storage),
     )
 
 
@@ -58,13 +76,14 @@ def create_app(settings: Settings | None = None, *, celery_app: Celery | None = 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_state(settings, celery_app)
         with suppress(Exception):  # /readyz reports an unreachable store; reads still work
-            state.storage.ensure_ready()
+            state.storage.ensure_ready()  # creating the bucket is start-up's job, never /readyz's
         if state.sweeper is not None:
             state.sweeper.start()
         app.state.vidq = state
         yield
         if state.sweeper is not None:
             state.sweeper.stop()
+        state.readiness.close()
 
     app = FastAPI(
         title="vidq",

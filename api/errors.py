@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import logging
 
+import kombu.exceptions
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobs.db import is_database_outage
 from jobs.errors import (
     Conflict,
+    DependencyUnavailable,
     DomainError,
     Forbidden,
     Gone,
@@ -33,6 +38,8 @@ class UnsupportedMediaType(DomainError):
 
     code = "unsupported_media_type"
 
+
+RETRY_AFTER_S = 5  # what a 503 asks clients to wait: a restarting database or broker is back in seconds
 
 STATUS_BY_ERROR: dict[type[DomainError], int] = {
     InvalidParameter: 422,
@@ -115,8 +122,41 @@ async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("internal_error", "internal server error", status=500), status_code=500)
 
 
+def _unavailable(dependency: str, exc: Exception) -> JSONResponse:
+    log.warning("%s unreachable: %s: %s", dependency, type(exc).__name__, exc)
+    return JSONResponse(
+        error_body(
+            f"{dependency}_unavailable", f"the {dependency} is unreachable; retry shortly", dependency, status=503
+        ),
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+async def _dependency_unavailable(_: Request, exc: DependencyUnavailable) -> JSONResponse:
+    return _unavailable(exc.dependency, exc)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    # Handled here rather than by the catch-all: Starlette re-raises what reaches the catch-all after
+    # answering, and the server then drops the client's kept-alive connection.
+    if is_database_outage(exc):
+        return _unavailable("database", exc)
+    return await _unhandled(request, exc)
+
+
+async def _broker_error(_: Request, exc: Exception) -> JSONResponse:
+    return _unavailable("broker", exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(DependencyUnavailable, _dependency_unavailable)  # type: ignore[arg-type]
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)
+    app.add_exception_handler(sa_exc.TimeoutError, _database_error)
+    app.add_exception_handler(kombu.exceptions.OperationalError, _broker_error)
+    app.add_exception_handler(redis.ConnectionError, _broker_error)
+    app.add_exception_handler(redis.TimeoutError, _broker_error)
     app.add_exception_handler(Exception, _unhandled)

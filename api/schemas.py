@@ -168,6 +168,14 @@ class VideoError(BaseModel):
     message: str
 
 
+class VideoRetry(BaseModel):
+    """Set while a job waits for another attempt after its worker died or a transient fault."""
+
+    attempt: int  # the attempt it waits for
+    reason: str  # what ended the previous attempt
+    not_before: int | None  # Unix seconds; the back-off of a transient fault
+
+
 class VideoPublic(BaseModel):
     id: str
     object: Literal["video"] = "video"
@@ -200,6 +208,7 @@ class VideoPublic(BaseModel):
         default_factory=list, description='The adapters applied: `[{"id", "name", "scale"}]`.'
     )
     flow_shift: float | None = Field(default=None, description="The flow shift used (None: the model's).")
+    retry: VideoRetry | None = None
     error: VideoError | None
     stage_timings: dict[str, Any] | None
     memory: dict[str, Any] | None = None

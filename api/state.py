@@ -9,9 +9,10 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.login_throttle import LoginThrottle
-from jobs.affinity import DIRECT_MARKER_TTL_FACTOR, affinity_router
+from jobs.affinity import affinity_router
 from jobs.dispatch import CeleryPublisher, Sweeper, relay_outbox
 from jobs.events import EventBus
+from jobs.readiness import ReadinessProbe
 from jobs.settings import Settings
 from jobs.storage import Storage
 from jobs.webhooks.outbox import relay_webhooks
@@ -30,6 +31,7 @@ class AppState:
     events: EventBus  # live job events (the API publishes the changes it makes: cancellations)
     sweeper: Sweeper | None
     workers: WorkerRegistry  # the status records workers publish (Redis, or this process when embedded)
+    readiness: ReadinessProbe  # /readyz: database, broker and storage, each checked within a deadline
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)  # admin login failures per client
 
     def relay_now(self) -> None:
@@ -40,7 +42,6 @@ class AppState:
                 session_factory=self.session_factory,
                 publisher=self.publisher,
                 route=affinity_router(self.workers.list, heartbeat_timeout_s=self.settings.heartbeat_timeout_s),
-                direct_marker_ttl_s=int(self.settings.redispatch_after_s * DIRECT_MARKER_TTL_FACTOR) + 1,
             )
             relay_webhooks(session_factory=self.session_factory, publisher=self.publisher, settings=self.settings)
         except Exception as exc:

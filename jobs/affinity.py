@@ -4,9 +4,9 @@ Workers publish the adapters their engines hold in memory (``WorkerStatus.warm_l
 GPU worker also consumes a queue of its own (``worker_queue``). When a job with adapters is
 published and an idle, live worker of its queue holds some of them, the message goes to that
 worker's own queue; otherwise (every such worker busy, none warm) to the shared queue as always,
-so no job ever waits for affinity. A direct message's dispatch marker lives only
-``DIRECT_MARKER_TTL_FACTOR`` redispatch intervals: if that worker dies before taking it, the
-sweeper publishes the job again to the shared queue.
+so no job ever waits for affinity. If that worker dies before taking it, the sweeper publishes
+the job again ``VIDQ_REDISPATCH_AFTER_S`` after (routed afresh: another warm worker, or the shared
+queue), as it does for any job nobody claimed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from jobs.models import Job
 from jobs.workers import WorkerStatus
 
 WORKER_QUEUE_PREFIX = "worker."
-DIRECT_MARKER_TTL_FACTOR = 4
 
 
 def worker_queue(worker_id: str) -> str:

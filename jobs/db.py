@@ -2,19 +2,31 @@
 
 Workers fork and run for days, so engines are created per process (see ``dispose_engine``) and
 connections are checked before use: a PostgreSQL restart costs one reconnect, not a failed job.
+Connecting is bounded (``connect_timeout``), so a database that does not answer is reported within
+seconds instead of hanging a request, and :func:`retry_db` lets a short outage pass unnoticed by
+the work in progress.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from jobs.errors import DependencyUnavailable
 from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CONNECT_TIMEOUT_S = 3  # PostgreSQL connect timeout: an unreachable database is an error in seconds
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -52,7 +64,14 @@ def make_engine(settings: Settings) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(
+        url,
+        pool_pre_ping=True,  # a connection the database dropped (restart, reset) is replaced, not used
+        pool_size=5,
+        max_overflow=10,
+        pool_timeout=5,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+    )
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -71,3 +90,41 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """True for errors that say the database could not be reached or dropped the connection (as
+    opposed to a query it refused): connection refused or reset, a pool timeout, an admin shutdown."""
+    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
+            return True
+        return isinstance(exc, sa_exc.OperationalError)
+    return False
+
+
+def retry_db(
+    call: Callable[[], T],
+    *,
+    deadline_s: float,
+    what: str,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Run ``call`` (which opens its own session) until it succeeds, retrying database outages with
+    back-off for up to ``deadline_s`` seconds; then raise :class:`DependencyUnavailable`. Any other
+    error propagates at once. ``call`` must be safe to repeat (its transaction rolled back)."""
+    deadline = clock() + deadline_s
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_database_outage(exc):
+                raise
+            if clock() + delay > deadline:
+                raise DependencyUnavailable("database", f"{what}: the database kept failing: {exc}") from exc
+            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, type(exc).__name__, delay)
+            sleep(delay)
+            delay = min(delay * 2, 2.0)

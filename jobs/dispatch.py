@@ -2,11 +2,21 @@
 
 PostgreSQL is the source of truth. A job change that needs a message writes a ``DispatchOutbox`` row
 in the same transaction; the relay publishes pending rows to the broker. The sweeper repairs what
-the broker can lose: a queued job whose message vanished (Redis flushed or restarted) is published
-again, and a running job whose worker stopped heart-beating is put back in the queue (or failed once
-its attempts are used up). Duplicate messages are harmless: a worker renders only a job it can move
-from ``queued`` to ``in_progress`` under a row lock. Each pass also publishes due webhook
-deliveries (``jobs.webhooks.outbox``) to the ``webhooks`` queue.
+the broker can lose, deciding from the database alone:
+
+- **claimed or published again**: a job still queued ``VIDQ_REDISPATCH_AFTER_S`` after its last
+  publish was not claimed, whatever happened to its message (Redis restarted, a worker took it and
+  died before claiming, it was published as the only worker died): it is published again, at most
+  once per interval. A job requeued with back-off after a transient failure is published when its
+  ``retry_at`` has passed.
+- **running or taken back**: a running job whose worker is gone is put back in the queue (or failed
+  once its attempts are used up). Gone means the worker's own status record says so (its heartbeats
+  stopped, or it no longer runs this job) while the job row's heartbeat is a few beats old; without a
+  status record, the row heartbeat's ``VIDQ_HEARTBEAT_TIMEOUT_S`` decides.
+
+Duplicate messages are harmless: a worker renders only a job it can move from ``queued`` to
+``in_progress`` under a row lock. Each pass also publishes due webhook deliveries
+(``jobs.webhooks.outbox``) to the ``webhooks`` queue.
 """
 
 from __future__ import annotations
@@ -20,11 +30,11 @@ from typing import Protocol
 
 import redis
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.attempts import AttemptOutcome, close_attempt
-from jobs.broker import RENDER_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK
+from jobs.broker import RENDER_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK, redis_client
 from jobs.db import session_scope, utcnow
 from jobs.models import DispatchOutbox, Job
 from jobs.settings import Settings
@@ -32,20 +42,26 @@ from jobs.states import JobStatus
 from jobs.storage import Storage
 from jobs.transitions import fail, requeue
 from jobs.webhooks.outbox import WebhookPublisher, add_job_event, relay_webhooks
+from jobs.workers import WorkerRegistry, WorkerStatus, make_worker_registry
 
 log = logging.getLogger(__name__)
 
 
+# A status record whose heartbeat is this many intervals old belongs to a dead worker (and a job row
+# heartbeat this many intervals old is not a claim that the record has not caught up with yet).
+LOST_AFTER_BEATS = 3
+
+
 class DispatchMarkers(Protocol):
-    """Remembers, in the broker's own store, which jobs have a message in flight.
+    """Remembers, in the broker's own store, which webhook deliveries have a message in flight.
 
     A marker lives exactly as long as the broker's memory: if Redis is flushed or restarted, message
-    and marker vanish together, and the sweeper sees a queued job with no marker.
+    and marker vanish together, and the webhook relay publishes the delivery again.
     """
 
-    def mark(self, job_id: str, ttl_s: int | None = None) -> None: ...
+    def mark(self, key: str) -> None: ...
 
-    def is_marked(self, job_id: str) -> bool: ...
+    def is_marked(self, key: str) -> bool: ...
 
 
 class RedisDispatchMarkers:
@@ -53,11 +69,11 @@ class RedisDispatchMarkers:
         self.client = client
         self.ttl_s = ttl_s
 
-    def mark(self, job_id: str, ttl_s: int | None = None) -> None:
-        self.client.set(f"vidq:dispatched:{job_id}", "1", ex=ttl_s or self.ttl_s)
+    def mark(self, key: str) -> None:
+        self.client.set(f"vidq:dispatched:{key}", "1", ex=self.ttl_s)
 
-    def is_marked(self, job_id: str) -> bool:
-        return bool(self.client.exists(f"vidq:dispatched:{job_id}"))
+    def is_marked(self, key: str) -> bool:
+        return bool(self.client.exists(f"vidq:dispatched:{key}"))
 
 
 class MemoryDispatchMarkers:
@@ -67,17 +83,17 @@ class MemoryDispatchMarkers:
         self._marked: set[str] = set()
         self._lock = threading.Lock()
 
-    def mark(self, job_id: str, ttl_s: int | None = None) -> None:
+    def mark(self, key: str) -> None:
         with self._lock:
-            self._marked.add(job_id)
+            self._marked.add(key)
 
-    def is_marked(self, job_id: str) -> bool:
+    def is_marked(self, key: str) -> bool:
         with self._lock:
-            return job_id in self._marked
+            return key in self._marked
 
 
 class Publisher(Protocol):
-    def publish(self, job_id: str, queue: str, *, marker_ttl_s: int | None = None) -> None: ...
+    def publish(self, job_id: str, queue: str) -> None: ...
 
 
 class CeleryPublisher:
@@ -85,9 +101,8 @@ class CeleryPublisher:
         self.app = app
         self.markers = markers
 
-    def publish(self, job_id: str, queue: str, *, marker_ttl_s: int | None = None) -> None:
+    def publish(self, job_id: str, queue: str) -> None:
         self.app.send_task(RENDER_TASK, args=[job_id], queue=queue)
-        self.markers.mark(job_id, marker_ttl_s)
 
     def publish_webhook(self, delivery_id: str, attempt: int) -> None:
         self.app.send_task(WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE)
@@ -110,13 +125,12 @@ def relay_outbox(
     publisher: Publisher,
     batch: int = 100,
     route: Callable[[Job], str | None] | None = None,
-    direct_marker_ttl_s: int | None = None,
 ) -> int:
     """Publish pending outbox rows; return how many went out. Stops at the first broker error.
 
     ``route`` may send a job to another queue than its row's (``jobs.affinity``: a worker's own
-    queue); such a message's marker lives ``direct_marker_ttl_s``, after which the sweeper
-    publishes the job again to its shared queue if it is still waiting.
+    queue); if that worker dies before claiming the job, the sweeper publishes it again after
+    ``VIDQ_REDISPATCH_AFTER_S``, routed afresh.
     """
     published = 0
     with session_scope(session_factory) as session:
@@ -132,7 +146,7 @@ def relay_outbox(
             direct = route(job) if route is not None and job is not None else None
             try:
                 if direct is not None:
-                    publisher.publish(row.job_id, direct, marker_ttl_s=direct_marker_ttl_s)
+                    publisher.publish(row.job_id, direct)
                 else:
                     publisher.publish(row.job_id, row.queue)
             except Exception as exc:  # the broker is down: keep the row, try on the next pass
@@ -159,42 +173,75 @@ class SweepReport:
     webhooks_published: int = 0
 
 
-def _requeue_lost_workers(session: Session, settings: Settings, now: datetime, report: SweepReport) -> None:
+def _worker_gone(job: Job, records: dict[str, WorkerStatus], lost_after_s: float, now: datetime) -> bool:
+    """What the worker's own status record says: it stopped beating, or it runs another job (or none)."""
+    record = records.get(job.worker_id or "")
+    if record is None:
+        return False  # no record (Redis restarted, or an embedded worker): the row heartbeat decides
+    return record.is_lost(timeout_s=lost_after_s, now=now.timestamp()) or record.current_job != job.id
+
+
+def _requeue_lost_workers(
+    session: Session, settings: Settings, now: datetime, report: SweepReport, workers: WorkerRegistry | None
+) -> None:
     stale_before = now - timedelta(seconds=settings.heartbeat_timeout_s)
-    lost = session.scalars(
+    lost_after_s = LOST_AFTER_BEATS * settings.heartbeat_interval_s
+    quiet_before = now - timedelta(seconds=min(lost_after_s, settings.heartbeat_timeout_s))
+    candidates = session.scalars(
         select(Job)
-        .where(Job.status == JobStatus.IN_PROGRESS.value, Job.heartbeat_at < stale_before)
+        .where(Job.status == JobStatus.IN_PROGRESS.value, Job.heartbeat_at < quiet_before)
         .with_for_update(skip_locked=True)
     ).all()
-    for job in lost:
+    if not candidates:
+        return
+    records: dict[str, WorkerStatus] = {}
+    if workers is not None:
+        try:
+            records = {record.worker_id: record for record in workers.list()}
+        except Exception as exc:  # Redis is down: only the row heartbeat can tell
+            log.warning("sweeper: worker status records unavailable: %s", exc)
+    for job in candidates:
+        timed_out = job.heartbeat_at is not None and job.heartbeat_at < stale_before
+        if not (timed_out or _worker_gone(job, records, lost_after_s, now)):
+            continue
         message = f"worker {job.worker_id} stopped responding during attempt {job.attempts}"
         close_attempt(session=session, job=job, outcome=AttemptOutcome.LOST, error=message, now=now)
         if job.attempts >= settings.max_attempts:
             fail(job, code="worker_lost", message=f"{message}; no attempts left", now=now)
             report.failed_lost += 1
         else:
-            requeue(job, reason=message)
+            requeue(job, reason=f"{message}; retrying")
             add_to_outbox(session=session, job=job)
             report.requeued_lost += 1
         add_job_event(session=session, job=job, now=now)
         log.warning("job %s: %s", job.id, message)
 
 
-def _redispatch_lost_messages(
-    session: Session, settings: Settings, markers: DispatchMarkers, now: datetime, report: SweepReport
-) -> None:
-    dispatched_before = now - timedelta(seconds=settings.redispatch_after_s)
+def _redispatch_unclaimed(session: Session, settings: Settings, now: datetime, report: SweepReport) -> None:
+    """Publish again every queued job nobody claimed within the redispatch interval of its last
+    publish, and every job whose back-off after a transient failure is over."""
+    published_before = now - timedelta(seconds=settings.redispatch_after_s)
+    backoff_over = or_(Job.retry_at.is_(None), Job.retry_at <= now)
     candidates = session.scalars(
         select(Job)
-        .where(Job.status == JobStatus.QUEUED.value, Job.dispatched_at < dispatched_before)
+        .where(
+            Job.status == JobStatus.QUEUED.value,
+            or_(
+                and_(Job.dispatched_at < published_before, backoff_over),
+                and_(Job.dispatched_at.is_(None), Job.retry_at <= now),
+            ),
+        )
         .with_for_update(skip_locked=True)
     ).all()
     for job in candidates:
-        if not markers.is_marked(job.id):
-            add_to_outbox(session=session, job=job)
-            job.dispatched_at = None  # pending again until the relay publishes it
-            report.redispatched += 1
-            log.warning("job %s: its broker message is gone, publishing again", job.id)
+        if job.dispatched_at is not None:  # its message was lost, or taken by a worker that died
+            log.warning(
+                "job %s: not claimed %.1fs after its publish; publishing again", job.id, settings.redispatch_after_s
+            )
+        add_to_outbox(session=session, job=job)
+        job.dispatched_at = None  # pending again until the relay publishes it
+        job.retry_at = None
+        report.redispatched += 1
 
 
 def _expire_results(session: Session, storage: Storage, now: datetime, report: SweepReport, batch: int = 100) -> None:
@@ -216,19 +263,20 @@ def sweep(
     *,
     session_factory: sessionmaker[Session],
     publisher: Publisher,
-    markers: DispatchMarkers,
     settings: Settings,
     storage: Storage | None = None,
     webhooks: WebhookPublisher | None = None,
+    workers: WorkerRegistry | None = None,
 ) -> SweepReport:
     """One pass of repairs (and, given storage, deletion of expired results), then one relay pass
-    (and, given a webhook publisher, one pass publishing due webhook deliveries)."""
+    (and, given a webhook publisher, one pass publishing due webhook deliveries). ``workers`` lets
+    dead workers be noticed from their status records, within a few heartbeats."""
     report = SweepReport()
     now = utcnow()
     with session_scope(session_factory) as session:
-        _requeue_lost_workers(session, settings, now, report)
+        _requeue_lost_workers(session, settings, now, report, workers)
     with session_scope(session_factory) as session:
-        _redispatch_lost_messages(session, settings, markers, now, report)
+        _redispatch_unclaimed(session, settings, now, report)
     if storage is not None:
         with session_scope(session_factory) as session:
             _expire_results(session, storage, now, report)
@@ -248,18 +296,18 @@ class Sweeper:
         *,
         session_factory: sessionmaker[Session],
         publisher: Publisher,
-        markers: DispatchMarkers,
         settings: Settings,
         storage: Storage | None = None,
         webhooks: WebhookPublisher | None = None,
+        workers: WorkerRegistry | None = None,
     ) -> None:
         self._kwargs = dict(
             session_factory=session_factory,
             publisher=publisher,
-            markers=markers,
             settings=settings,
             storage=storage,
             webhooks=webhooks,
+            workers=workers,
         )
         self._interval = settings.sweep_interval_s
         self._stop = threading.Event()
@@ -282,7 +330,7 @@ class Sweeper:
 
 def make_markers(settings: Settings) -> DispatchMarkers:
     if settings.redis_url:
-        return RedisDispatchMarkers(redis.Redis.from_url(settings.redis_url), ttl_s=settings.visibility_timeout_s)
+        return RedisDispatchMarkers(redis_client(settings.redis_url), ttl_s=settings.visibility_timeout_s)
     return MemoryDispatchMarkers()
 
 
@@ -294,8 +342,8 @@ def make_sweeper(
     return Sweeper(
         session_factory=session_factory,
         publisher=publisher,
-        markers=markers,
         settings=settings,
         storage=storage,
         webhooks=publisher,
+        workers=make_worker_registry(settings),
     )

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import redis
 
+from jobs.broker import redis_client
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -106,4 +107,4 @@ LOCAL_EVENTS = LocalEventBus()  # the one in-process bus: embedded mode's API an
 
 
 def make_event_bus(settings: Settings) -> EventBus:
-    return RedisEventBus(redis.Redis.from_url(settings.redis_url)) if settings.redis_url else LOCAL_EVENTS
+    return RedisEventBus(redis_client(settings.redis_url)) if settings.redis_url else LOCAL_EVENTS

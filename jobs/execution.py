@@ -7,6 +7,7 @@ JobCancelled, so the stale render stops instead of overwriting the new owner's w
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -17,7 +18,7 @@ from jobs.db import utcnow
 from jobs.errors import JobCancelled
 from jobs.models import Job
 from jobs.states import JobStatus
-from jobs.transitions import complete, fail, start
+from jobs.transitions import complete, fail, requeue, start
 from jobs.webhooks.outbox import add_job_event
 
 
@@ -131,4 +132,46 @@ def fail_owned(
         session=session, job=job, outcome=AttemptOutcome.FAILED, error=message, trace=trace, now=job.completed_at
     )
     add_job_event(session=session, job=job)
+    return job
+
+
+def retry_delay_s(attempt: int, *, backoff_s: float, backoff_max_s: float) -> float:
+    """The wait before publishing a job again after its ``attempt``-th attempt failed transiently."""
+    return min(backoff_s * 2 ** max(attempt - 1, 0), backoff_max_s)
+
+
+def retry_owned(
+    *,
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    code: str,
+    message: str,
+    max_attempts: int,
+    backoff_s: float,
+    backoff_max_s: float,
+    trace: str | None = None,
+    now: datetime | None = None,
+) -> Job | None:
+    """Record an attempt that a transient fault ended (``code`` names it, e.g. ``storage_unavailable``):
+    back to the queue, published again after the back-off, or failed when no attempts are left (the
+    error then says what kept failing). None if the job is no longer ours."""
+    try:
+        job = _lock_owned(session, job_id, worker_id)
+    except JobCancelled:
+        return None
+    now = now or utcnow()
+    close_attempt(session=session, job=job, outcome=AttemptOutcome.FAILED, error=message, trace=trace, now=now)
+    if job.attempts >= max_attempts:
+        fail(
+            job, code=code, message=f"{message} (gave up after {job.attempts} attempts, each ended by {code})", now=now
+        )
+    else:
+        delay = retry_delay_s(job.attempts, backoff_s=backoff_s, backoff_max_s=backoff_max_s)
+        requeue(
+            job,
+            reason=f"attempt {job.attempts} ended by {code}: {message}; retrying",
+            retry_at=now + timedelta(seconds=delay),
+        )
+    add_job_event(session=session, job=job, now=now)
     return job

@@ -43,6 +43,13 @@ def poll_after_ms(job: Job) -> int | None:
     return max(POLL_MIN_MS, min(POLL_MAX_MS, round(job.eta_seconds * 1000 / 4)))
 
 
+def retry_info(job: Job) -> dict[str, Any] | None:
+    """What a client sees of a job waiting for another attempt (None when it is not retrying)."""
+    if job.status != JobStatus.QUEUED.value or not job.attempts:
+        return None
+    return {"attempt": job.attempts + 1, "reason": job.error_message or "", "not_before": unix(job.retry_at)}
+
+
 def job_to_public(job: Job, *, queue_position: int | None) -> dict[str, Any]:
     return {
         "id": job.id,
@@ -73,6 +80,7 @@ def job_to_public(job: Job, *, queue_position: int | None) -> dict[str, Any]:
         "resumed_from_step": job.resumed_from_step,
         "loras": job.loras or [],
         "flow_shift": job.flow_shift,
+        "retry": retry_info(job),
         "error": {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None,
         "stage_timings": job.stage_timings,
         "memory": job.memory,

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # demo, the tests), a real model in production (see _default_model_by_environment).
     default_model: str = ""
     max_attempts: int = Field(default=3, ge=1)
+    # A render that failed for a transient reason (storage, database or broker down) is requeued after
+    # retry_backoff_s * 2^(attempt - 1) seconds, at most retry_backoff_max_s.
+    retry_backoff_s: float = Field(default=5.0, ge=0)
+    retry_backoff_max_s: float = Field(default=300.0, ge=0)
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     presign_expiry_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
 
@@ -72,6 +76,9 @@ class Settings(BaseSettings):
     checkpoint_every_steps: int = Field(default=0, ge=0)
     checkpoint_every_s: float = Field(default=60.0, ge=0)
     sweeper_enabled: bool = True
+    # How long a worker's writes (claim, progress, completion) ride out a database outage before the
+    # attempt counts as failed by it.
+    db_retry_s: float = Field(default=30.0, ge=0)
 
     # Worker
     worker_name: str = ""  # Celery node name; default vidq-<pid>@<host>

@@ -24,6 +24,7 @@ def start(job: Job, *, worker_id: str, now: datetime | None = None) -> None:
     job.progress = 0
     job.current_step = 0
     job.resumed_from_step = None
+    job.retry_at = None
     job.total_steps = job.num_inference_steps
     job.eta_seconds = None
     job.error_code = job.error_message = None
@@ -79,9 +80,11 @@ def cancel(job: Job, *, now: datetime | None = None) -> None:
     metrics.after_commit(job, lambda model=job.model: metrics.JOBS_FINISHED.labels(model, "cancelled").inc())
 
 
-def requeue(job: Job, *, reason: str | None = None) -> None:
-    """Back to the queue after a lost worker (or an operator's retry); attempts are kept."""
+def requeue(job: Job, *, reason: str | None = None, retry_at: datetime | None = None) -> None:
+    """Back to the queue after a lost worker, a transient failure (then not published again before
+    ``retry_at``) or an operator's retry; attempts are kept."""
     job.status = check_transition(job.status, JobStatus.QUEUED).value
+    job.retry_at = retry_at
     job.worker_id = None
     job.stage = None
     job.heartbeat_at = None

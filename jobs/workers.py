@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import redis
 
+from jobs.broker import redis_client
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ _embedded_registry: MemoryWorkerRegistry | None = None
 def make_worker_registry(settings: Settings) -> WorkerRegistry:
     ttl_s = int(settings.heartbeat_timeout_s * RECORD_TTL_FACTOR)
     if settings.redis_url:
-        return RedisWorkerRegistry(redis.Redis.from_url(settings.redis_url), ttl_s=ttl_s)
+        return RedisWorkerRegistry(redis_client(settings.redis_url), ttl_s=ttl_s)
     global _embedded_registry
     if _embedded_registry is None:  # one per process: the embedded API and worker share it
         _embedded_registry = MemoryWorkerRegistry(ttl_s=ttl_s)

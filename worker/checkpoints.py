@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from jobs.db import session_scope
+from jobs.db import retry_db, session_scope
 from jobs.execution import record_resume
 from jobs.settings import Settings
 from jobs.storage import Storage, checkpoint_key
@@ -62,8 +62,12 @@ class StorageCheckpointer:
     def resumed(self, checkpoint: DenoisingCheckpoint) -> None:
         log.info("job %s: resuming from the checkpoint after step %d", self.job_id, checkpoint.step)
         self._last_saved_step = checkpoint.step
-        with session_scope(self.ctx.session_factory) as session:
-            record_resume(session=session, job_id=self.job_id, worker_id=self.ctx.worker_id, step=checkpoint.step)
+
+        def record() -> None:
+            with session_scope(self.ctx.session_factory) as session:
+                record_resume(session=session, job_id=self.job_id, worker_id=self.ctx.worker_id, step=checkpoint.step)
+
+        retry_db(record, deadline_s=self.ctx.settings.db_retry_s, what=f"resume of {self.job_id}")
 
     def due(self, step: int, total: int) -> bool:
         by_steps = self.every_steps > 0 and step - self._last_saved_step >= self.every_steps

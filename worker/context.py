@@ -3,6 +3,7 @@ warm engines. Built once per process, after any fork, so no connection or CUDA c
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from jobs.webhooks.outbox import WebhookPublisher
 from worker.engines import EnginePool
 from worker.loras import LoraFiles
 from worker.status import WorkerActivity
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,7 +41,10 @@ class WorkerContext:
 
 def build_context(settings: Settings) -> WorkerContext:
     storage = make_storage(settings)
-    storage.ensure_ready()
+    try:
+        storage.ensure_ready()
+    except Exception as exc:  # a store that is down at start: uploads retry and re-create the bucket
+        log.warning("object storage is not ready (%s); uploads will retry", exc)
     events = make_event_bus(settings)
     return WorkerContext(
         settings=settings,

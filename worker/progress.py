@@ -3,7 +3,8 @@
 Every step is published on the event bus (cheap, live); the database row is written at most once
 per ``progress_write_interval_s`` (plus stage changes and the last step), so a fast model does not
 hammer PostgreSQL. Cancellation is checked on every step with a primary-key read, which is what
-lets a cancel take effect within one step.
+lets a cancel take effect within one step. A database outage shorter than ``VIDQ_DB_RETRY_S`` only
+pauses the render at its next write; a longer one ends the attempt with ``database_unavailable``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from typing import Any
 
 from jobs import metrics
-from jobs.db import session_scope
+from jobs.db import retry_db, session_scope
 from jobs.execution import ensure_owned, record_progress
 from jobs.states import JobStage, JobStatus
 from jobs.webhooks.outbox import PROGRESS_EVENT_INTERVAL_S, add_progress_event, progress_subscribed
@@ -56,6 +57,13 @@ class ProgressReporter:
         self._first_step: int | None = None  # the first step this attempt computed (> 1 after a resume)
 
     def _write(self, *, force: bool) -> None:
+        retry_db(
+            lambda: self._write_once(force=force),
+            deadline_s=self.ctx.settings.db_retry_s,
+            what=f"progress of {self.job_id}",
+        )
+
+    def _write_once(self, *, force: bool) -> None:
         now = time.monotonic()
         with session_scope(self.ctx.session_factory) as session:
             if force or now - self._last_write >= self.ctx.settings.progress_write_interval_s:

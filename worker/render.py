@@ -13,12 +13,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from jobs.db import session_scope
+from jobs.db import retry_db, session_scope
 from jobs.errors import JobCancelled
-from jobs.execution import claim_job, complete_owned, fail_owned
+from jobs.execution import claim_job, complete_owned, fail_owned, retry_owned
 from jobs.logs import job_context
+from jobs.models import Job
 from jobs.states import JobStage, JobStatus
 from jobs.storage import result_keys
+from jobs.transient import transient_code
 from jobs.webhooks.outbox import relay_webhooks
 from worker.checkpoints import StorageCheckpointer, checkpoints_enabled, delete_checkpoint
 from worker.context import WorkerContext
@@ -35,6 +37,7 @@ class RenderOutcome(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"  # not queued any more: a duplicate or stale message
+    RETRYING = "retrying"  # a transient fault ended the attempt; the job is requeued with back-off
 
 
 def error_code_for(exc: BaseException) -> str:
@@ -66,19 +69,25 @@ def render_job(job_id: str, *, ctx: WorkerContext) -> RenderOutcome:
     return outcome
 
 
-def _render(job_id: str, ctx: WorkerContext) -> RenderOutcome:
+def _claim(job_id: str, ctx: WorkerContext):  # type: ignore[no-untyped-def]
     with session_scope(ctx.session_factory) as session:
-        job = claim_job(session=session, job_id=job_id, worker_id=ctx.worker_id)
-        if job is None:
-            log.info("job %s is not queued any more; message dropped", job_id)
-            return RenderOutcome.SKIPPED
+        return claim_job(session=session, job_id=job_id, worker_id=ctx.worker_id)
+
+
+def _render(job_id: str, ctx: WorkerContext) -> RenderOutcome:
+    # A database outage longer than the retry deadline raises DependencyUnavailable out of here, before
+    # anything was claimed: the task gives the message back instead of acknowledging it.
+    job = retry_db(lambda: _claim(job_id, ctx), deadline_s=ctx.settings.db_retry_s, what=f"claim of {job_id}")
+    if job is None:
+        log.info("job %s is not queued any more; message dropped", job_id)
+        return RenderOutcome.SKIPPED
     log.info("job %s: attempt %d on %s", job_id, job.attempts, ctx.worker_id)
     ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": JobStatus.IN_PROGRESS.value})
     _relay_webhooks(ctx)
 
     uploaded: list[str] = []
     outcome = _run_claimed(job, ctx, uploaded)
-    if outcome is not RenderOutcome.SKIPPED:
+    if outcome not in (RenderOutcome.SKIPPED, RenderOutcome.RETRYING):
         delete_checkpoint(ctx.storage, job_id)  # the job is over: its checkpoint is of no more use
     return outcome
 
@@ -88,25 +97,34 @@ def _run_claimed(job, ctx: WorkerContext, uploaded: list[str]) -> RenderOutcome:
     with JobHeartbeat(ctx, job_id):
         try:
             video_key, thumbnail_key, timings, memory = _generate_and_upload(job, ctx, uploaded)
-            with session_scope(ctx.session_factory) as session:
-                complete_owned(
-                    session=session,
-                    job_id=job_id,
-                    worker_id=ctx.worker_id,
-                    video_key=video_key,
-                    thumbnail_key=thumbnail_key,
-                    stage_timings=timings,
-                    result_ttl_s=ctx.settings.result_ttl_s,
-                    memory=memory,
-                )
+
+            def complete() -> None:
+                with session_scope(ctx.session_factory) as session:
+                    complete_owned(
+                        session=session,
+                        job_id=job_id,
+                        worker_id=ctx.worker_id,
+                        video_key=video_key,
+                        thumbnail_key=thumbnail_key,
+                        stage_timings=timings,
+                        result_ttl_s=ctx.settings.result_ttl_s,
+                        memory=memory,
+                    )
+
+            retry_db(complete, deadline_s=ctx.settings.db_retry_s, what=f"completion of {job_id}")
         except JobCancelled as exc:
+            if _completed_by_us(ctx, job_id, uploaded):  # the commit went through, only its answer was lost
+                return RenderOutcome.COMPLETED
             log.info("job %s stopped: %s", job_id, exc)
             _remove(ctx, uploaded)  # cancelled or deleted while uploading: leave nothing behind
             ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": JobStatus.CANCELLED.value})
             return RenderOutcome.CANCELLED
         except Exception as exc:
-            log.exception("job %s failed", job_id)
             _remove(ctx, uploaded)
+            transient = transient_code(exc)
+            if transient is not None:
+                return _retry_later(ctx, job_id, transient, exc)
+            log.exception("job %s failed", job_id)
             code, message = error_code_for(exc), f"{type(exc).__name__}: {exc}"
             with session_scope(ctx.session_factory) as session:
                 recorded = fail_owned(
@@ -128,6 +146,49 @@ def _run_claimed(job, ctx: WorkerContext, uploaded: list[str]) -> RenderOutcome:
     ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": JobStatus.COMPLETED.value})
     _relay_webhooks(ctx)
     return RenderOutcome.COMPLETED
+
+
+def _retry_later(ctx: WorkerContext, job_id: str, code: str, exc: Exception) -> RenderOutcome:
+    """Requeue the job with back-off after a transient fault (or fail it if that was its last attempt).
+
+    If even this cannot be written (the database is down for longer than the retry deadline), the job
+    stays in_progress under this worker, whose status record no longer names it: the sweeper takes it
+    back within a few heartbeats once the database answers."""
+    log.warning("job %s: attempt ended by %s: %s", job_id, code, exc)
+    settings = ctx.settings
+    message, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+
+    def record():  # type: ignore[no-untyped-def]
+        with session_scope(ctx.session_factory) as session:
+            job = retry_owned(
+                session=session,
+                job_id=job_id,
+                worker_id=ctx.worker_id,
+                code=code,
+                message=message,
+                max_attempts=settings.max_attempts,
+                backoff_s=settings.retry_backoff_s,
+                backoff_max_s=settings.retry_backoff_max_s,
+                trace=trace,
+            )
+            return None if job is None else job.status
+
+    status = retry_db(record, deadline_s=settings.db_retry_s, what=f"retry of {job_id}")
+    if status is None:
+        return RenderOutcome.CANCELLED
+    ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": status})
+    _relay_webhooks(ctx)
+    return RenderOutcome.FAILED if status == JobStatus.FAILED.value else RenderOutcome.RETRYING
+
+
+def _completed_by_us(ctx: WorkerContext, job_id: str, uploaded: list[str]) -> bool:
+    """Whether the job is completed with the video this attempt uploaded: a completion retried after
+    its connection dropped mid-commit finds the job no longer running, though the first try won."""
+    if not uploaded:
+        return False
+    with session_scope(ctx.session_factory) as session:
+        job = session.get(Job, job_id)
+        return job is not None and job.status == JobStatus.COMPLETED.value and job.video_key == uploaded[0]
 
 
 def _relay_webhooks(ctx: WorkerContext) -> None:

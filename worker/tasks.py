@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from celery import Celery
+from celery.exceptions import Reject
 
 from jobs.broker import RENDER_TASK, WEBHOOK_TASK
+from jobs.errors import DependencyUnavailable
 
 
 def register_tasks(app: Celery) -> None:
@@ -13,7 +15,12 @@ def register_tasks(app: Celery) -> None:
         from worker.celery_app import get_context
         from worker.render import render_job
 
-        return render_job(job_id, ctx=get_context()).value
+        try:
+            return render_job(job_id, ctx=get_context()).value
+        except DependencyUnavailable as exc:
+            # The job could not even be claimed (the database is down): give the message back rather
+            # than acknowledge it. (The sweeper would publish it again anyway; this is quicker.)
+            raise Reject(str(exc), requeue=True) from exc
 
     # No Celery retries: the schedule lives in the delivery row, and the sweeper publishes due attempts.
     @app.task(name=WEBHOOK_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -13,7 +13,7 @@ from jobs.admin.jobs import JobFilter, search_jobs
 from jobs.attempts import list_attempts
 from jobs.crud import create_job
 from jobs.db import session_scope, utcnow
-from jobs.dispatch import MemoryDispatchMarkers, sweep
+from jobs.dispatch import sweep
 from jobs.execution import claim_job, complete_owned, fail_owned
 from jobs.keys import create_key
 from jobs.logs import JobIdFilter, JsonFormatter, job_context
@@ -45,7 +45,6 @@ def test_each_run_is_an_attempt_with_its_worker_and_outcome(session_factory, own
     sweep(
         session_factory=session_factory,
         publisher=NullPublisher(),
-        markers=MemoryDispatchMarkers(),
         settings=db_settings,
     )
     with session_scope(session_factory) as session:

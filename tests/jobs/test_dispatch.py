@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -10,17 +11,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.crud import create_job
 from jobs.db import session_scope, utcnow
-from jobs.dispatch import MemoryDispatchMarkers, relay_outbox, sweep
-from jobs.execution import claim_job
+from jobs.dispatch import LOST_AFTER_BEATS, relay_outbox, sweep
+from jobs.execution import claim_job, retry_owned
 from jobs.models import ApiKey, DispatchOutbox, Job
+from jobs.public import job_to_public
 from jobs.settings import Settings
 from jobs.validation import JobRequest
+from jobs.workers import MemoryWorkerRegistry, WorkerStatus
 
 
 class RecordingPublisher:
-    def __init__(self, markers: MemoryDispatchMarkers | None = None, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False) -> None:
         self.published: list[tuple[str, str]] = []
-        self.markers = markers
         self.fail = fail
         self._lock = threading.Lock()
 
@@ -29,8 +31,6 @@ class RecordingPublisher:
             raise ConnectionError("broker down")
         with self._lock:
             self.published.append((job_id, queue))
-        if self.markers is not None:
-            self.markers.mark(job_id)
 
 
 def submit(session_factory: sessionmaker[Session], owner: ApiKey) -> str:
@@ -91,20 +91,105 @@ def test_concurrent_relays_never_publish_a_row_twice(session_factory, owner) -> 
     assert set(job_ids) <= set(published_ids)
 
 
-def test_sweeper_republishes_a_queued_job_whose_message_was_lost(session_factory, owner, db_settings) -> None:
-    markers = MemoryDispatchMarkers()
+def test_a_job_nobody_claims_is_published_again_once_per_interval(session_factory, owner, db_settings) -> None:
+    """Decided from the database: whatever happened to the message (lost in a Redis restart, taken by a
+    worker that died before claiming), a job still queued an interval after its publish goes out again."""
     job_id = submit(session_factory, owner)
-    relay_outbox(session_factory=session_factory, publisher=RecordingPublisher(markers))
-    # the broker still holds the message: nothing to repair
-    publisher = RecordingPublisher(markers)
+    publisher = RecordingPublisher()
+    relay_outbox(session_factory=session_factory, publisher=publisher)
+    sweep(session_factory=session_factory, publisher=publisher, settings=db_settings)
+    assert publisher.published.count((job_id, "gpu.wan")) == 1  # within the interval: left alone
+
     _age_dispatch(session_factory, job_id, db_settings)
-    sweep(session_factory=session_factory, publisher=publisher, markers=markers, settings=db_settings)
-    assert (job_id, "gpu.wan") not in publisher.published
-    # the broker forgot everything (Redis flushed): the job is published again
-    forgetful = MemoryDispatchMarkers()
-    publisher = RecordingPublisher(forgetful)
-    sweep(session_factory=session_factory, publisher=publisher, markers=forgetful, settings=db_settings)
-    assert (job_id, "gpu.wan") in publisher.published
+    sweep(session_factory=session_factory, publisher=publisher, settings=db_settings)
+    sweep(session_factory=session_factory, publisher=publisher, settings=db_settings)
+    assert publisher.published.count((job_id, "gpu.wan")) == 2  # once more, not once per pass
+
+    with session_scope(session_factory) as session:
+        claim_job(session=session, job_id=job_id, worker_id="w")
+    _age_dispatch(session_factory, job_id, db_settings)
+    sweep(session_factory=session_factory, publisher=publisher, settings=db_settings)
+    assert publisher.published.count((job_id, "gpu.wan")) == 2  # claimed: nothing to repair
+
+
+def test_a_job_backing_off_is_published_when_its_back_off_is_over(session_factory, owner, db_settings) -> None:
+    job_id = submit(session_factory, owner)
+    publisher = RecordingPublisher()
+    relay_outbox(session_factory=session_factory, publisher=publisher)
+    with session_scope(session_factory) as session:
+        claim_job(session=session, job_id=job_id, worker_id="w")
+    with session_scope(session_factory) as session:
+        retry_owned(
+            session=session,
+            job_id=job_id,
+            worker_id="w",
+            code="storage_unavailable",
+            message="upload kept failing",
+            max_attempts=3,
+            backoff_s=60,
+            backoff_max_s=600,
+        )
+    sweep(session_factory=session_factory, publisher=publisher, settings=db_settings)
+    assert publisher.published.count((job_id, "gpu.wan")) == 1  # still backing off
+    with session_scope(session_factory) as session:
+        job = session.get(Job, job_id)
+        assert job_to_public(job, queue_position=1)["retry"]["attempt"] == 2
+        assert "storage_unavailable" in job_to_public(job, queue_position=1)["retry"]["reason"]
+        job.retry_at = utcnow() - timedelta(seconds=1)
+    sweep(session_factory=session_factory, publisher=publisher, settings=db_settings)
+    assert publisher.published.count((job_id, "gpu.wan")) == 2
+
+
+def test_a_job_failing_transiently_on_its_last_attempt_fails_saying_what_kept_failing(
+    session_factory, owner, db_settings
+) -> None:
+    job_id = submit(session_factory, owner)
+    for attempt in (1, 2):
+        with session_scope(session_factory) as session:
+            claim_job(session=session, job_id=job_id, worker_id="w")
+        with session_scope(session_factory) as session:
+            job = retry_owned(
+                session=session,
+                job_id=job_id,
+                worker_id="w",
+                code="storage_unavailable",
+                message=f"upload failed ({attempt})",
+                max_attempts=2,
+                backoff_s=0,
+                backoff_max_s=0,
+            )
+            expected = "queued" if attempt == 1 else "failed"
+            assert job is not None and job.status == expected
+    with session_scope(session_factory) as session:
+        job = session.get(Job, job_id)
+        assert (job.error_code, job.attempts) == ("storage_unavailable", 2)
+        assert "gave up after 2 attempts" in job.error_message
+
+
+def test_a_dead_workers_job_is_taken_back_from_its_status_record_before_the_timeout(
+    session_factory, owner, db_settings
+) -> None:
+    settings = db_settings.model_copy(update={"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 60.0})
+    registry = MemoryWorkerRegistry(ttl_s=3600)
+    now = time.time()
+    beats = LOST_AFTER_BEATS * settings.heartbeat_interval_s
+    registry.publish(WorkerStatus("dead", "h", 1, heartbeat_at=now - beats - 1, started_at=0, current_job="x"))
+    registry.publish(WorkerStatus("alive", "h", 2, heartbeat_at=now, started_at=0))
+    jobs = {}
+    for worker_id in ("dead", "alive", "unknown"):
+        jobs[worker_id] = submit(session_factory, owner)
+        with session_scope(session_factory) as session:
+            claim_job(session=session, job_id=jobs[worker_id], worker_id=worker_id)
+            # the row heartbeat is a few beats old, far from the timeout
+            session.get(Job, jobs[worker_id]).heartbeat_at = utcnow() - timedelta(seconds=beats + 1)
+    registry.publish(WorkerStatus("alive", "h", 2, heartbeat_at=now, started_at=0, current_job=jobs["alive"]))
+    sweep(session_factory=session_factory, publisher=RecordingPublisher(), settings=settings, workers=registry)
+    with session_scope(session_factory) as session:
+        status = {worker_id: session.get(Job, job_id).status for worker_id, job_id in jobs.items()}
+        retry = job_to_public(session.get(Job, jobs["dead"]), queue_position=1)["retry"]
+    # no record for "unknown": only the heartbeat timeout may decide, and it has not passed
+    assert status == {"dead": "queued", "alive": "in_progress", "unknown": "in_progress"}
+    assert retry["attempt"] == 2 and "worker dead stopped responding" in retry["reason"]
 
 
 def test_sweeper_requeues_a_job_whose_worker_stopped_heartbeating(session_factory, owner, db_settings) -> None:
@@ -113,7 +198,7 @@ def test_sweeper_requeues_a_job_whose_worker_stopped_heartbeating(session_factor
         claim_job(session=session, job_id=job_id, worker_id="dead-worker")
     _stale_heartbeat(session_factory, job_id, db_settings)
     publisher = RecordingPublisher()
-    sweep(session_factory=session_factory, publisher=publisher, markers=MemoryDispatchMarkers(), settings=db_settings)
+    sweep(session_factory=session_factory, publisher=publisher, settings=db_settings)
     with session_scope(session_factory) as session:
         job = session.get(Job, job_id)
         assert (job.status, job.worker_id, job.attempts) == ("queued", None, 1)
@@ -123,7 +208,7 @@ def test_sweeper_requeues_a_job_whose_worker_stopped_heartbeating(session_factor
     with session_scope(session_factory) as session:
         claim_job(session=session, job_id=job_id, worker_id="dead-worker-2")
     _stale_heartbeat(session_factory, job_id, db_settings)
-    sweep(session_factory=session_factory, publisher=publisher, markers=MemoryDispatchMarkers(), settings=db_settings)
+    sweep(session_factory=session_factory, publisher=publisher, settings=db_settings)
     with session_scope(session_factory) as session:
         job = session.get(Job, job_id)
         assert (job.status, job.error_code, job.attempts) == ("failed", "worker_lost", 2)
@@ -136,7 +221,6 @@ def test_sweeper_leaves_a_live_worker_alone(session_factory, owner, db_settings)
     sweep(
         session_factory=session_factory,
         publisher=RecordingPublisher(),
-        markers=MemoryDispatchMarkers(),
         settings=db_settings,
     )
     with session_scope(session_factory) as session:
@@ -176,7 +260,6 @@ def test_sweeper_deletes_expired_results(session_factory, owner, db_settings, tm
     report = sweep(
         session_factory=session_factory,
         publisher=RecordingPublisher(),
-        markers=MemoryDispatchMarkers(),
         settings=db_settings,
         storage=storage,
     )
