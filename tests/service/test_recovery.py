@@ -3,11 +3,15 @@ repairs what the broker forgot. Each test controls its own worker processes."""
 
 from __future__ import annotations
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from tests.service.conftest import auth, finished, wait_for_job
+
+# Jobs other modules left queued would be published again (nobody claimed them) and rendered first.
+pytestmark = pytest.mark.usefixtures("no_backlog")
 
 BODY = {"prompt": "waves on a beach", "model": "tiny-wan"}
 
