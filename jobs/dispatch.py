@@ -47,9 +47,15 @@ from jobs.workers import WorkerRegistry, WorkerStatus, make_worker_registry
 log = logging.getLogger(__name__)
 
 
-# A status record whose heartbeat is this many intervals old belongs to a dead worker (and a job row
-# heartbeat this many intervals old is not a claim that the record has not caught up with yet).
+# A status record whose heartbeat is this many intervals old (and at least LOST_AFTER_MIN_S) belongs to
+# a dead worker; a job row heartbeat that old is not a claim the record has not caught up with yet.
 LOST_AFTER_BEATS = 3
+LOST_AFTER_MIN_S = 2.0  # a busy host can delay a beat or two; a dead worker is still noticed in seconds
+
+
+def lost_after_s(settings: Settings) -> float:
+    """How long a worker's status record may go without a beat before its jobs are taken back."""
+    return max(LOST_AFTER_BEATS * settings.heartbeat_interval_s, LOST_AFTER_MIN_S)
 
 
 class DispatchMarkers(Protocol):
@@ -185,8 +191,8 @@ def _requeue_lost_workers(
     session: Session, settings: Settings, now: datetime, report: SweepReport, workers: WorkerRegistry | None
 ) -> None:
     stale_before = now - timedelta(seconds=settings.heartbeat_timeout_s)
-    lost_after_s = LOST_AFTER_BEATS * settings.heartbeat_interval_s
-    quiet_before = now - timedelta(seconds=min(lost_after_s, settings.heartbeat_timeout_s))
+    silent_s = lost_after_s(settings)
+    quiet_before = now - timedelta(seconds=min(silent_s, settings.heartbeat_timeout_s))
     candidates = session.scalars(
         select(Job)
         .where(Job.status == JobStatus.IN_PROGRESS.value, Job.heartbeat_at < quiet_before)
@@ -202,7 +208,7 @@ def _requeue_lost_workers(
             log.warning("sweeper: worker status records unavailable: %s", exc)
     for job in candidates:
         timed_out = job.heartbeat_at is not None and job.heartbeat_at < stale_before
-        if not (timed_out or _worker_gone(job, records, lost_after_s, now)):
+        if not (timed_out or _worker_gone(job, records, silent_s, now)):
             continue
         message = f"worker {job.worker_id} stopped responding during attempt {job.attempts}"
         close_attempt(session=session, job=job, outcome=AttemptOutcome.LOST, error=message, now=now)

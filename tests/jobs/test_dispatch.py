@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.crud import create_job
 from jobs.db import session_scope, utcnow
-from jobs.dispatch import LOST_AFTER_BEATS, relay_outbox, sweep
+from jobs.dispatch import lost_after_s, relay_outbox, sweep
 from jobs.execution import claim_job, retry_owned
 from jobs.models import ApiKey, DispatchOutbox, Job
 from jobs.public import job_to_public
@@ -172,7 +172,7 @@ def test_a_dead_workers_job_is_taken_back_from_its_status_record_before_the_time
     settings = db_settings.model_copy(update={"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 60.0})
     registry = MemoryWorkerRegistry(ttl_s=3600)
     now = time.time()
-    beats = LOST_AFTER_BEATS * settings.heartbeat_interval_s
+    beats = lost_after_s(settings)
     registry.publish(WorkerStatus("dead", "h", 1, heartbeat_at=now - beats - 1, started_at=0, current_job="x"))
     registry.publish(WorkerStatus("alive", "h", 2, heartbeat_at=now, started_at=0))
     jobs = {}
