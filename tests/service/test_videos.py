@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -120,3 +121,52 @@ def test_delete_removes_the_job_and_its_stored_results(api, make_key, service_se
     assert api.get(f"/v1/videos/{job['id']}", headers=auth(key)).status_code == 404
     assert not storage.exists(video_key)
     assert not storage.exists(f"videos/{job['id']}/thumbnail.jpg")
+
+
+def test_adapters_render_and_a_warm_idle_worker_gets_the_next_job_on_its_own_queue(
+    api, make_key, service_settings: Settings
+) -> None:
+    from safetensors.torch import save
+    from sqlalchemy import func, select
+
+    from engine.lora.keys import DIT_SHAPES
+    from engine.lora.synthetic import random_adapter
+    from jobs.affinity import preferred_queue, worker_queue
+    from jobs.db import make_engine, make_session_factory, session_scope
+    from jobs.models import DispatchOutbox, Job
+    from jobs.workers import make_worker_registry
+
+    key = make_key()
+    data = save(random_adapter(DIT_SHAPES["tiny-wan"], 4, "distill", seed=1))
+    upload = api.post(
+        "/v1/loras",
+        headers=auth(key),
+        data={"name": "distill", "model": "tiny-wan", "num_inference_steps": "2", "guidance_scale": "1"},
+        files={"file": ("distill.safetensors", data, "application/octet-stream")},
+    )
+    assert upload.status_code == 201, upload.text
+    lora_id = upload.json()["id"]
+
+    first = wait_for_job(api, key, submit(api, key, num_frames=5, loras=[{"id": lora_id}])["id"], finished)
+    assert first["status"] == "completed", first
+    assert (first["num_inference_steps"], first["guidance_scale"]) == (2, 1.0) and "lora" in first["stage_timings"]
+    first_queue = "gpu.wan"  # tiny-wan's family queue
+
+    # the worker now publishes the adapter as warm, and is idle: the next job goes to its own queue
+    registry = make_worker_registry(service_settings)
+    deadline = time.monotonic() + 30
+    while not any(lora_id in w.warm_loras and w.current_job is None for w in registry.list()):
+        assert time.monotonic() < deadline, registry.list()
+        time.sleep(0.1)
+    (warm,) = [w for w in registry.list() if lora_id in w.warm_loras]
+    probe = Job(id="video_probe", queue=first_queue, loras=[{"id": lora_id, "name": "distill", "scale": 1.0}])
+    timeout_s = service_settings.heartbeat_timeout_s
+    assert preferred_queue(probe, registry.list(), heartbeat_timeout_s=timeout_s) == worker_queue(warm.worker_id)
+
+    second = wait_for_job(api, key, submit(api, key, num_frames=5, loras=[{"id": lora_id}])["id"], finished)
+    assert second["status"] == "completed", second
+    engine = make_engine(service_settings)
+    with session_scope(make_session_factory(engine)) as session:
+        published = session.scalar(select(func.count()).where(DispatchOutbox.job_id == second["id"]))
+    engine.dispose()
+    assert published == 1  # taken from the worker's own queue, never re-published to the shared one
