@@ -127,13 +127,10 @@ def test_adapters_render_and_a_warm_idle_worker_gets_the_next_job_on_its_own_que
     api, make_key, service_settings: Settings
 ) -> None:
     from safetensors.torch import save
-    from sqlalchemy import func, select
 
     from engine.lora.keys import DIT_SHAPES
     from engine.lora.synthetic import random_adapter
-    from jobs.affinity import preferred_queue, worker_queue
-    from jobs.db import make_engine, make_session_factory, session_scope
-    from jobs.models import DispatchOutbox, Job
+    from jobs.affinity import worker_queue
     from jobs.workers import make_worker_registry
 
     key = make_key()
@@ -150,7 +147,6 @@ def test_adapters_render_and_a_warm_idle_worker_gets_the_next_job_on_its_own_que
     first = wait_for_job(api, key, submit(api, key, num_frames=5, loras=[{"id": lora_id}])["id"], finished)
     assert first["status"] == "completed", first
     assert (first["num_inference_steps"], first["guidance_scale"]) == (2, 1.0) and "lora" in first["stage_timings"]
-    first_queue = "gpu.wan"  # tiny-wan's family queue
 
     # the worker now publishes the adapter as warm, and is idle: the next job goes to its own queue
     registry = make_worker_registry(service_settings)
@@ -159,14 +155,20 @@ def test_adapters_render_and_a_warm_idle_worker_gets_the_next_job_on_its_own_que
         assert time.monotonic() < deadline, registry.list()
         time.sleep(0.1)
     (warm,) = [w for w in registry.list() if lora_id in w.warm_loras]
-    probe = Job(id="video_probe", queue=first_queue, loras=[{"id": lora_id, "name": "distill", "scale": 1.0}])
-    timeout_s = service_settings.heartbeat_timeout_s
-    assert preferred_queue(probe, registry.list(), heartbeat_timeout_s=timeout_s) == worker_queue(warm.worker_id)
 
-    second = wait_for_job(api, key, submit(api, key, num_frames=5, loras=[{"id": lora_id}])["id"], finished)
-    assert second["status"] == "completed", second
-    engine = make_engine(service_settings)
-    with session_scope(make_session_factory(engine)) as session:
-        published = session.scalar(select(func.count()).where(DispatchOutbox.job_id == second["id"]))
-    engine.dispose()
-    assert published == 1  # taken from the worker's own queue, never re-published to the shared one
+    publisher = api.app.state.vidq.publisher  # the API's immediate relay: record where it publishes
+    published: list[tuple[str, str]] = []
+    publish = publisher.publish
+
+    def recording(job_id: str, queue: str) -> None:
+        published.append((job_id, queue))
+        publish(job_id, queue)
+
+    publisher.publish = recording
+    try:
+        second = submit(api, key, num_frames=5, loras=[{"id": lora_id}])
+    finally:
+        del publisher.publish
+    assert published[0] == (second["id"], worker_queue(warm.worker_id))
+    second = wait_for_job(api, key, second["id"], finished)
+    assert second["status"] == "completed", second  # the worker consumes its own queue
