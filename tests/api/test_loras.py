@@ -123,11 +123,15 @@ def test_a_video_takes_adapters_and_their_recommended_settings(app_client, clien
 def test_the_dashboard_lists_adapters_with_use_counts(app_client, new_key) -> None:
     admin = new_key("dash-admin", admin=True)[1]
     lora = upload(app_client, admin, adapter_bytes(), name="dashboard-style").json()
-    app_client.post(
+    job = app_client.post(
         "/v1/videos",
         headers=bearer(admin),
-        json={"prompt": "a fox", "model": "tiny-wan", "loras": [{"id": lora["id"]}]},
-    )
+        json={"prompt": "a fox", "model": "tiny-wan", "loras": [{"id": lora["id"], "scale": 0.75}]},
+    ).json()
     login(app_client, admin)
     page = app_client.get("/admin/loras")
     assert page.status_code == 200 and "dashboard-style" in page.text and lora["id"] in page.text
+    row = page.text[page.text.index(f'data-lora="{lora["id"]}"') :]
+    assert "<td>1</td>" in row[: row.index("</tr>")]  # its use count
+    job_page = app_client.get(f"/admin/jobs/{job['id']}").text
+    assert lora["id"] in job_page and "dashboard-style × 0.75" in job_page
