@@ -148,6 +148,92 @@ KNOWN_FOOTPRINTS: dict[str, ModelFootprint] = {
     "wan2.1-t2v-14b": wan21_footprint(dim=5120, ffn_dim=13824, num_layers=40, heads=40),
 }
 
+# The checkpoints served through diffusers (engine.pipelines.diffusers_backend), every component in bf16:
+# parameter counts of their published configs (`engine.models.diffusers_configs`, instantiated on the
+# meta device; a test recomputes them). Repeated blocks of two kinds (HunyuanVideo) count as one
+# average size.
+DIFFUSERS_FOOTPRINTS: dict[str, ModelFootprint] = {
+    "ltx-video": ModelFootprint(
+        dit_block_bytes=134311936,
+        dit_num_blocks=28,
+        dit_other_bytes=86036736,
+        dit_dim=2048,
+        dit_ffn_dim=8192,
+        text_encoder_bytes=9787813888,
+        vae_bytes=838387810,
+        patch_size=(1, 1, 1),
+        vae_temporal_factor=8,
+        vae_spatial_factor=32,
+        vae_decoder_channels=128,
+    ),
+    "cogvideox-2b": ModelFootprint(
+        dit_block_bytes=112163072,
+        dit_num_blocks=30,
+        dit_other_bytes=22675584,
+        dit_dim=1920,
+        dit_ffn_dim=7680,
+        text_encoder_bytes=9787813888,
+        vae_bytes=431167814,
+        patch_size=(1, 2, 2),
+        vae_temporal_factor=4,
+        vae_spatial_factor=8,
+        vae_decoder_channels=128,
+    ),
+    "cogvideox-5b": ModelFootprint(
+        dit_block_bytes=264395264,
+        dit_num_blocks=42,
+        dit_other_bytes=35965056,
+        dit_dim=3072,
+        dit_ffn_dim=12288,
+        text_encoder_bytes=9787813888,
+        vae_bytes=431167814,
+        patch_size=(1, 2, 2),
+        vae_temporal_factor=4,
+        vae_spatial_factor=8,
+        vae_decoder_channels=128,
+    ),
+    "cogvideox-5b-i2v": ModelFootprint(
+        dit_block_bytes=264395264,
+        dit_num_blocks=42,
+        dit_other_bytes=145574016,
+        dit_dim=3072,
+        dit_ffn_dim=12288,
+        text_encoder_bytes=9787813888,
+        vae_bytes=431167814,
+        patch_size=(1, 2, 2),
+        vae_temporal_factor=4,
+        vae_spatial_factor=8,
+        vae_decoder_channels=128,
+    ),
+    "mochi-1": ModelFootprint(
+        dit_block_bytes=413710080,
+        dit_num_blocks=48,
+        dit_other_bytes=197271648,
+        dit_dim=3072,
+        dit_ffn_dim=12288,
+        text_encoder_bytes=9787813888,
+        vae_bytes=919497222,
+        patch_size=(1, 2, 2),
+        vae_temporal_factor=6,
+        vae_spatial_factor=8,
+        vae_decoder_channels=128,
+    ),
+    "hunyuanvideo": ModelFootprint(
+        dit_block_bytes=415343276,
+        dit_num_blocks=60,
+        dit_other_bytes=721428608,
+        dit_dim=3072,
+        dit_ffn_dim=12288,
+        text_encoder_bytes=15256494592,
+        vae_bytes=492957606,
+        patch_size=(1, 2, 2),
+        vae_temporal_factor=4,
+        vae_spatial_factor=8,
+        vae_decoder_channels=128,
+    ),
+}
+KNOWN_FOOTPRINTS.update(DIFFUSERS_FOOTPRINTS)
+
 
 @dataclass(frozen=True)
 class RequestShape:

@@ -68,3 +68,35 @@ def test_every_family_has_a_tiny_checkpoint() -> None:
     assert set(TINY_DIFFUSERS_NAMES) == set(TINY_WRITERS)
     families = {spec.family for spec in list_specs()}
     assert {get_spec(name).family for name in TINY_WRITERS} | {"wan"} == families
+
+
+@pytest.mark.parametrize(
+    "name", ["ltx-video", "cogvideox-2b", "cogvideox-5b", "cogvideox-5b-i2v", "mochi-1", "hunyuanvideo"]
+)
+def test_planner_footprints_are_the_published_configs(name: str) -> None:
+    import torch
+
+    from engine.memory.diffusers_footprint import diffusers_footprint_from_modules
+    from engine.memory.planner import KNOWN_FOOTPRINTS
+    from engine.models.diffusers_configs import PUBLISHED, build
+
+    with torch.device("meta"):
+        transformer, vae = build(name, "transformer"), build(name, "vae")
+        encoders = [build(name, "text_encoder", i) for i in range(len(PUBLISHED[name].text_encoders))]
+    assert KNOWN_FOOTPRINTS[name] == diffusers_footprint_from_modules(transformer, vae, encoders, torch.bfloat16)
+
+
+def test_planner_offloads_or_refuses_the_big_models() -> None:
+    from engine.memory.planner import GIB, KNOWN_FOOTPRINTS, MemoryBudgetError, RequestShape, plan_memory
+
+    hunyuan = get_spec("hunyuanvideo")
+    shape = RequestShape(hunyuan.default_width, hunyuan.default_height, hunyuan.default_frames, cfg=True)
+    footprint = KNOWN_FOOTPRINTS["hunyuanvideo"]
+    assert plan_memory(footprint, shape, 140 * GIB).offload == "none"  # an H200 holds it all
+    assert plan_memory(footprint, shape, 40 * GIB).offload in ("model", "layerwise")  # 13B DiT + 8B Llama do not
+    with pytest.raises(MemoryBudgetError):
+        plan_memory(footprint, shape, 4 * GIB)
+    small = RequestShape(704, 512, 161, cfg=True)
+    ltx = KNOWN_FOOTPRINTS["ltx-video"]
+    assert plan_memory(ltx, small, 24 * GIB).offload == "none"  # T5-XXL (9.1 GiB) + the 2B DiT (3.6 GiB)
+    assert plan_memory(ltx, small, 12 * GIB).offload == "model"
