@@ -49,14 +49,21 @@ def set_attention(transformer: torch.nn.Module, family: DiffusersFamily, backend
     return lambda: sdpa_kernel(priorities, set_priority=True)
 
 
-def compile_repeated_blocks(transformer: torch.nn.Module, class_names: tuple[str, ...]) -> int:
-    """Compile, in place and lazily, every sub-module whose class is in `class_names`; returns how many."""
+def compile_repeated_blocks(
+    transformer: torch.nn.Module, class_names: tuple[str, ...], *, emulate_precision_casts: bool = True
+) -> int:
+    """Compile, in place and lazily, every sub-module whose class is in `class_names`; returns how many.
+
+    `emulate_precision_casts` makes the fused kernels round to bf16 where eager mode does, which
+    keeps the output nearest to plain diffusers' (the native engine does the same, see
+    `engine.optimize`).
+    """
     # Shapes vary per request (size, frames, CFG on/off); each gets its own specialised graph.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     compiled = 0
     for module in transformer.modules():
         if type(module).__name__ in class_names:
-            module.compile(dynamic=False)
+            module.compile(dynamic=False, options={"emulate_precision_casts": emulate_precision_casts})
             compiled += 1
     if not compiled:
         raise ValueError(f"{type(transformer).__name__} has no blocks of {class_names}")
