@@ -106,6 +106,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def resolve_attention(name: str, device: torch.device) -> str:
+    """`engine.attention.resolve_backend`'s choice for "auto" (cuDNN on Hopper, flash on other GPUs,
+    SDPA on the CPU), without importing the engine's settings (pydantic-settings is not on the GPU box)."""
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "sdpa"
+    return "cudnn" if torch.cuda.get_device_capability(device)[0] >= 9 else "flash"
+
+
 def build_published(name: str, device: torch.device, dtype: torch.dtype) -> Any:
     """The checkpoint's pipeline with random weights (seed 0) and no text encoder."""
     import diffusers
@@ -224,9 +234,7 @@ def bench_family(name: str, args: argparse.Namespace, device: torch.device, dtyp
         run_plain(WARMUP_STEPS)  # warm-up: cuDNN/cuBLAS heuristics, allocator
         plain_s, plain_latents = run_plain(args.steps)
 
-    from engine.attention import resolve_backend
-
-    backend = resolve_backend(args.attention_backend, device)
+    backend = resolve_attention(args.attention_backend, device)
     around_loop = set_attention(pipe.transformer, family, backend)
     compiled_blocks = 0 if args.no_compile else compile_repeated_blocks(pipe.transformer, family.repeated_blocks)
     stage = DiffusersDenoisingStage(device, family, {PIPELINES[family.name]: pipe}, around_loop)

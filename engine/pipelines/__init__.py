@@ -1,6 +1,6 @@
-"""Pipelines: ordered stages over one `PipelineState`."""
+"""Pipelines: ordered stages over one `PipelineState`.
 
-from engine.pipelines.base import Pipeline
-from engine.pipelines.wan_t2v import WanT2VPipeline
-
-__all__ = ["Pipeline", "WanT2VPipeline"]
+`base.Pipeline` runs stages; `wan_t2v.WanT2VPipeline` is the native Wan pipeline and
+`diffusers_backend.DiffusersPipeline` runs the other families' diffusers pipelines. Import the module
+you need: nothing is imported here, so using one does not load the other's dependencies.
+"""
