@@ -6,9 +6,9 @@ stand in for it), then, on the same pipeline object, the same request and the sa
 
 1. plain diffusers: `pipe(..., output_type="latent")` as shipped (default attention, eager);
 2. vidq: the backend's denoising stage with what the engine applies on a GPU: the attention kernel
-   priority (`engine.optimize_diffusers.set_attention`, cuDNN first on Hopper) and regional
-   compilation of the repeated blocks (`compile_repeated_blocks`, compiled once before timing, as a
-   warm worker has it).
+   priority (`engine.optimize_diffusers.set_attention`, cuDNN first on Hopper), fused q/k/v
+   projections where the model has them (CogVideoX) and regional compilation of the repeated blocks
+   (`compile_repeated_blocks`, compiled once before timing, as a warm worker has it).
 
 Each is warmed up with one step, then timed over `--steps` steps (synchronised); s/step = loop time /
 steps. Parity is the relative L2 distance of vidq's final latents from plain diffusers' (same noise).
@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.optimize_diffusers import compile_repeated_blocks, set_attention  # noqa: E402
+from engine.optimize_diffusers import compile_repeated_blocks, fuse_projections, set_attention  # noqa: E402
 from engine.pipelines.diffusers_backend import DiffusersDenoisingStage  # noqa: E402
 from engine.pipelines.diffusers_families import FAMILIES  # noqa: E402
 from engine.registry import get_spec  # noqa: E402
@@ -236,6 +236,7 @@ def bench_family(name: str, args: argparse.Namespace, device: torch.device, dtyp
 
     backend = resolve_attention(args.attention_backend, device)
     around_loop = set_attention(pipe.transformer, family, backend)
+    fused = not args.no_fuse and fuse_projections(pipe.transformer)
     compiled_blocks = 0 if args.no_compile else compile_repeated_blocks(pipe.transformer, family.repeated_blocks)
     stage = DiffusersDenoisingStage(device, family, {PIPELINES[family.name]: pipe}, around_loop)
     started = time.perf_counter()
@@ -249,7 +250,8 @@ def bench_family(name: str, args: argparse.Namespace, device: torch.device, dtyp
 
     diffusers_step, vidq_step = plain_s / args.steps, vidq_s / args.steps
     print(
-        f"  {name}: attention {backend}, {compiled_blocks} blocks compiled, warm-up (compile) {warm_s:.1f} s",
+        f"  {name}: attention {backend}, fused projections {fused}, {compiled_blocks} blocks compiled, "
+        f"warm-up (compile) {warm_s:.1f} s",
         flush=True,
     )
     return {
@@ -275,6 +277,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--attention-backend", default="auto")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-fuse", action="store_true", help="keep separate q/k/v projections")
     parser.add_argument("--tiny", action="store_true", help="the tiny checkpoints on the CPU in float32 (smoke run)")
     parser.add_argument("--time-budget", type=float, default=None, help="seconds after which no family starts")
     parser.add_argument("--out", type=Path, default=None)

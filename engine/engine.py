@@ -23,7 +23,7 @@ from engine.models.components import WanComponents, load_wan_components
 from engine.models.diffusers_loading import diffusers_family_of, load_variants
 from engine.models.locate import LocatedModel, locate_model
 from engine.optimize import optimize_transformer, should_compile
-from engine.optimize_diffusers import compile_repeated_blocks, set_attention
+from engine.optimize_diffusers import compile_repeated_blocks, fuse_projections, set_attention
 from engine.parallel import ParallelConfig
 from engine.parallel.state import initialize_parallel_state
 from engine.pipelines.diffusers_backend import DiffusersPipeline
@@ -146,7 +146,9 @@ class Engine:
             if parallel is not None and parallel.enabled:
                 raise ValueError(f"{self.family.name} runs on one GPU (multi-GPU parallelism is native Wan only)")
             self.attention_backend = resolve_backend(requested_backend, self.device)
-            self.pipeline: WanT2VPipeline | DiffusersPipeline = self._build_diffusers_pipeline(located.folder)
+            self.pipeline: WanT2VPipeline | DiffusersPipeline = self._build_diffusers_pipeline(
+                located.folder, fuse=settings.fuse_projections
+            )
         else:
             self.pipeline = self._build_wan_pipeline(located, settings, requested_backend, parallel)
         self._lock = threading.Lock()
@@ -189,7 +191,7 @@ class Engine:
             pipeline.stage("decoding").around.append(self._offloads["vae"].on_device)
         return pipeline
 
-    def _build_diffusers_pipeline(self, folder: Path) -> DiffusersPipeline:
+    def _build_diffusers_pipeline(self, folder: Path, *, fuse: bool) -> DiffusersPipeline:
         """Load the family's diffusers pipeline(s), place them, and apply the speed settings."""
         assert self.family is not None
         variants = load_variants(folder, self.family, self.dtype)
@@ -197,6 +199,8 @@ class Engine:
         takes_image = self.family.image_to_video in variants
         around = place_pipeline(pipe, self.placement, self.device, vae_in_denoising=takes_image)
         around_loop = set_attention(pipe.transformer, self.family, self.attention_backend)
+        if fuse:
+            fuse_projections(pipe.transformer)
         if self.compiled:
             compile_repeated_blocks(pipe.transformer, self.family.repeated_blocks)
         encoder_device = torch.device("cpu") if self.placement.text_encoder == "cpu" else self.device

@@ -7,6 +7,9 @@
   (CogVideoX, Mochi); a shape cuDNN refuses still runs on the next kernel. The kernel packages
   (flash-attn, SageAttention) are set with diffusers' `set_attention_backend` on the families
   whose attention goes through the dispatcher; the others refuse them before loading finishes.
+- Fused projections: q|k|v as one GEMM (k|v in cross-attention) through the model's own
+  `fuse_qkv_projections` (CogVideoX has one; for the others this is a no-op), under the engine's
+  `VIDQ_FUSE_PROJECTIONS` setting.
 - Regional compilation: each repeated transformer block is compiled on its own (diffusers'
   `compile_repeated_blocks` does the same for the classes a model lists in `_repeated_blocks`;
   CogVideoX and Mochi list none, so the family names them). All blocks of a class share one
@@ -68,3 +71,12 @@ def compile_repeated_blocks(
     if not compiled:
         raise ValueError(f"{type(transformer).__name__} has no blocks of {class_names}")
     return compiled
+
+
+def fuse_projections(transformer: torch.nn.Module) -> bool:
+    """Fuse the attention projections where the model offers it; returns whether it did."""
+    fuse = getattr(transformer, "fuse_qkv_projections", None)
+    if fuse is None:
+        return False
+    fuse()
+    return True
