@@ -68,11 +68,18 @@ def request_for(name: str, *, image: bool = False, steps: int = STEPS, seed: int
 
 
 def plain_diffusers_frames(engine, request) -> np.ndarray:
-    """One ordinary call of the same diffusers pipeline object, frames as uint8 [F, H, W, 3]."""
+    """One ordinary call of a plain diffusers pipeline loaded from the same folder (a separate
+    object: none of the engine's settings, e.g. fused projections, apply), frames as uint8 [F, H, W, 3]."""
+    import diffusers
+
+    from engine.models.diffusers_loading import checkpoint_class
     from engine.pipelines.diffusers_families import LTX_DECODE_NOISE_SCALE, LTX_DECODE_TIMESTEP
 
     family = engine.family
-    pipe = engine.pipeline.stage("denoising").pipe_for(request)
+    pipe = getattr(diffusers, checkpoint_class(engine.folder)).from_pretrained(engine.folder)
+    wanted = family.pipeline_class(request.image is not None)
+    if type(pipe).__name__ != wanted:
+        pipe = getattr(diffusers, wanted).from_pipe(pipe)
     kwargs = {
         "prompt": request.prompt,
         "height": request.height,
@@ -205,3 +212,12 @@ def test_footprint_counts_the_loaded_weights(engines) -> None:
     assert footprint.text_encoder_bytes == nbytes(pipe.text_encoder) + nbytes(pipe.text_encoder_2)
     assert footprint.vae_bytes == nbytes(pipe.vae)
     assert (footprint.vae_temporal_factor, footprint.vae_spatial_factor) == (4, 8)
+
+
+def test_fused_projections_change_nothing(engines) -> None:
+    """CogVideoX's q/k/v run as one GEMM in the engine (VIDQ_FUSE_PROJECTIONS); the parity test above
+    compares against an unfused pipeline, and this checks the fusion really happened."""
+    from diffusers.models.attention_processor import FusedCogVideoXAttnProcessor2_0
+
+    processors = engines("tiny-cogvideox").pipeline.pipe.transformer.attn_processors.values()
+    assert processors and all(isinstance(p, FusedCogVideoXAttnProcessor2_0) for p in processors)
