@@ -236,7 +236,7 @@ def bench_family(name: str, args: argparse.Namespace, device: torch.device, dtyp
 
     backend = resolve_attention(args.attention_backend, device)
     around_loop = set_attention(pipe.transformer, family, backend)
-    fused = not args.no_fuse and fuse_projections(pipe.transformer)
+    fused = not args.no_fuse and fuse_projections(pipe.transformer, family)
     compiled_blocks = 0 if args.no_compile else compile_repeated_blocks(pipe.transformer, family.repeated_blocks)
     stage = DiffusersDenoisingStage(device, family, {PIPELINES[family.name]: pipe}, around_loop)
     started = time.perf_counter()

@@ -197,10 +197,10 @@ class Engine:
         variants = load_variants(folder, self.family, self.dtype)
         pipe = next(iter(variants.values()))
         takes_image = self.family.image_to_video in variants
+        if fuse:
+            fuse_projections(pipe.transformer, self.family)  # before placement: offload moves the weights
         around = place_pipeline(pipe, self.placement, self.device, vae_in_denoising=takes_image)
         around_loop = set_attention(pipe.transformer, self.family, self.attention_backend)
-        if fuse:
-            fuse_projections(pipe.transformer)
         if self.compiled:
             compile_repeated_blocks(pipe.transformer, self.family.repeated_blocks)
         encoder_device = torch.device("cpu") if self.placement.text_encoder == "cpu" else self.device

@@ -8,8 +8,8 @@
   (flash-attn, SageAttention) are set with diffusers' `set_attention_backend` on the families
   whose attention goes through the dispatcher; the others refuse them before loading finishes.
 - Fused projections: q|k|v as one GEMM (k|v in cross-attention) through the model's own
-  `fuse_qkv_projections` (CogVideoX has one; for the others this is a no-op), under the engine's
-  `VIDQ_FUSE_PROJECTIONS` setting.
+  `fuse_qkv_projections`, for the families that ask for it (CogVideoX), under the engine's
+  `VIDQ_FUSE_PROJECTIONS` setting; done before placement, since offload moves the weights it reads.
 - Regional compilation: each repeated transformer block is compiled on its own (diffusers'
   `compile_repeated_blocks` does the same for the classes a model lists in `_repeated_blocks`;
   CogVideoX and Mochi list none, so the family names them). All blocks of a class share one
@@ -73,10 +73,10 @@ def compile_repeated_blocks(
     return compiled
 
 
-def fuse_projections(transformer: torch.nn.Module) -> bool:
-    """Fuse the attention projections where the model offers it; returns whether it did."""
+def fuse_projections(transformer: torch.nn.Module, family: DiffusersFamily) -> bool:
+    """Fuse the attention projections if the family asks for it; returns whether it did."""
     fuse = getattr(transformer, "fuse_qkv_projections", None)
-    if fuse is None:
+    if not family.fuse_projections or fuse is None:
         return False
     fuse()
     return True

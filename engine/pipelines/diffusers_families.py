@@ -44,6 +44,8 @@ class DiffusersFamily:
     flash-attn or SageAttention, can be selected); the others call SDPA directly, whose kernel
     choice (cuDNN, flash) vidq sets around the denoising loop. `uses_negative_prompt`: False for
     guidance-distilled models, whose `guidance_scale` is an input of the transformer, not CFG.
+    `fuse_projections`: run q/k/v as one GEMM through the model's `fuse_qkv_projections` (measured
+    on CogVideoX; the other families keep their projections as diffusers ships them).
     """
 
     name: str
@@ -57,6 +59,7 @@ class DiffusersFamily:
     decode: Decode
     call_kwargs: Callable[[GenerationRequest], dict[str, Any]] = lambda request: {}
     uses_negative_prompt: bool = True
+    fuse_projections: bool = False
 
     def pipeline_classes(self, checkpoint_class: str) -> tuple[str, ...]:
         """The pipeline classes a checkpoint whose model_index.json names `checkpoint_class` runs."""
@@ -208,6 +211,7 @@ COGVIDEOX = DiffusersFamily(
     attention_dispatch=False,
     encode=encode_cogvideox,
     decode=decode_cogvideox,
+    fuse_projections=True,
 )
 
 MOCHI = DiffusersFamily(
