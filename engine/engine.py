@@ -205,7 +205,12 @@ class Engine:
             compile_repeated_blocks(pipe.transformer, self.family.repeated_blocks)
         encoder_device = torch.device("cpu") if self.placement.text_encoder == "cpu" else self.device
         pipeline = DiffusersPipeline(
-            self.family, variants, self.device, around_loop=around_loop, text_encoder_device=encoder_device
+            self.family,
+            variants,
+            self.device,
+            around_loop=around_loop,
+            text_encoder_device=encoder_device,
+            warm_up=self.compiled,
         )
         for stage_name, factories in around.items():
             pipeline.stage(stage_name).around.extend(factories)

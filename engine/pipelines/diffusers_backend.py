@@ -37,6 +37,8 @@ from engine.stages.decoding import to_uint8_frames
 from engine.stages.encoding import EncodingStage
 from engine.stages.state import PipelineState
 
+# Steps of the throwaway run that compiles a new shape (Mochi's sigma schedule needs two).
+WARM_UP_STEPS = 2
 # A context manager factory entered around the denoising loop (attention kernel choice).
 AroundLoop = Callable[[], contextlib.AbstractContextManager[object]]
 
@@ -71,6 +73,11 @@ class DiffusersDenoisingStage(Stage):
 
     `variants` maps a pipeline class name to the pipeline object sharing this model's components
     (text-to-video and, for LTX, image-to-video from the same weights).
+
+    With `warm_up` (the engine sets it when the blocks are compiled), the first request of each
+    shape first runs `WARM_UP_STEPS` throwaway steps on its own generator, so compilation happens
+    there and is reported as the "compile" timing, as on the native path; the request's own steps
+    (and their progress and ETA) then run at full speed, and its noise is untouched.
     """
 
     name: ClassVar[str] = "denoising"
@@ -78,12 +85,20 @@ class DiffusersDenoisingStage(Stage):
     provides: ClassVar[tuple[str, ...]] = ("latents",)
 
     def __init__(
-        self, device: torch.device, family: DiffusersFamily, variants: dict[str, Pipe], around_loop: AroundLoop
+        self,
+        device: torch.device,
+        family: DiffusersFamily,
+        variants: dict[str, Pipe],
+        around_loop: AroundLoop,
+        *,
+        warm_up: bool = False,
     ) -> None:
         super().__init__(device)
         self.family = family
         self.variants = variants
         self.around_loop = around_loop
+        self.warm_up = warm_up
+        self._warm_shapes: set[tuple[object, ...]] = set()
 
     def pipe_for(self, request: GenerationRequest) -> Pipe:
         name = self.family.pipeline_class(request.image is not None)
@@ -95,7 +110,6 @@ class DiffusersDenoisingStage(Stage):
     def forward(self, state: PipelineState) -> None:
         request = state.request
         pipe = self.pipe_for(request)
-        reporter = _StepReporter(state, self.device, request.num_inference_steps)
         kwargs: dict[str, Any] = {
             **state.conditioning,
             **self.family.call_kwargs(request),
@@ -107,14 +121,30 @@ class DiffusersDenoisingStage(Stage):
             "generator": state.generator,
             "output_type": "latent",
             "return_dict": False,
-            "callback_on_step_end": reporter,
         }
         if request.image is not None:
             kwargs["image"] = request.image
+        if self.warm_up:
+            self._warm_up_for(pipe, kwargs, state)
+        reporter = _StepReporter(state, self.device, request.num_inference_steps)
         with self.around_loop():
-            latents = pipe(**kwargs)[0]
+            latents = pipe(**kwargs, callback_on_step_end=reporter)[0]
         reporter.flush()
         state.latents = latents
+
+    def _warm_up_for(self, pipe: Pipe, kwargs: dict[str, Any], state: PipelineState) -> None:
+        request = state.request
+        key = (type(pipe).__name__, request.height, request.width, request.num_frames, request.do_cfg)
+        if key in self._warm_shapes:
+            return
+        started = time.perf_counter()
+        throwaway = {**kwargs, "num_inference_steps": WARM_UP_STEPS, "generator": torch.Generator("cpu").manual_seed(0)}
+        with self.around_loop():
+            pipe(**throwaway)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._warm_shapes.add(key)
+        state.stage_timings_s["compile"] = time.perf_counter() - started
 
 
 class DiffusersDecodingStage(Stage):
@@ -187,7 +217,8 @@ class DiffusersPipeline(Pipeline):
 
     `variants` holds the pipeline objects by class name, all sharing one set of components;
     `around_loop` is entered around the denoising loop (the attention kernel choice);
-    `text_encoder_device` is where the text encoders run (default: `device`).
+    `text_encoder_device` is where the text encoders run (default: `device`); `warm_up` compiles
+    each new shape in a throwaway run first (see `DiffusersDenoisingStage`).
     """
 
     def __init__(
@@ -197,6 +228,7 @@ class DiffusersPipeline(Pipeline):
         device: torch.device,
         around_loop: AroundLoop = contextlib.nullcontext,
         text_encoder_device: torch.device | None = None,
+        warm_up: bool = False,
     ) -> None:
         self.family = family
         self.variants = variants
@@ -205,7 +237,7 @@ class DiffusersPipeline(Pipeline):
         super().__init__(
             [
                 DiffusersTextEncodingStage(device, family, base, text_encoder_device),
-                DiffusersDenoisingStage(device, family, variants, around_loop),
+                DiffusersDenoisingStage(device, family, variants, around_loop, warm_up=warm_up),
                 DiffusersDecodingStage(device, family, base),
                 EncodingStage(device),
             ]

@@ -221,3 +221,26 @@ def test_fused_projections_change_nothing(engines) -> None:
 
     processors = engines("tiny-cogvideox").pipeline.pipe.transformer.attn_processors.values()
     assert processors and all(isinstance(p, FusedCogVideoXAttnProcessor2_0) for p in processors)
+
+
+def test_warm_up_runs_once_per_shape_and_leaves_the_output_alone(engines) -> None:
+    """With compiled blocks (CUDA) the first request of a shape runs a throwaway warm-up first; its
+    time is the "compile" timing, its steps are not reported, and the request's noise is its own."""
+    from dataclasses import replace
+
+    engine = engines("tiny-ltx-video")
+    stage = engine.pipeline.stage("denoising")
+    request = request_for("tiny-ltx-video")
+    cold = engine.generate(request)
+    stage.warm_up = True
+    try:
+        steps = []
+        first = engine.generate(request, on_step=steps.append)
+        again = engine.generate(request)
+        other_shape = engine.generate(replace(request, num_frames=17))
+    finally:
+        stage.warm_up = False
+    assert [info.step for info in steps] == list(range(1, STEPS + 1))
+    assert "compile" in first.stage_timings_s and "compile" not in again.stage_timings_s
+    assert "compile" in other_shape.stage_timings_s
+    np.testing.assert_array_equal(first.frames, cold.frames)
