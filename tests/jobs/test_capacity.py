@@ -64,3 +64,16 @@ def test_models_without_a_known_footprint_are_not_checked() -> None:
         raise AssertionError("no worker lookup for a model the planner cannot size")
 
     check_fits_a_worker(tiny, never, heartbeat_timeout_s=60)
+
+
+@pytest.mark.parametrize(
+    ("model", "small_gib", "large_gib"),
+    [("hunyuanvideo", 8, 80), ("mochi-1", 4, 48), ("ltx-video", 2, 24), ("cogvideox-5b", 3, 40)],
+)
+def test_diffusers_backed_models_are_planned_too(model: str, small_gib: float, large_gib: float) -> None:
+    """The models served through diffusers have planner footprints, so a worker too small is refused."""
+    params = resolve_job_params(JobRequest(prompt="a city at night", model=model))  # its default size and frames
+    with pytest.raises(InvalidParameter) as excinfo:
+        check_fits_a_worker(params, lambda: [worker(small_gib, models=(model,))], heartbeat_timeout_s=60)
+    assert excinfo.value.code == "insufficient_gpu_memory"
+    check_fits_a_worker(params, lambda: [worker(large_gib, models=(model,))], heartbeat_timeout_s=60)
