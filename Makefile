@@ -11,15 +11,16 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
+# The service and the engine; `pip install .` alone is the API, CLI and client without torch.
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[engine]'
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[engine,test]'
 	touch $@
 
-install: $(STAMP)  ## create .venv with .venv/bin/vidq (idempotent)
+install: $(STAMP)  ## create .venv with .venv/bin/vidq, service and engine (idempotent)
 
 install-test: $(TEST_STAMP)
 
@@ -34,6 +35,7 @@ browser:  ## Debian's chromium for the browser tests (installed only if missing)
 
 test: install-test services browser  ## lint, then the whole suite against the real services
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q -ra
 
 lint: install-test

@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 from engine.optimize_diffusers import compile_repeated_blocks, fuse_projections, set_attention  # noqa: E402
 from engine.pipelines.diffusers_backend import DiffusersDenoisingStage  # noqa: E402
 from engine.pipelines.diffusers_families import FAMILIES  # noqa: E402
-from engine.registry import get_spec  # noqa: E402
-from engine.request import GenerationRequest  # noqa: E402
 from engine.stages.state import PipelineState  # noqa: E402
+from spec.registry import get_spec  # noqa: E402
+from spec.request import GenerationRequest  # noqa: E402
 
 FAMILY_OF = {
     "ltx-video": "ltx",

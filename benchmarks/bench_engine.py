@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 from engine.models.tiny import TINY_TRANSFORMER  # noqa: E402
 from engine.models.wan_transformer import WanTransformer3DModel, WanTransformerConfig  # noqa: E402
 from engine.optimize import optimize_transformer  # noqa: E402
-from engine.registry import parse_size  # noqa: E402
-from engine.request import GenerationRequest  # noqa: E402
 from engine.stages.decoding import DecodingStage  # noqa: E402
 from engine.stages.denoising import DenoisingStage  # noqa: E402
 from engine.stages.state import PipelineState  # noqa: E402
+from spec.registry import parse_size  # noqa: E402
+from spec.request import GenerationRequest  # noqa: E402
 
 CONFIGS = {
     "tiny-wan": TINY_TRANSFORMER,

@@ -40,11 +40,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_engine import CONFIGS, TEXT_TOKENS, building_in, commit, random_engine_dit, sync  # noqa: E402
 from engine.lora.adapter import adapter_from_tensors  # noqa: E402
 from engine.lora.apply import LoraApplier  # noqa: E402
-from engine.lora.keys import DiTShape  # noqa: E402
 from engine.lora.runtime import install_runtime_slots  # noqa: E402
 from engine.lora.synthetic import random_adapter  # noqa: E402
 from engine.optimize import optimize_transformer  # noqa: E402
-from engine.registry import parse_size  # noqa: E402
+from spec.lora_keys import DiTShape  # noqa: E402
+from spec.registry import parse_size  # noqa: E402
 
 GIB = 2**30
 
@@ -143,7 +143,7 @@ def bench_distilled_preset(args: argparse.Namespace, device: torch.device, dtype
     from engine.models.components import WanComponents
     from engine.models.tiny import SCHEDULER, TINY_TEXT_ENCODER, TINY_VAE, write_tiny_wan
     from engine.pipelines.wan_t2v import WanT2VPipeline
-    from engine.request import GenerationRequest
+    from spec.request import GenerationRequest
 
     config = CONFIGS[args.preset_config]
     width, height = parse_size(args.preset_size)

@@ -36,12 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_engine import CONFIGS, TEXT_TOKENS, commit, random_engine_dit, sync  # noqa: E402
 from engine.memory.offload import LayerwiseOffload  # noqa: E402
-from engine.memory.planner import GIB, KNOWN_FOOTPRINTS, RequestShape, dit_activation_bytes, vae_decode_bytes  # noqa: E402
 from engine.memory.vae_tiling import decode_tiled  # noqa: E402
 from engine.models.tiny import TINY_VAE  # noqa: E402
 from engine.models.wan_transformer import WanTransformer3DModel  # noqa: E402
 from engine.optimize import optimize_transformer  # noqa: E402
-from engine.registry import parse_size  # noqa: E402
+from spec.memory import GIB, RequestShape, dit_activation_bytes, vae_decode_bytes  # noqa: E402
+from spec.registry import find_spec, get_spec, parse_size  # noqa: E402
 
 
 def reset_peak(device: torch.device) -> None:
@@ -126,7 +126,8 @@ def bench_dit(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
         actual = last["out"]
         results["naive_max_abs_diff"] = (actual.float() - expected.float()).abs().max().item()
         print(f"naive: {results['naive_s_per_step']:.3f} s/step, {results['naive_peak_vram_gb']:.1f} GB", flush=True)
-    footprint = KNOWN_FOOTPRINTS.get(args.config)
+    registered = find_spec(args.config)
+    footprint = registered.footprint if registered is not None else None
     if footprint is not None:
         shape = RequestShape(width, height, args.frames, cfg=True)
         weights = footprint.dit_other_bytes + 2 * footprint.dit_block_bytes
@@ -147,7 +148,7 @@ def bench_vae(args: argparse.Namespace, device: torch.device) -> dict[str, objec
     vae = vae.float().eval().requires_grad_(False)
     latents = torch.randn(1, 16, (args.frames - 1) // 4 + 1, height // 8, width // 8, device=device)
     results: dict[str, object] = {"vae_size": args.vae_size, "vae_tile_latent": args.vae_tile}
-    footprint = KNOWN_FOOTPRINTS["wan2.1-t2v-1.3b"]
+    footprint = get_spec("wan2.1-t2v-1.3b").footprint
     shape = RequestShape(width, height, args.frames, cfg=True)
     with torch.inference_mode():
         reset_peak(device)

@@ -29,10 +29,10 @@ from bench_engine import CONFIGS, TEXT_TOKENS, commit, random_engine_dit  # noqa
 from engine.optimize import optimize_transformer  # noqa: E402
 from engine.parallel import ParallelConfig  # noqa: E402
 from engine.parallel.launch import launch, rank_device  # noqa: E402
-from engine.registry import parse_size  # noqa: E402
-from engine.request import GenerationRequest  # noqa: E402
 from engine.stages.denoising import DenoisingStage  # noqa: E402
 from engine.stages.state import PipelineState  # noqa: E402
+from spec.registry import parse_size  # noqa: E402
+from spec.request import GenerationRequest  # noqa: E402
 
 
 def _inputs(config_name: str, width: int, height: int, frames: int, device: torch.device):  # type: ignore[no-untyped-def]

@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.engine import Engine
-from engine.registry import get_spec
-from engine.request import GenerationRequest
+from spec.registry import get_spec
+from spec.request import GenerationRequest
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import CONFIGS, TEXT_TOKENS, diffusers_transformer, engine_transformer, relative_error, sync
 
 from engine.optimize import compile_blocks, optimize_transformer
-from engine.request import GenerationRequest
 from engine.stages.denoising import DenoisingStage
 from engine.stages.state import PipelineState
+from spec.request import GenerationRequest
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from bench_engine import CONFIGS
 from timing import median_ms
 
 from engine.models.wan_transformer import WanTransformer3DModel
-from engine.registry import parse_size
+from spec.registry import parse_size
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -1,8 +1,8 @@
 """vidq's diffusion inference engine, usable on its own (no import of the service side).
 
-Importing `engine` is cheap: the registry is plain Python, and everything that needs torch
-(`Engine`, the request types) is loaded on first attribute access, so the API can validate
-requests through `engine.registry` without paying for torch.
+Importing `engine` is cheap: the registry and the request types live in the torch-free `spec`
+package (shared with the service), and `Engine`, which needs torch, is loaded on first attribute
+access.
 """
 
 from __future__ import annotations
@@ -10,19 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from engine.registry import ModelSpec, UnknownModelError, get_spec, list_specs
+from spec.registry import ModelSpec, UnknownModelError, get_spec, list_specs
+from spec.request import GenerationRequest, GenerationResult, StepInfo
 
 if TYPE_CHECKING:
     from engine.engine import Engine
-    from engine.request import GenerationRequest, GenerationResult, StepInfo
 
 # name -> module that defines it; resolved by __getattr__ on first use.
-_LAZY = {
-    "Engine": "engine.engine",
-    "GenerationRequest": "engine.request",
-    "GenerationResult": "engine.request",
-    "StepInfo": "engine.request",
-}
+_LAZY = {"Engine": "engine.engine"}
 
 __all__ = [
     "Engine",

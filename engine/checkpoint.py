@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import torch
 
-from engine.request import GenerationRequest
+from spec.request import GenerationRequest
 
 FORMAT_VERSION = 1
 

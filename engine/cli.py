@@ -16,7 +16,7 @@ from typing import TextIO
 from engine.models.locate import ModelNotInstalledError
 from engine.parallel.config import ParallelConfig
 from engine.progress import ProgressDisplay
-from engine.registry import (
+from spec.registry import (
     WAN21_T2V_1_3B,
     ModelSpec,
     SpecViolationError,
@@ -24,8 +24,8 @@ from engine.registry import (
     find_spec,
     parse_size,
 )
-from engine.request import GenerationRequest
-from engine.settings import ATTENTION_BACKENDS
+from spec.request import GenerationRequest
+from spec.settings import ATTENTION_BACKENDS, COMPILE_MODES, OFFLOAD_MODES, VAE_TILING_MODES, EngineSettings
 
 # Defaults for a model folder the registry does not know: those of the 1.3B model.
 FALLBACK_SPEC = WAN21_T2V_1_3B
@@ -54,21 +54,21 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-parallel", action="store_true", help="run the two guidance branches on different GPUs")
     parser.add_argument(
         "--offload",
-        choices=("auto", "none", "model", "layerwise"),
+        choices=OFFLOAD_MODES,
         help="where the weights live (default: VIDQ_OFFLOAD or auto = the cheapest plan that fits the GPU)",
     )
     parser.add_argument(
         "--vram-budget", type=float, metavar="GB", help="GiB the engine may use on its GPU (default: its free memory)"
     )
     parser.add_argument(
-        "--vae-tiling", choices=("auto", "on", "off"), help="tile the VAE decode (default: VIDQ_VAE_TILING or auto)"
+        "--vae-tiling", choices=VAE_TILING_MODES, help="tile the VAE decode (default: VIDQ_VAE_TILING or auto)"
     )
     parser.add_argument(
         "--text-encoder-on-cpu", action="store_true", default=None, help="run the text encoder on the CPU"
     )
     parser.add_argument(
         "--compile",
-        choices=("auto", "on", "off"),
+        choices=COMPILE_MODES,
         help="torch.compile the DiT blocks (default: VIDQ_COMPILE or auto = on CUDA only)",
     )
 
@@ -140,6 +140,7 @@ def _generate(args: argparse.Namespace, request: GenerationRequest, err: TextIO,
     err.write(f"loading {args.model} ...\n")
     engine = Engine(
         args.model,
+        EngineSettings(),  # the command line's edge: VIDQ_ variables, then the flags below
         device=device,
         attention_backend=args.attention_backend,
         compile=args.compile,

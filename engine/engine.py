@@ -11,6 +11,7 @@ import torch
 
 from engine.attention import resolve_backend
 from engine.checkpoint import Checkpointer
+from engine.errors import coded_errors
 from engine.lora.apply import LoraApplier
 from engine.lora.cache import AdapterCache
 from engine.lora.runtime import install_runtime_slots
@@ -18,7 +19,6 @@ from engine.memory.diffusers_footprint import diffusers_footprint_from_folder
 from engine.memory.diffusers_placement import place_pipeline
 from engine.memory.footprint import footprint_from_folder
 from engine.memory.offload import ComponentOffload, LayerwiseOffload
-from engine.memory.planner import GIB, MemoryPlan, ModelFootprint, RequestShape, plan_for_placement, plan_memory
 from engine.models.components import WanComponents, load_wan_components
 from engine.models.diffusers_loading import diffusers_family_of, load_variants
 from engine.models.locate import LocatedModel, locate_model
@@ -29,7 +29,9 @@ from engine.parallel.state import initialize_parallel_state
 from engine.pipelines.diffusers_backend import DiffusersPipeline
 from engine.pipelines.diffusers_families import DiffusersFamily
 from engine.pipelines.wan_t2v import WanT2VPipeline
-from engine.registry import (
+from engine.stages.state import OnStage, OnStep
+from spec.memory import GIB, MemoryPlan, ModelFootprint, RequestShape, plan_for_placement, plan_memory
+from spec.registry import (
     MAX_GUIDANCE,
     MAX_STEPS,
     MIN_GUIDANCE,
@@ -37,9 +39,9 @@ from engine.registry import (
     ModelSpec,
     SpecViolationError,
 )
-from engine.request import GenerationRequest, GenerationResult
-from engine.settings import EngineSettings
-from engine.stages.state import OnStage, OnStep
+from spec.request import GenerationRequest, GenerationResult
+from spec.settings import EngineSettings
+from spec.stages import Stage
 
 # Share of the GPU's free memory the planner may use when no budget is given (the rest absorbs
 # the CUDA context's growth and other processes' small allocations).
@@ -60,7 +62,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
 class Engine:
     """One loaded text-to-video model on one device.
 
-    `model` is a registry name (see `engine.registry`), a local diffusers-format folder, or a
+    `model` is a registry name (see `spec.registry`), a local diffusers-format folder, or a
     Hugging Face hub id. Wan checkpoints run on the native DiT; LTX-Video, CogVideoX, Mochi and
     HunyuanVideo checkpoints (model_index.json names their pipeline class) run on diffusers' own
     pipelines behind the same stages (`engine.pipelines.diffusers_backend`): same callbacks,
@@ -68,18 +70,23 @@ class Engine:
     `generate` pays only for the generation. Generations on one engine run one at a time (a
     lock serialises them): one engine per GPU, one GPU per process.
 
-    `compile` ("auto", "on", "off"; None takes `VIDQ_COMPILE`) compiles the DiT's blocks; the
+    `settings` (`spec.settings.EngineSettings`; a worker passes its service settings, which extend
+    them) gives the models folder, device, attention backend, compile mode, memory and LoRA
+    options; without it the defaults apply (the engine never reads the environment itself). The
+    keyword arguments override single fields of it.
+
+    `compile` ("auto", "on", "off") compiles the DiT's blocks; the
     first request of each shape pays the compile time (reported as the "compile" stage timing).
 
     `parallel` makes this engine one rank of a multi-process generation (see `engine.parallel`):
     every rank builds its Engine with the same config and calls `generate` with the same request.
 
     `dtype` applies to the DiT and the text encoder; the VAE always runs in float32.
-    `attention_backend` is one of `engine.attention.BACKENDS`; None takes `VIDQ_ATTENTION_BACKEND`
+    `attention_backend` is one of `engine.attention.BACKENDS`
     (default "auto"). A backend the device cannot run is rejected before anything is loaded.
 
     Memory (`engine.memory`): `offload` ("auto", "none", "model", "layerwise"), `vram_budget_gb`,
-    `vae_tiling`, `text_encoder_on_cpu` and `resident_blocks` default to their `VIDQ_` settings.
+    `vae_tiling`, `text_encoder_on_cpu` and `resident_blocks` (the settings' `offload_resident_blocks`).
     Where the components live is planned once, before loading, for the largest request the
     model's spec allows (`self.placement`); each request then gets its own `MemoryPlan` (the VAE
     tiling may differ) from `plan(request)`, and one that cannot fit raises `MemoryBudgetError`
@@ -91,25 +98,41 @@ class Engine:
     def __init__(
         self,
         model: str | Path,
+        settings: EngineSettings | None = None,
+        *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        parallel: ParallelConfig | None = None,
         models_dir: Path | None = None,
         attention_backend: str | None = None,
         compile: str | None = None,
-        parallel: ParallelConfig | None = None,
         offload: str | None = None,
         vram_budget_gb: float | None = None,
         vae_tiling: str | None = None,
         text_encoder_on_cpu: bool | None = None,
         resident_blocks: int | None = None,
     ) -> None:
-        settings = EngineSettings()
+        overrides = {
+            "models_dir": models_dir,
+            "attention_backend": attention_backend,
+            "compile": compile,
+            "offload": offload,
+            "vram_budget_gb": vram_budget_gb,
+            "vae_tiling": vae_tiling,
+            "text_encoder_on_cpu": text_encoder_on_cpu,
+            "offload_resident_blocks": resident_blocks,
+        }
+        base = settings if settings is not None else EngineSettings.defaults()
+        settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+        self.settings = settings
+        if device is None and settings.device:
+            device = settings.device
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or default_dtype(self.device)
-        requested_backend = attention_backend or settings.attention_backend
+        requested_backend = settings.attention_backend
         resolve_backend(requested_backend, self.device)  # fail fast, before minutes of loading
 
-        located = locate_model(model, models_dir or settings.models_dir)
+        located = locate_model(model, settings.resolved_models_dir)
         self.folder = located.folder
         self.model_id = located.model_id
         self.spec: ModelSpec | None = located.spec
@@ -123,12 +146,10 @@ class Engine:
             self.footprint: ModelFootprint = diffusers_footprint_from_folder(located.folder, self.dtype)
         else:
             self.footprint = footprint_from_folder(located.folder, self.dtype)
-        budget_gb = vram_budget_gb if vram_budget_gb is not None else settings.vram_budget_gb
-        self.memory_budget_bytes = self._budget_bytes(budget_gb)
-        self.vae_tiling = vae_tiling or settings.vae_tiling
-        offload = offload or settings.offload
-        if resident_blocks is None:
-            resident_blocks = settings.offload_resident_blocks
+        self.memory_budget_bytes = self._budget_bytes(settings.vram_budget_gb)
+        self.vae_tiling = settings.vae_tiling
+        offload = settings.offload
+        resident_blocks = settings.offload_resident_blocks
         if self.family is not None and offload in ("auto", "layerwise"):
             resident_blocks = 0  # diffusers' group offloading streams every block
         self.placement: MemoryPlan = plan_memory(
@@ -137,10 +158,10 @@ class Engine:
             self.memory_budget_bytes,
             offload=offload,
             vae_tiling=self.vae_tiling,
-            text_encoder_on_cpu=settings.text_encoder_on_cpu if text_encoder_on_cpu is None else text_encoder_on_cpu,
+            text_encoder_on_cpu=settings.text_encoder_on_cpu,
             resident_blocks=resident_blocks,
         )
-        self.compiled = should_compile(compile or settings.compile, self.device)
+        self.compiled = should_compile(settings.compile, self.device)
         self.parallel = None
         if self.family is not None:
             if parallel is not None and parallel.enabled:
@@ -159,13 +180,14 @@ class Engine:
         """Load a Wan checkpoint onto the native DiT and place it as `self.placement` says."""
         everything_resident = self.placement.offload == "none" and self.placement.text_encoder == "resident"
         load_device = self.device if everything_resident else torch.device("cpu")
-        self.components = load_wan_components(located.folder, load_device, self.dtype)
-        if settings.fuse_projections:
-            self.components.transformer.fuse_projections()  # before placement: offload keeps fused weights
-        self.lora_mode = self._lora_mode(settings.lora_mode)
-        if self.lora_mode == "runtime" and settings.lora_runtime_rank > 0:  # before placement: slots travel with blocks
-            install_runtime_slots(self.components.transformer, settings.lora_runtime_rank)
-        self._offloads = self._place(self.components)
+        with coded_errors():
+            self.components = load_wan_components(located.folder, load_device, self.dtype)
+            if settings.fuse_projections:
+                self.components.transformer.fuse_projections()  # before placement: offload keeps fused weights
+            self.lora_mode = self._lora_mode(settings.lora_mode)
+            if self.lora_mode == "runtime" and settings.lora_runtime_rank > 0:  # before placement: slots travel
+                install_runtime_slots(self.components.transformer, settings.lora_runtime_rank)
+            self._offloads = self._place(self.components)
         self.loras = LoraApplier(
             self.components.transformer,
             self.device,
@@ -186,15 +208,16 @@ class Engine:
             self.components, self.device, self.model_id, overrides, text_encoder_device=text_encoder_device
         )
         if "dit" in self._offloads:
-            pipeline.stage("denoising").around.append(self._offloads["dit"].on_device)
+            pipeline.stage(Stage.DENOISING).around.append(self._offloads["dit"].on_device)
         if "vae" in self._offloads:
-            pipeline.stage("decoding").around.append(self._offloads["vae"].on_device)
+            pipeline.stage(Stage.DECODING).around.append(self._offloads["vae"].on_device)
         return pipeline
 
     def _build_diffusers_pipeline(self, folder: Path, *, fuse: bool) -> DiffusersPipeline:
         """Load the family's diffusers pipeline(s), place them, and apply the speed settings."""
         assert self.family is not None
-        variants = load_variants(folder, self.family, self.dtype)
+        with coded_errors():
+            variants = load_variants(folder, self.family, self.dtype)
         pipe = next(iter(variants.values()))
         takes_image = self.family.image_to_video in variants
         if fuse:
@@ -360,7 +383,7 @@ class Engine:
         if checkpointer is not None and self.parallel is not None:
             raise ValueError("denoising checkpoints need a single-process engine, not one rank of a group")
         memory_plan = self.plan(request)
-        with self._lock:
+        with self._lock, coded_errors():
             lora_mode, lora_s = self.apply_loras(request) if self.family is None else (None, 0.0)
             result = self.pipeline(
                 request,

@@ -1,7 +1,7 @@
 """Refusing at submission a request that no worker's GPU could hold.
 
 Workers declare the GPU memory they plan within (their status records); the engine's planner
-(`engine.memory`, torch-free) estimates what the request needs under its best placement
+(`spec.memory`, torch-free) estimates what the request needs under its best placement
 (offload, VAE tiling). If every live worker serving the model would refuse it, the client hears
 why now, with a 422, instead of a failed job later. With no declaration to go on (no worker up
 yet, CPU workers, a model without a known footprint) the request is accepted.
@@ -11,19 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.memory import KNOWN_FOOTPRINTS, MemoryBudgetError, RequestShape, plan_memory
 from jobs.errors import InvalidParameter
 from jobs.validation import JobParams
 from jobs.workers import WorkerStatus
-
-GIB = 2**30
+from spec.memory import GIB, MemoryBudgetError, RequestShape, plan_memory
+from spec.registry import get_spec
 
 
 def check_fits_a_worker(
     params: JobParams, workers: Callable[[], list[WorkerStatus]], *, heartbeat_timeout_s: float
 ) -> None:
     """`workers` is called (a Redis scan) only for models whose footprint the planner knows."""
-    footprint = KNOWN_FOOTPRINTS.get(params.model)
+    footprint = get_spec(params.model).footprint  # params are resolved: the model is registered
     if footprint is None:
         return
     budgets = [

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.memory import KNOWN_FOOTPRINTS, RequestShape, plan_memory
-from engine.registry import (
+from jobs.errors import NotFound
+from jobs.validation import MAX_SEED
+from spec.memory import RequestShape, plan_memory
+from spec.registry import (
     MAX_FPS,
     MAX_GUIDANCE,
     MAX_STEPS,
@@ -20,8 +22,7 @@ from engine.registry import (
     get_spec,
     list_specs,
 )
-from jobs.errors import NotFound
-from jobs.validation import GPU_GROUP_SIZES, MAX_SEED
+from spec.routing import GPU_GROUP_SIZES
 
 GIB = 2**30
 
@@ -63,7 +64,7 @@ class GpuMemoryEstimate:
 
 def gpu_memory_estimate(spec: ModelSpec) -> GpuMemoryEstimate | None:
     """None for a model whose footprint the planner does not know (the tiny test model)."""
-    footprint = KNOWN_FOOTPRINTS.get(spec.name)
+    footprint = spec.footprint
     if footprint is None:
         return None
     shape = RequestShape(spec.default_width, spec.default_height, spec.default_frames, cfg=spec.default_guidance > 1)

@@ -1,18 +1,14 @@
-"""Domain exceptions. Each carries a stable machine-readable ``code``; the API maps classes to HTTP
-statuses in one place (``api/errors.py``) and the worker maps them to a failed job's error code."""
+"""Domain exceptions. Each carries a stable machine-readable ``code`` (`spec.errors.CodedError`);
+the API maps classes to HTTP statuses in one place (``api/errors.py``) and the worker records a
+failed job's ``exc.code``."""
 
 from __future__ import annotations
 
+from spec.errors import CodedError
 
-class DomainError(Exception):
-    code = "error"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if code is not None:
-            self.code = code
+class DomainError(CodedError):
+    """An error of the job domain, answered to a client with its HTTP status."""
 
 
 class InvalidParameter(DomainError):

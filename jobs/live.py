@@ -28,12 +28,13 @@ from jobs.db import session_scope
 from jobs.events import LOCAL_EVENTS, LocalSubscription, job_channel
 from jobs.models import Job
 from jobs.public import job_to_public, queue_position
-from jobs.states import JobStage, JobStatus, is_terminal
+from jobs.states import JobStatus, is_terminal
+from spec.stages import Stage
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.2
-_STAGE_ORDER = {stage.value: index for index, stage in enumerate(JobStage)}
+_STAGE_ORDER = {stage.value: index for index, stage in enumerate(Stage)}
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 what a job's ``loras`` resolve to (with the adapters' recommended settings).
 
 An upload is checked by its safetensors header alone (keys and shapes against the model's DiT, in
-``engine.lora.keys``, which imports no torch), so a wrong file is refused before it is stored.
+``spec.lora_keys``, which imports no torch), so a wrong file is refused before it is stored.
 Visibility: a client sees its own adapters and those an admin published (``public``); another
 client's private adapter is a 404, as for jobs.
 """
@@ -19,14 +19,14 @@ from typing import Any, BinaryIO
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from engine.lora.keys import DIT_SHAPES, LoraFormatError, check_adapter, read_header
-from engine.registry import MAX_GUIDANCE, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS, UnknownModelError, get_spec
 from jobs.errors import Forbidden, InvalidParameter, NotFound, PayloadTooLarge
 from jobs.ids import new_ulid
 from jobs.models import ApiKey, Lora
 from jobs.pages import SortOrder, keyset_page
 from jobs.storage import Storage
 from jobs.validation import LoraChoice, check_flow_shift
+from spec.lora_keys import DIT_SHAPES, LoraFormatError, check_adapter, read_header
+from spec.registry import MAX_GUIDANCE, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS, UnknownModelError, get_spec
 
 LORA_ID_PREFIX = "lora_"
 MAX_LORAS_PER_JOB = 4

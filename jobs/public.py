@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine.registry import format_seconds
 from jobs.models import Job
 from jobs.states import JobStatus, is_terminal
+from spec.registry import format_seconds
 
 
 def unix(value: datetime | None) -> int | None:

@@ -2,6 +2,10 @@
 
 Every setting has an embedded-mode default, so a newcomer's machine with no PostgreSQL, Redis or
 object store runs the whole product on SQLite, an in-process broker and a local folder.
+
+`Settings` extends the engine's settings (`spec.settings.EngineSettings`: data and models folders,
+device, attention, compile, offload, the GPU memory budget), so every `VIDQ_` variable is read by
+one field with one default, and a worker passes its settings to the engine as they are.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from spec.settings import EngineSettings
 
 DEFAULT_SECRET = "change-me"
 DEV_DEFAULT_MODEL = "tiny-wan"  # random weights, written on first use: renders noise, fast, on any CPU
@@ -23,13 +29,12 @@ PRODUCTION_DEFAULT_MODEL = "wan2.1-t2v-1.3b"
 DEFAULT_WEBHOOK_RETRY_SCHEDULE_S = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
 
 
-class Settings(BaseSettings):
-    """One typed object for every knob the API, the worker and the CLI share."""
+class Settings(EngineSettings):
+    """One typed object for every knob the API, the worker, the CLI and the engine share."""
 
-    model_config = SettingsConfigDict(env_prefix="VIDQ_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="VIDQ_", extra="ignore", populate_by_name=True)
 
     environment: Literal["development", "production"] = "development"
-    data_dir: Path = Field(default_factory=lambda: Path.home() / ".vidq")
 
     # Infrastructure. Empty means "embedded": SQLite, in-process broker, local folder.
     database_url: str = ""
@@ -42,7 +47,6 @@ class Settings(BaseSettings):
     s3_public_endpoint: str = ""  # where clients reach the store, when it differs from the worker's view
     s3_timeout_s: float = Field(default=10.0, gt=0)  # connect and read timeout of each S3 request
     storage_retry_s: float = Field(default=30.0, ge=0)  # how long a write keeps retrying a store that is down
-    models_dir: Path | None = None
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET)  # also signs admin sessions and CSRF tokens
     log_format: Literal["text", "json"] = "text"
 
@@ -85,7 +89,6 @@ class Settings(BaseSettings):
     worker_models: str = ""  # comma-separated registry names; empty = every installed model
     # GPUs one worker runs each job across (one process per GPU, this one is rank 0), and how.
     worker_gpus: int = Field(default=1, ge=1)
-    worker_vram_gb: float | None = Field(default=None, gt=0)  # declared GPU memory; default: measured
     # Port of the worker's own Prometheus endpoint (its renders, steps, stages, webhook attempts and
     # GPUs by UUID); unset = none. Several workers on one host need one port each.
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
@@ -93,8 +96,6 @@ class Settings(BaseSettings):
     worker_ring_degree: int | None = None
     worker_cfg_parallel: bool = False
     collective_timeout_s: float = Field(default=600.0, gt=0)
-    device: str = ""  # engine device, empty = cuda when available
-    attention_backend: str = "auto"
     # LoRA files a worker keeps on its disk (fetched from storage on first use); the converted
     # adapters in memory are bounded by the engine's VIDQ_LORA_CACHE_MB.
     lora_files_kept: int = Field(default=32, ge=1)
@@ -157,10 +158,6 @@ class Settings(BaseSettings):
     @property
     def broker_url(self) -> str:
         return self.redis_url or "memory://localhost/"
-
-    @property
-    def resolved_models_dir(self) -> Path:
-        return self.models_dir or self.data_dir / "models"
 
     @property
     def lora_files_dir(self) -> Path:

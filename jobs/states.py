@@ -18,14 +18,6 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-class JobStage(StrEnum):
-    TEXT_ENCODING = "text_encoding"
-    DENOISING = "denoising"
-    DECODING = "decoding"
-    ENCODING = "encoding"
-    UPLOADING = "uploading"
-
-
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 # queued -> in_progress: a worker took it. in_progress -> queued: its worker was lost, try again.

@@ -1,7 +1,8 @@
 """Checks a job request against the model registry and fills in the model's defaults.
 
-The registry (``engine.registry``) is the one place that knows sizes, frame rules and defaults; it
-is deliberately torch-free so the API can import it without loading the engine.
+The registry (``spec.registry``) is the one place that knows sizes, frame rules and defaults, and
+``spec.routing`` the one that names queues; both are torch-free, so the API imports them without
+the engine.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.registry import (
+from jobs.errors import InvalidParameter
+from spec.registry import (
     MAX_FPS,
     MIN_FPS,
     ModelSpec,
@@ -21,7 +23,7 @@ from engine.registry import (
     list_specs,
     parse_size,
 )
-from jobs.errors import InvalidParameter
+from spec.routing import GPU_GROUP_SIZES, queue_for
 
 MAX_SEED = 2**32 - 1
 
@@ -101,15 +103,6 @@ class JobParams:
     num_gpus: int = 1
     loras: list[dict[str, Any]] | None = None  # [{"id", "name", "scale"}], from jobs.loras
     flow_shift: float | None = None
-
-
-GPU_GROUP_SIZES = (1, 2, 4, 8)
-
-
-def queue_for(spec: ModelSpec, num_gpus: int = 1) -> str:
-    """One Celery queue per model family and GPU group size: a worker receives only models it has
-    loaded, and a job that asks for N GPUs only reaches workers that run jobs across N GPUs."""
-    return f"gpu.{spec.family}" if num_gpus == 1 else f"gpu.{spec.family}.x{num_gpus}"
 
 
 def resolve_job_params(request: JobRequest) -> JobParams:

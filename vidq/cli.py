@@ -199,19 +199,13 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from engine.models.locate import (
-        TINY_DIFFUSERS_NAMES,
-        TINY_NAME,
-        folder_is_complete,
-        install_command,
-        installed_folder,
-    )
-    from engine.registry import find_spec, list_specs
+    from engine.models.locate import TINY_DIFFUSERS_NAMES, folder_is_complete, install_command, installed_folder
+    from spec.registry import find_spec, list_specs
 
     models_dir = _settings().resolved_models_dir
     rows = []
     for spec in list_specs():
-        if spec.name == TINY_NAME or spec.name in TINY_DIFFUSERS_NAMES:
+        if spec.builtin or spec.name in TINY_DIFFUSERS_NAMES:
             rows.append((spec.name, "built-in", "random weights, written on first use (demo and tests only)"))
             continue
         folder = installed_folder(spec, models_dir)

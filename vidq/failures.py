@@ -43,8 +43,8 @@ def explain(exc: BaseException, *, database: str | None = None) -> str | None:
     from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
     from engine.models.locate import ModelNotInstalledError
-    from engine.registry import UnknownModelError
     from jobs.migrate import SchemaOutOfDate
+    from spec.registry import UnknownModelError
     from vidq.client import APIConnectionError, APIError, AuthenticationError
 
     if isinstance(exc, CliError | SchemaOutOfDate | ModelNotInstalledError | APIConnectionError):

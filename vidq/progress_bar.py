@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from engine.progress import ProgressDisplay
+from spec.stages import Stage
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -32,7 +33,7 @@ class JobProgressBar:
             self._stage(stage)
             total = int(item.get("total_steps") or 0)
             step = item.get("step", item.get("current_step"))
-            if stage == "denoising" and total and step is not None:
+            if stage == Stage.DENOISING and total and step is not None:
                 self.display.step(int(step), total)
         elif status in TERMINAL:
             self._stage(status)

@@ -1,33 +1,42 @@
-"""The worker's Celery application: the shared broker config plus the task bodies and the per-process
-context, built in the process that runs tasks (after any fork) so no DB pool or CUDA state is shared."""
+"""The worker's Celery application, findable as `celery -A worker.celery_app worker`.
+
+The tasks (`worker.tasks`) are module-level `shared_task`s with explicit names, so they bind to
+whichever app a process builds: the module's `app` (from the environment's settings, built on
+first access) or one that `create_worker_app` builds for given settings. This module imports the
+task module; the task module does not import this one (its per-process context lives in
+`worker.context`), so there is no import loop. The Celery signals that route its logging through
+the process's one set-up are connected here, where every worker process imports them.
+"""
 
 from __future__ import annotations
 
-import os
 from contextvars import Token
+from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, task_postrun, task_prerun
 
 from jobs.broker import make_celery
 from jobs.logs import job_id_var
 from jobs.settings import Settings, get_settings
-from worker.context import WorkerContext, build_context
-
-_context: WorkerContext | None = None
-_context_pid: int | None = None
 
 
-def get_context() -> WorkerContext:
-    if _context is None:
-        set_context(build_context(get_settings()))
-    assert _context is not None
-    return _context
+def create_worker_app(settings: Settings | None = None) -> Celery:
+    """The broker configuration shared with the API, with the task bodies registered."""
+    import worker.tasks  # noqa: F401 - registers the shared tasks
+
+    app = make_celery(settings or get_settings())
+    app.conf.imports = ("worker.tasks",)  # what `celery worker` imports in each child process
+    return app
 
 
-def set_context(ctx: WorkerContext | None) -> None:
-    global _context, _context_pid
-    _context, _context_pid = ctx, os.getpid()
+def __getattr__(name: str) -> Any:
+    # `app` is built on first access, so importing this module reads no settings.
+    if name == "app":
+        value = create_worker_app()
+        globals()["app"] = value
+        return value
+    raise AttributeError(f"module 'worker.celery_app' has no attribute {name!r}")
 
 
 @setup_logging.connect
@@ -52,24 +61,3 @@ def _job_id_out_of_the_log_context(task_id: str = "", **_: object) -> None:
     token = _task_job_tokens.pop(task_id, None)
     if token is not None:
         job_id_var.reset(token)
-
-
-@worker_process_init.connect
-def _reset_after_fork(**_: object) -> None:
-    # A forked child must not reuse the parent's DB connections or CUDA state: it builds its own.
-    # (The solo pool sends this signal too, in the same process: then the context stays.)
-    if _context_pid != os.getpid():
-        set_context(None)
-
-
-@worker_process_shutdown.connect
-def _close(**_: object) -> None:
-    set_context(None)
-
-
-def create_worker_app(settings: Settings | None = None) -> Celery:
-    from worker.tasks import register_tasks
-
-    app = make_celery(settings or get_settings())
-    register_tasks(app)
-    return app

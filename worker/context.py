@@ -8,11 +8,12 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.db import make_engine, make_session_factory
 from jobs.events import EventBus, make_event_bus
-from jobs.settings import Settings
+from jobs.settings import Settings, get_settings
 from jobs.storage import Storage, make_storage
 from jobs.webhooks.outbox import WebhookPublisher
 from worker.engines import EnginePool
@@ -53,3 +54,33 @@ def build_context(settings: Settings) -> WorkerContext:
         events=events,
         engines=EnginePool(settings),
     )
+
+
+# The process's context: built on first use (or set by `vidq worker` before it starts consuming).
+_context: WorkerContext | None = None
+_context_pid: int | None = None
+
+
+def get_context() -> WorkerContext:
+    if _context is None:
+        set_context(build_context(get_settings()))
+    assert _context is not None
+    return _context
+
+
+def set_context(ctx: WorkerContext | None) -> None:
+    global _context, _context_pid
+    _context, _context_pid = ctx, os.getpid()
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_: object) -> None:
+    # A forked child must not reuse the parent's DB connections or CUDA state: it builds its own.
+    # (The solo pool sends this signal too, in the same process: then the context stays.)
+    if _context_pid != os.getpid():
+        set_context(None)
+
+
+@worker_process_shutdown.connect
+def _close(**_: object) -> None:
+    set_context(None)

@@ -6,8 +6,10 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from engine.registry import get_spec, list_specs
 from jobs.settings import Settings
+from spec.errors import CodedError
+from spec.registry import get_spec
+from spec.routing import queue_for
 
 if TYPE_CHECKING:
     from engine import Engine
@@ -15,45 +17,37 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODELS = ("tiny-wan",)  # written on first use, so every install serves it
-
-
-def installed_models(settings: Settings) -> list[str]:
-    """Registry models whose complete checkpoint is in the models folder or the Hugging Face cache,
-    plus (outside production) the built-in random model."""
-    from engine.models.locate import installed_folder
-
-    models_dir = settings.resolved_models_dir
-    found = [s.name for s in list_specs() if s.name not in BUILTIN_MODELS and installed_folder(s, models_dir)]
-    if settings.environment == "production":
-        return sorted(found)  # the random-weight models only when VIDQ_WORKER_MODELS names them
-    return sorted(set(found) | set(BUILTIN_MODELS))
-
 
 def served_models(settings: Settings) -> list[str]:
-    """What this worker serves: ``VIDQ_WORKER_MODELS`` if set, else every installed model."""
-    return settings.worker_model_names or installed_models(settings)
+    """What this worker serves: ``VIDQ_WORKER_MODELS`` if set, else every installed model
+    (`engine.models.locate.installed_models`: every complete checkpoint, plus outside production the
+    built-in random model; in production it is served only when ``VIDQ_WORKER_MODELS`` names it)."""
+    if settings.worker_model_names:
+        return settings.worker_model_names
+    from engine.models.locate import installed_models  # the Hugging Face cache lookup needs the engine
+
+    return installed_models(settings.resolved_models_dir, builtin=settings.environment != "production")
 
 
 def queues_for_models(models: list[str], gpus: int = 1) -> list[str]:
     """The family queues of `models`; a worker of N GPUs also takes the jobs that ask for N."""
-    from jobs.validation import queue_for
-
     sizes = {1, gpus}
     return sorted({queue_for(get_spec(m), n) for m in models for n in sizes})
 
 
-class ModelUnavailable(LookupError):
+class ModelUnavailable(CodedError, LookupError):
     """A job for a model this worker does not serve (same queue family, not installed here)."""
+
+    code = "model_unavailable"
+    param = "model"
 
 
 def _build(model: str, settings: Settings) -> Engine | EngineGroup:
     """One engine, or with `VIDQ_WORKER_GPUS` > 1 a group of ranks (this process is rank 0)."""
-    kwargs = {"models_dir": settings.resolved_models_dir, "attention_backend": settings.attention_backend}
     if settings.worker_gpus == 1:
         from engine import Engine  # torch is imported only by processes that render
 
-        return Engine(model, device=settings.device or None, **kwargs)
+        return Engine(model, settings)
     from engine.parallel import ParallelConfig
     from engine.parallel.group import EngineGroup
 
@@ -63,7 +57,7 @@ def _build(model: str, settings: Settings) -> Engine | EngineGroup:
         ring_degree=settings.worker_ring_degree,
         cfg_parallel=settings.worker_cfg_parallel,
     )
-    return EngineGroup(model, config, timeout_s=settings.collective_timeout_s, **kwargs)
+    return EngineGroup(model, config, timeout_s=settings.collective_timeout_s, settings=settings)
 
 
 class EnginePool:
@@ -89,10 +83,11 @@ class EnginePool:
             return engine
 
     def vram_budget_bytes(self) -> int | None:
-        """The GPU memory this worker declares: `VIDQ_WORKER_VRAM_GB`, else what its loaded engines
-        planned within (for a rank group, one GPU's); None when unbounded (CPU)."""
-        if self.settings.worker_vram_gb is not None:
-            return int(self.settings.worker_vram_gb * 2**30)
+        """The GPU memory this worker declares: the budget its engines plan within
+        (`VIDQ_VRAM_BUDGET_GB`), else what its loaded engines measured (for a rank group, one
+        GPU's); None when unbounded (CPU)."""
+        if self.settings.vram_budget_gb is not None:
+            return int(self.settings.vram_budget_gb * 2**30)
         budgets = []
         for engine in self._engines.values():
             single = getattr(engine, "engine", engine)  # an EngineGroup's rank-0 engine

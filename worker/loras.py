@@ -14,10 +14,14 @@ from typing import Any
 
 from jobs.loras import lora_storage_key
 from jobs.storage import Storage
+from spec.errors import CodedError
 
 
-class LoraUnavailable(LookupError):
+class LoraUnavailable(CodedError, LookupError):
     """A job names an adapter whose file is gone (deleted after the job was queued)."""
+
+    code = "lora_unavailable"
+    param = "loras"
 
 
 class LoraFiles:
@@ -53,6 +57,6 @@ class LoraFiles:
 
     def refs(self, entries: list[dict[str, Any]] | None) -> tuple[Any, ...]:
         """A job's recorded adapters as the engine's `LoraRef`s (key = the adapter id)."""
-        from engine.request import LoraRef
+        from spec.request import LoraRef
 
         return tuple(LoraRef(e["id"], str(self.path(e["id"])), float(e["scale"])) for e in entries or ())

@@ -16,8 +16,8 @@ from jobs.dispatch import CeleryPublisher, Sweeper, make_markers, make_sweeper
 from jobs.logs import json_line
 from jobs.settings import Settings
 from jobs.workers import make_worker_registry
-from worker.celery_app import create_worker_app, set_context
-from worker.context import build_context
+from worker.celery_app import create_worker_app
+from worker.context import build_context, set_context
 from worker.engines import queues_for_models, served_models
 from worker.status import StatusPublisher
 

@@ -15,25 +15,10 @@ from typing import Any
 from jobs import metrics
 from jobs.db import retry_db, session_scope
 from jobs.execution import ensure_owned, record_progress
-from jobs.states import JobStage, JobStatus
+from jobs.states import JobStatus
 from jobs.webhooks.outbox import PROGRESS_EVENT_INTERVAL_S, add_progress_event, progress_subscribed
+from spec.stages import Stage, progress_percent
 from worker.context import WorkerContext
-
-# Share of the progress bar each stage covers: (start %, end %).
-STAGE_SPAN: dict[JobStage, tuple[int, int]] = {
-    JobStage.TEXT_ENCODING: (0, 5),
-    JobStage.DENOISING: (5, 90),
-    JobStage.DECODING: (90, 95),
-    JobStage.ENCODING: (95, 97),
-    JobStage.UPLOADING: (97, 99),
-}
-
-
-def percent(stage: JobStage, step: int = 0, total: int = 0) -> int:
-    start, end = STAGE_SPAN[stage]
-    if stage is JobStage.DENOISING and total:
-        return start + (end - start) * step // total
-    return start
 
 
 class ProgressReporter:
@@ -47,7 +32,7 @@ class ProgressReporter:
         self.model = model
         self.total_steps = total_steps
         self._step_metric: tuple[int, float] | None = None  # (step, elapsed_s) of the last step observed
-        self.stage = JobStage.TEXT_ENCODING
+        self.stage = Stage.TEXT_ENCODING
         self.step = 0
         self.eta_seconds: float | None = None
         self._last_write = 0.0
@@ -74,7 +59,7 @@ class ProgressReporter:
                     stage=self.stage.value,
                     step=self.step,
                     total_steps=self.total_steps,
-                    progress=percent(self.stage, self.step, self.total_steps),
+                    progress=progress_percent(self.stage, self.step, self.total_steps),
                     eta_seconds=self.eta_seconds,
                 )
                 self._last_write = now
@@ -87,7 +72,7 @@ class ProgressReporter:
                 ensure_owned(session=session, job_id=self.job_id, worker_id=self.ctx.worker_id)
 
     def _publish(self, **extra: Any) -> None:
-        progress = percent(self.stage, self.step, self.total_steps)
+        progress = progress_percent(self.stage, self.step, self.total_steps)
         self.ctx.events.publish(
             self.job_id,
             {
@@ -107,9 +92,9 @@ class ProgressReporter:
 
     def on_stage(self, name: str) -> None:
         """Called by the engine (and the worker, for uploading) when a stage begins."""
-        self.stage = JobStage(name)
+        self.stage = Stage(name)
         self.ctx.activity.update(stage=self.stage.value, step=self.step, total_steps=self.total_steps)
-        if self.stage is not JobStage.DENOISING:
+        if self.stage is not Stage.DENOISING:
             self.eta_seconds = None  # only denoising steps are measured
         self._write(force=True)
         self._publish()

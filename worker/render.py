@@ -18,15 +18,15 @@ from jobs.errors import JobCancelled
 from jobs.execution import claim_job, complete_owned, fail_owned, retry_owned
 from jobs.logs import job_context
 from jobs.models import Job
-from jobs.states import JobStage, JobStatus
+from jobs.states import JobStatus
 from jobs.storage import result_keys
 from jobs.transient import transient_code
 from jobs.webhooks.outbox import relay_webhooks
+from spec.errors import CodedError
+from spec.stages import Stage
 from worker.checkpoints import StorageCheckpointer, checkpoints_enabled, delete_checkpoint
 from worker.context import WorkerContext
-from worker.engines import ModelUnavailable
 from worker.heartbeat import JobHeartbeat
-from worker.loras import LoraUnavailable
 from worker.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,12 @@ class RenderOutcome(StrEnum):
 
 
 def error_code_for(exc: BaseException) -> str:
-    """A stable code for a failed job's ``error.code``; the message carries the details."""
-    name = type(exc).__name__
-    if name == "OutOfMemoryError" or isinstance(exc, MemoryError):
+    """A failed job's ``error.code``: the code the error carries (`spec.errors.CodedError`: the
+    engine's, the spec's, the worker's), else ``render_error``; the message carries the details."""
+    if isinstance(exc, CodedError):
+        return exc.code
+    if isinstance(exc, MemoryError):  # host memory
         return "out_of_memory"
-    if name == "RankFailure":  # a GPU process of a multi-GPU worker died or hung
-        return "rank_failed"
-    if isinstance(exc, ModelUnavailable | FileNotFoundError):
-        return "model_unavailable"
-    if isinstance(exc, LoraUnavailable):
-        return "lora_unavailable"
-    if isinstance(exc, ValueError):
-        return "invalid_request"
     return "render_error"
 
 
@@ -208,7 +202,7 @@ def _generate_and_upload(  # type: ignore[no-untyped-def]
     from engine.io.video import encode_mp4, write_thumbnail
 
     reporter = ProgressReporter(ctx, job.id, job.num_inference_steps, model=job.model)
-    reporter.on_stage(JobStage.TEXT_ENCODING.value)
+    reporter.on_stage(Stage.TEXT_ENCODING.value)
     load_started = time.perf_counter()
     engine = ctx.engines.get(job.model)
     load_s = time.perf_counter() - load_started
@@ -236,14 +230,14 @@ def _generate_and_upload(  # type: ignore[no-untyped-def]
 
     video_key, thumbnail_key = result_keys(job.id)
     with tempfile.TemporaryDirectory(prefix="vidq-") as tmp:
-        reporter.on_stage(JobStage.ENCODING.value)
+        reporter.on_stage(Stage.ENCODING.value)
         started = time.perf_counter()
         video_path, thumb_path = Path(tmp) / "video.mp4", Path(tmp) / "thumbnail.jpg"
         encode_mp4(result.frames, video_path, fps=job.fps)
         write_thumbnail(result.frames, thumb_path)
         timings["encoding"] = round(time.perf_counter() - started, 4)
 
-        reporter.on_stage(JobStage.UPLOADING.value)
+        reporter.on_stage(Stage.UPLOADING.value)
         started = time.perf_counter()
         ctx.storage.put_file(video_key, video_path, "video/mp4")
         uploaded.append(video_key)

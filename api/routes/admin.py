@@ -35,12 +35,13 @@ from jobs.admin import audit, stats
 from jobs.admin.jobs import JobFilter, cancel_jobs, dead_letters, get_any_job, retry_jobs, search_jobs
 from jobs.attempts import list_attempts
 from jobs.db import session_scope
-from jobs.errors import Conflict, DomainError
+from jobs.errors import Conflict, DomainError, InvalidParameter
 from jobs.loras import all_loras
 from jobs.models import ApiKey, Job, WebhookDelivery
 from jobs.states import JobStatus, is_terminal
 from jobs.validation import list_model_names
 from jobs.webhooks.endpoints import list_deliveries, redeliver
+from spec.stages import Stage
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -48,7 +49,7 @@ router = APIRouter(prefix="/admin", include_in_schema=False)
 PAGE_SIZE = 50
 LIVE_POLL_S = 0.5
 LIVE_MAX_S = 600.0  # a live stream ends after this; the page's script reconnects
-STAGES = ("text_encoding", "latent_preparation", "denoising", "decoding", "encoding", "uploading")
+STAGES = tuple(stage.value for stage in Stage)  # the timeline's order
 
 
 def _back(path: str, notice: str | None = None, **params: str) -> RedirectResponse:
@@ -64,7 +65,7 @@ def _parse_when(value: str | None, param: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
-        raise DomainError(f"{param} is not a date and time", param=param, code="invalid_parameter") from exc
+        raise InvalidParameter(f"{param} is not a date and time", param=param) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

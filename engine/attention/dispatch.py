@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from engine.settings import ATTENTION_BACKENDS
+from spec.settings import ATTENTION_BACKENDS
 
 BACKENDS = ATTENTION_BACKENDS
 

@@ -1,6 +1,6 @@
 """LoRA adapters on the Wan DiT: every key format, applied fused or at runtime, never reloading.
 
-- `engine.lora.keys`: which file key changes which weight, for every format (no torch: the API
+- `spec.lora_keys`: which file key changes which weight, for every format (no torch: the API
   checks uploads with it, so this package imports nothing at its top);
 - `engine.lora.adapter`: a file turned into factors and deltas;
 - `engine.lora.apply`: switching the active set on a loaded model, exactly reversible;

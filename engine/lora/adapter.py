@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from engine.lora.keys import LoraLayout, parse_layout
+from spec.lora_keys import LoraLayout, parse_layout
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Adapter:
 
 
 def adapter_from_tensors(key: str, tensors: Mapping[str, torch.Tensor], layout: LoraLayout | None = None) -> Adapter:
-    """Convert a LoRA state dict of any supported format (see `engine.lora.keys`)."""
+    """Convert a LoRA state dict of any supported format (see `spec.lora_keys`)."""
     layout = layout or parse_layout(tensors)
     low_rank = {}
     for module, keys in layout.low_rank.items():

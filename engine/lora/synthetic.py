@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from engine.lora.keys import DiTShape
+from spec.lora_keys import DiTShape
 
 FORMATS = ("diffusers", "wan", "wan_ab", "kohya", "distill")
 

@@ -1,27 +1,7 @@
-"""Memory: the planner (torch-free, importable by the API), offload hooks and the tiled VAE.
+"""Carrying out memory plans: offload hooks, the tiled VAE and reading a checkpoint's footprint.
 
-`engine.memory.planner` decides; `engine.memory.offload` (layer-wise and component offload) and
-`engine.memory.vae_tiling` (tiled decoding) carry the decisions out; `engine.memory.footprint`
-reads a checkpoint's sizes. Only the planner is imported here, so `import engine.memory` stays
-free of torch.
+The planner itself (what fits, where each component lives) is torch-free arithmetic in
+`spec.memory`, so the API can size a request without the engine; `engine.memory.offload`
+(layer-wise and component offload) and `engine.memory.vae_tiling` (tiled decoding) carry its
+decisions out, and `engine.memory.footprint` reads a checkpoint folder's sizes.
 """
-
-from engine.memory.planner import (
-    KNOWN_FOOTPRINTS,
-    MemoryBudgetError,
-    MemoryPlan,
-    ModelFootprint,
-    RequestShape,
-    plan_for_placement,
-    plan_memory,
-)
-
-__all__ = [
-    "KNOWN_FOOTPRINTS",
-    "MemoryBudgetError",
-    "MemoryPlan",
-    "ModelFootprint",
-    "RequestShape",
-    "plan_for_placement",
-    "plan_memory",
-]

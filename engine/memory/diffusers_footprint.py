@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from engine.memory.planner import ModelFootprint
+from spec.memory import ModelFootprint
 
 BLOCK_KEY = re.compile(r"^(transformer_blocks|single_transformer_blocks|blocks)\.(\d+)\.")
 FFN_MULTIPLE = 4

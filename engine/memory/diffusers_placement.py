@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from engine.memory.offload import ComponentOffload
-from engine.memory.planner import MemoryPlan
+from spec.memory import MemoryPlan
 
 ContextFactory = Callable[[], contextlib.AbstractContextManager[object]]
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")

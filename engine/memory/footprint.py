@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from engine.memory.planner import ModelFootprint
 from engine.models.wan_transformer import WanTransformer3DModel, WanTransformerConfig
+from spec.memory import ModelFootprint
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U8": 1, "I8": 1, "BOOL": 1}
 

@@ -18,11 +18,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.registry import ModelSpec, UnknownModelError, find_spec
+from engine.errors import EngineError
+from spec.registry import ModelSpec, UnknownModelError, find_spec, list_specs
 
 logger = logging.getLogger(__name__)
 
-TINY_NAME = "tiny-wan"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # The other families' random checkpoints (`engine.models.tiny_diffusers.TINY_WRITERS`), written on first use.
 TINY_DIFFUSERS_NAMES = ("tiny-ltx-video", "tiny-cogvideox", "tiny-cogvideox-i2v", "tiny-mochi", "tiny-hunyuanvideo")
@@ -38,9 +38,12 @@ class LocatedModel:
     model_id: str
 
 
-class ModelNotInstalledError(FileNotFoundError):
+class ModelNotInstalledError(EngineError, FileNotFoundError):
     """A registered model is neither in the models folder nor in the Hugging Face cache, and could
     not be downloaded. The message says where it was looked for and the command that installs it."""
+
+    code = "model_unavailable"
+    param = "model"
 
     def __init__(self, spec: ModelSpec, models_dir: Path, reason: str = "") -> None:
         self.spec = spec
@@ -107,6 +110,17 @@ def _download(repo_id: str) -> Path:
     return Path(snapshot_download(repo_id))
 
 
+def installed_models(models_dir: Path, *, builtin: bool = True) -> list[str]:
+    """The one meaning of "installed": every registered model whose complete checkpoint
+    `installed_folder` finds, and (with `builtin`) the built-in models, written on first use.
+    Never downloads."""
+    return sorted(
+        s.name
+        for s in list_specs()
+        if (builtin and s.builtin) or (not s.builtin and installed_folder(s, models_dir) is not None)
+    )
+
+
 def installed_folder(spec: ModelSpec, models_dir: Path) -> Path | None:
     """Where `spec`'s complete checkpoint is on this machine (models folder first, then the HF
     cache), or None. Never downloads."""
@@ -138,7 +152,7 @@ def locate_model(model: str | Path, models_dir: Path) -> LocatedModel:
 
     spec = find_spec(model)
     if spec is not None:
-        if spec.name == TINY_NAME:
+        if spec.builtin:  # tiny-wan, the one built-in model
             from engine.models.tiny import write_tiny_wan
 
             # a no-op once written (it is renamed into place complete)

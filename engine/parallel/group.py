@@ -21,16 +21,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from engine.errors import RankFailure
 from engine.parallel.config import ParallelConfig
 from engine.parallel.launch import _free_port, default_backend, rank_device
-from engine.request import GenerationRequest, GenerationResult
 from engine.stages.state import OnStage, OnStep
+from spec.request import GenerationRequest, GenerationResult
 
 _STOP = "stop"
-
-
-class RankFailure(RuntimeError):
-    """A rank of the group died or stopped answering during a generation."""
 
 
 def _init_group(rank: int, world_size: int, port: int, backend: str, timeout_s: float) -> None:

@@ -28,14 +28,15 @@ from typing import Any, ClassVar
 import torch
 
 from engine.checkpoint import Checkpointer
-from engine.memory.planner import MemoryPlan
 from engine.pipelines.base import Pipeline
 from engine.pipelines.diffusers_families import DiffusersFamily, Pipe
-from engine.request import GenerationRequest, GenerationResult, StepInfo
 from engine.stages.base import Stage
 from engine.stages.decoding import to_uint8_frames
 from engine.stages.encoding import EncodingStage
 from engine.stages.state import PipelineState
+from spec.memory import MemoryPlan
+from spec.request import GenerationRequest, GenerationResult, StepInfo
+from spec.stages import Stage as StageName
 
 # Steps of the throwaway run that compiles a new shape (Mochi's sigma schedule needs two).
 WARM_UP_STEPS = 2
@@ -50,7 +51,7 @@ class DiffusersTextEncodingStage(Stage):
     embeddings always land on `device`.
     """
 
-    name: ClassVar[str] = "text_encoding"
+    name: ClassVar[str] = StageName.TEXT_ENCODING
     provides: ClassVar[tuple[str, ...]] = ("conditioning",)
 
     def __init__(
@@ -80,7 +81,7 @@ class DiffusersDenoisingStage(Stage):
     (and their progress and ETA) then run at full speed, and its noise is untouched.
     """
 
-    name: ClassVar[str] = "denoising"
+    name: ClassVar[str] = StageName.DENOISING
     requires: ClassVar[tuple[str, ...]] = ("conditioning", "generator")
     provides: ClassVar[tuple[str, ...]] = ("latents",)
 
@@ -150,7 +151,7 @@ class DiffusersDenoisingStage(Stage):
 class DiffusersDecodingStage(Stage):
     """The family's decode, tiled when the request's memory plan says so; frames as uint8."""
 
-    name: ClassVar[str] = "decoding"
+    name: ClassVar[str] = StageName.DECODING
     requires: ClassVar[tuple[str, ...]] = ("latents", "generator")
     provides: ClassVar[tuple[str, ...]] = ("frames",)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine.request import GenerationRequest
+from spec.request import GenerationRequest
 
 Pipe = Any  # a diffusers DiffusionPipeline of the family (typed loosely: diffusers is imported lazily)
 Encode = Callable[[Pipe, GenerationRequest, torch.device], dict[str, torch.Tensor | None]]

@@ -9,16 +9,16 @@ import torch
 
 from engine.cache import LRUCache
 from engine.checkpoint import Checkpointer, request_fingerprint
-from engine.memory.planner import MemoryPlan
 from engine.models.components import WanComponents
 from engine.pipelines.base import Pipeline
-from engine.request import GenerationRequest, GenerationResult
 from engine.stages.decoding import DecodingStage
 from engine.stages.denoising import DenoisingStage
 from engine.stages.encoding import EncodingStage
 from engine.stages.latent_preparation import LatentPreparationStage
 from engine.stages.state import OnStage, OnStep, PipelineState
 from engine.stages.text_encoding import EmbeddingKey, EmbeddingPair, TextEncodingStage
+from spec.memory import MemoryPlan
+from spec.request import GenerationRequest, GenerationResult
 
 EMBEDDING_CACHE_SIZE = 32
 

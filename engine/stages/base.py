@@ -34,7 +34,7 @@ class Stage(ABC):
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[tuple[str, ...]] = ()
-    # Only the four stages callers track (text_encoding, denoising, decoding, encoding) announce.
+    # Only the stages callers track (`spec.stages.PROGRESS_SPAN`, less uploading) announce.
     announced: ClassVar[bool] = True
 
     def __init__(self, device: torch.device) -> None:

@@ -9,6 +9,7 @@ import torch
 from engine.memory.vae_tiling import decode_tiled
 from engine.stages.base import Stage
 from engine.stages.state import PipelineState
+from spec.stages import Stage as StageName
 
 
 def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
@@ -26,7 +27,7 @@ class DecodingStage(Stage):
     (`engine.memory.vae_tiling`), streamed over time.
     """
 
-    name: ClassVar[str] = "decoding"
+    name: ClassVar[str] = StageName.DECODING
     requires: ClassVar[tuple[str, ...]] = ("latents",)
     provides: ClassVar[tuple[str, ...]] = ("frames",)
 

@@ -12,9 +12,10 @@ from diffusers import UniPCMultistepScheduler
 from engine.checkpoint import DenoisingCheckpoint, capture_scheduler, restore_scheduler
 from engine.models.wan_transformer import WanTransformer3DModel
 from engine.parallel.state import get_parallel_state
-from engine.request import StepInfo
 from engine.stages.base import Stage
 from engine.stages.state import PipelineState
+from spec.request import StepInfo
+from spec.stages import Stage as StageName
 
 
 class DenoisingStage(Stage):
@@ -33,7 +34,7 @@ class DenoisingStage(Stage):
     what an uninterrupted run would) and hands it a new one whenever it says one is due.
     """
 
-    name: ClassVar[str] = "denoising"
+    name: ClassVar[str] = StageName.DENOISING
     requires: ClassVar[tuple[str, ...]] = ("latents", "prompt_embeds")
     provides: ClassVar[tuple[str, ...]] = ("latents",)
 

@@ -7,12 +7,13 @@ from typing import ClassVar
 from engine.io.video import encode_mp4, write_thumbnail
 from engine.stages.base import Stage
 from engine.stages.state import PipelineState
+from spec.stages import Stage as StageName
 
 
 class EncodingStage(Stage):
     """Writes `output_path` (mp4) and `output_path` with a .jpg suffix; runs only when a path is set."""
 
-    name: ClassVar[str] = "encoding"
+    name: ClassVar[str] = StageName.ENCODING
     requires: ClassVar[tuple[str, ...]] = ("frames", "output_path")
     provides: ClassVar[tuple[str, ...]] = ("video_path", "thumbnail_path")
 

@@ -8,6 +8,7 @@ import torch
 
 from engine.stages.base import Stage
 from engine.stages.state import PipelineState
+from spec.stages import Stage as StageName
 
 
 def latent_shape(
@@ -31,7 +32,7 @@ class LatentPreparationStage(Stage):
     given `torch.Generator("cpu").manual_seed(seed)`.
     """
 
-    name: ClassVar[str] = "latent_preparation"
+    name: ClassVar[str] = StageName.LATENT_PREPARATION
     provides: ClassVar[tuple[str, ...]] = ("latents",)
     announced: ClassVar[bool] = False
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from engine.checkpoint import Checkpointer
-from engine.memory.planner import MemoryPlan
-from engine.request import GenerationRequest, StepInfo
+from spec.memory import MemoryPlan
+from spec.request import GenerationRequest, StepInfo
 
 OnStep = Callable[[StepInfo], None]
 OnStage = Callable[[str], None]

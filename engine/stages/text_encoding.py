@@ -11,6 +11,7 @@ import torch
 from engine.cache import LRUCache
 from engine.stages.base import Stage
 from engine.stages.state import PipelineState
+from spec.stages import Stage as StageName
 
 MAX_SEQUENCE_LENGTH = 512
 
@@ -43,7 +44,7 @@ class TextEncodingStage(Stage):
     are moved to the stage's device either way.
     """
 
-    name: ClassVar[str] = "text_encoding"
+    name: ClassVar[str] = StageName.TEXT_ENCODING
     provides: ClassVar[tuple[str, ...]] = ("prompt_embeds",)
 
     def __init__(

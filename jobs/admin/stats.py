@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from jobs.db import utcnow
 from jobs.models import ApiKey, Job, JobAttempt
 from jobs.states import JobStatus
+from spec.stages import Stage
 
 MAX_ROWS = 20_000
 WINDOW = timedelta(hours=1)
@@ -199,7 +200,7 @@ def completed_times(*, session: Session, limit: int = MAX_ROWS) -> CompletedTime
             out.latency_s.append((completed_at - created_at).total_seconds())
         if started_at is not None:
             out.queue_wait_s.append((started_at - created_at).total_seconds())
-        denoising = (timings or {}).get("denoising")
+        denoising = (timings or {}).get(Stage.DENOISING)
         if denoising is not None and steps:
             out.step_s.append(float(denoising) / steps)
     return out

@@ -7,8 +7,8 @@ import json
 import pytest
 from safetensors.torch import save
 
-from engine.lora.keys import DIT_SHAPES, DiTShape
 from engine.lora.synthetic import random_adapter
+from spec.lora_keys import DIT_SHAPES, DiTShape
 from tests.api.conftest import bearer, login
 
 TINY = DIT_SHAPES["tiny-wan"]

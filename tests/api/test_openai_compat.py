@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from engine.registry import list_specs
 from jobs.catalog import request_bounds
 from jobs.settings import Settings
+from spec.registry import list_specs
 from tests.api.conftest import bearer
 
 TINY = {"prompt": "a lighthouse in a storm", "model": "tiny-wan", "size": "96x64", "num_inference_steps": 2}

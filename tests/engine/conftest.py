@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.registry import TINY_WAN
+from spec.registry import TINY_WAN
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +44,7 @@ BASE_REQUEST = dict(
 @pytest.fixture
 def make_request():
     """Build a tiny GenerationRequest, overriding any field by keyword."""
-    from engine.request import GenerationRequest
+    from spec.request import GenerationRequest
 
     def build(**overrides) -> GenerationRequest:
         return replace(GenerationRequest(**BASE_REQUEST), **overrides)

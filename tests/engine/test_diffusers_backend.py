@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.registry import SpecViolationError, get_spec
+from spec.registry import SpecViolationError, get_spec
 
 FAMILY_MODELS = ("tiny-ltx-video", "tiny-cogvideox", "tiny-cogvideox-i2v", "tiny-mochi", "tiny-hunyuanvideo")
 STEPS = 2
@@ -50,7 +50,7 @@ def input_image() -> Image.Image:
 
 
 def request_for(name: str, *, image: bool = False, steps: int = STEPS, seed: int = 11):
-    from engine.request import GenerationRequest
+    from spec.request import GenerationRequest
 
     spec = get_spec(name)
     return GenerationRequest(

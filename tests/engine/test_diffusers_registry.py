@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.registry import SpecViolationError, get_spec, list_specs
+from spec.registry import SpecViolationError, get_spec, list_specs
 
 VALID = dict(num_inference_steps=30, guidance_scale=5.0, fps=24, prompt="a cat")
 
@@ -77,26 +77,25 @@ def test_planner_footprints_are_the_published_configs(name: str) -> None:
     import torch
 
     from engine.memory.diffusers_footprint import diffusers_footprint_from_modules
-    from engine.memory.planner import KNOWN_FOOTPRINTS
     from engine.models.diffusers_configs import PUBLISHED, build
 
     with torch.device("meta"):
         transformer, vae = build(name, "transformer"), build(name, "vae")
         encoders = [build(name, "text_encoder", i) for i in range(len(PUBLISHED[name].text_encoders))]
-    assert KNOWN_FOOTPRINTS[name] == diffusers_footprint_from_modules(transformer, vae, encoders, torch.bfloat16)
+    assert get_spec(name).footprint == diffusers_footprint_from_modules(transformer, vae, encoders, torch.bfloat16)
 
 
 def test_planner_offloads_or_refuses_the_big_models() -> None:
-    from engine.memory.planner import GIB, KNOWN_FOOTPRINTS, MemoryBudgetError, RequestShape, plan_memory
+    from spec.memory import GIB, MemoryBudgetError, RequestShape, plan_memory
 
     hunyuan = get_spec("hunyuanvideo")
     shape = RequestShape(hunyuan.default_width, hunyuan.default_height, hunyuan.default_frames, cfg=True)
-    footprint = KNOWN_FOOTPRINTS["hunyuanvideo"]
+    footprint = hunyuan.footprint
     assert plan_memory(footprint, shape, 140 * GIB).offload == "none"  # an H200 holds it all
     assert plan_memory(footprint, shape, 40 * GIB).offload in ("model", "layerwise")  # 13B DiT + 8B Llama do not
     with pytest.raises(MemoryBudgetError):
         plan_memory(footprint, shape, 4 * GIB)
     small = RequestShape(704, 512, 161, cfg=True)
-    ltx = KNOWN_FOOTPRINTS["ltx-video"]
+    ltx = get_spec("ltx-video").footprint
     assert plan_memory(ltx, small, 24 * GIB).offload == "none"  # T5-XXL (9.1 GiB) + the 2B DiT (3.6 GiB)
     assert plan_memory(ltx, small, 12 * GIB).offload == "model"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.registry import SpecViolationError
 from engine.stages.base import Stage, StageContractError
 from engine.stages.state import PipelineState
+from spec.registry import SpecViolationError
 
 
 class Cancelled(Exception):

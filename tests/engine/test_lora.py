@@ -9,12 +9,12 @@ import torch
 
 from engine.lora.adapter import adapter_from_tensors
 from engine.lora.apply import LoraApplier
-from engine.lora.keys import DiTShape, LoraFormatError, check_adapter, read_header
 from engine.lora.runtime import install_runtime_slots
 from engine.lora.synthetic import FORMATS, random_adapter, write_adapter
 from engine.models.tiny import TINY_TRANSFORMER
 from engine.models.wan_transformer import WanTransformer3DModel
-from engine.request import LoraRef
+from spec.lora_keys import DiTShape, LoraFormatError, check_adapter, read_header
+from spec.request import LoraRef
 
 TINY_DIT = DiTShape.from_config(TINY_TRANSFORMER.to_dict())
 

@@ -17,20 +17,20 @@ import torch
 
 from engine.memory.footprint import transformer_footprint
 from engine.memory.offload import ComponentOffload, LayerwiseOffload
-from engine.memory.planner import (
+from engine.memory.vae_tiling import decode_tiled, tile_starts
+from engine.models.tiny import TINY_TRANSFORMER, TINY_VAE
+from engine.models.wan_transformer import WanTransformer3DModel, WanTransformerConfig
+from engine.optimize import compile_blocks
+from spec.memory import (
     GIB,
-    KNOWN_FOOTPRINTS,
     MemoryBudgetError,
     RequestShape,
     plan_memory,
     wan_dit_param_bytes,
 )
-from engine.memory.vae_tiling import decode_tiled, tile_starts
-from engine.models.tiny import TINY_TRANSFORMER, TINY_VAE
-from engine.models.wan_transformer import WanTransformer3DModel, WanTransformerConfig
-from engine.optimize import compile_blocks
+from spec.registry import get_spec
 
-WAN_14B = KNOWN_FOOTPRINTS["wan2.1-t2v-14b"]
+WAN_14B = get_spec("wan2.1-t2v-14b").footprint
 SHAPE_480P = RequestShape(width=832, height=480, num_frames=81, cfg=True)
 
 
@@ -80,7 +80,7 @@ def test_a_request_too_large_for_the_budget_is_refused_naming_the_budget() -> No
 
 
 def test_vae_tiling_only_when_the_untiled_decode_does_not_fit() -> None:
-    footprint = KNOWN_FOOTPRINTS["wan2.1-t2v-1.3b"]
+    footprint = get_spec("wan2.1-t2v-1.3b").footprint
     shape_720p = RequestShape(width=1280, height=720, num_frames=81, cfg=True)
     untiled = plan_memory(footprint, shape_720p, 60 * GIB)
     assert not untiled.vae_tiling

@@ -9,21 +9,34 @@ from pathlib import Path
 import pytest
 
 from engine.models import locate
-from engine.registry import UnknownModelError
-from engine.settings import EngineSettings
+from spec.registry import UnknownModelError
+from spec.settings import EngineSettings
 
 
 def test_settings_read_vidq_environment(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("VIDQ_MODELS_DIR", str(tmp_path))
     monkeypatch.setenv("VIDQ_ATTENTION_BACKEND", "cudnn")
     settings = EngineSettings()
-    assert settings.models_dir == tmp_path
+    assert settings.resolved_models_dir == tmp_path
     assert settings.attention_backend == "cudnn"
 
 
 def test_settings_default_models_dir_is_expanded(monkeypatch) -> None:
     monkeypatch.delenv("VIDQ_MODELS_DIR", raising=False)
-    assert EngineSettings().models_dir == Path.home() / ".vidq" / "models"
+    monkeypatch.delenv("VIDQ_DATA_DIR", raising=False)
+    assert EngineSettings().resolved_models_dir == Path.home() / ".vidq" / "models"
+
+
+def test_models_dir_follows_the_data_dir(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("VIDQ_MODELS_DIR", raising=False)
+    monkeypatch.setenv("VIDQ_DATA_DIR", str(tmp_path))
+    assert EngineSettings().resolved_models_dir == tmp_path / "models"
+
+
+def test_engine_defaults_ignore_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("VIDQ_OFFLOAD", "layerwise")
+    assert EngineSettings().offload == "layerwise"
+    assert EngineSettings.defaults().offload == "auto"
 
 
 def test_settings_reject_unknown_backend(monkeypatch) -> None:
@@ -113,6 +126,7 @@ def test_not_installed_and_offline_names_the_install_command(tmp_path: Path, hf_
         locate.locate_model("wan2.1-t2v-14b", tmp_path / "models")  # a folder without its weights is not enough
     message = str(caught.value)
     assert "hf download Wan-AI/Wan2.1-T2V-14B-Diffusers" in message and "\n" not in message
+    assert caught.value.code == "model_unavailable"  # what a failed job records
     assert locate.installed_folder(caught.value.spec, tmp_path / "models") is None
 
 

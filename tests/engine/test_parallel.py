@@ -71,7 +71,7 @@ def test_sequence_parallel_forward_matches_one_process(world, ulysses, ring, sha
 
 def _generate_rank(rank: int, config: ParallelConfig, folder: Path, request_fields: dict, out: Path) -> None:
     from engine.engine import Engine
-    from engine.request import GenerationRequest
+    from spec.request import GenerationRequest
 
     engine = Engine(folder, device="cpu", parallel=config)
     steps: list[int] = []
@@ -138,10 +138,11 @@ def test_parallel_engine_group_generates_like_one_engine_and_fails_fast_when_a_r
     import time
     from dataclasses import replace
 
-    from engine.lora.keys import DIT_SHAPES
+    from engine.errors import RankFailure
     from engine.lora.synthetic import random_adapter, write_adapter
-    from engine.parallel.group import EngineGroup, RankFailure
-    from engine.request import LoraRef
+    from engine.parallel.group import EngineGroup
+    from spec.lora_keys import DIT_SHAPES
+    from spec.request import LoraRef
 
     request = make_request(num_inference_steps=3)
     expected = tiny_engine.generate(request).latents

@@ -128,10 +128,10 @@ def test_adapters_render_and_a_warm_idle_worker_gets_the_next_job_on_its_own_que
 ) -> None:
     from safetensors.torch import save
 
-    from engine.lora.keys import DIT_SHAPES
     from engine.lora.synthetic import random_adapter
     from jobs.affinity import worker_queue
     from jobs.workers import make_worker_registry
+    from spec.lora_keys import DIT_SHAPES
 
     key = make_key()
     data = save(random_adapter(DIT_SHAPES["tiny-wan"], 4, "distill", seed=1))

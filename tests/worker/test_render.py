@@ -13,11 +13,10 @@ from jobs.execution import claim_job, record_progress
 from jobs.keys import create_key
 from jobs.models import Job
 from jobs.settings import Settings
-from jobs.states import JobStage
 from jobs.transitions import requeue
 from jobs.validation import JobRequest
+from spec.stages import Stage, progress_percent
 from worker.context import WorkerContext, build_context
-from worker.progress import percent
 from worker.render import RenderOutcome, render_job
 
 
@@ -83,11 +82,11 @@ def test_a_worker_presumed_lost_cannot_write_over_the_new_owner(ctx: WorkerConte
 
 def test_progress_percent_moves_forward_through_the_stages() -> None:
     points = [
-        percent(JobStage.TEXT_ENCODING),
-        *(percent(JobStage.DENOISING, step, 10) for step in range(11)),
-        percent(JobStage.DECODING),
-        percent(JobStage.ENCODING),
-        percent(JobStage.UPLOADING),
+        progress_percent(Stage.TEXT_ENCODING),
+        *(progress_percent(Stage.DENOISING, step, 10) for step in range(11)),
+        progress_percent(Stage.DECODING),
+        progress_percent(Stage.ENCODING),
+        progress_percent(Stage.UPLOADING),
     ]
     assert points == sorted(points) and points[0] == 0 and points[-1] < 100
 

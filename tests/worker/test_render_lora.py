@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save
 
-from engine.lora.keys import DIT_SHAPES
 from engine.lora.synthetic import random_adapter
 from jobs.crud import create_job
 from jobs.db import session_scope
@@ -17,6 +16,7 @@ from jobs.loras import Recommended, create_lora, delete_lora
 from jobs.models import Job
 from jobs.settings import Settings
 from jobs.validation import JobRequest, LoraChoice
+from spec.lora_keys import DIT_SHAPES
 from worker.context import WorkerContext, build_context
 from worker.render import RenderOutcome, render_job
 

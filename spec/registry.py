@@ -1,14 +1,18 @@
-"""The model registry: which models exist and which request parameters each accepts.
+"""The model registry: which models exist, and every fact about each.
 
-This is the one place where sizes, frame rules and sampling defaults live. The API imports it to
-validate requests before a job is queued, so it must stay import-light: standard library only
-(a test asserts that importing it does not import torch).
+This is the one place where sizes, frame rules, sampling defaults, a model's family (its queue),
+its memory footprint and whether it is built in live. The API imports it to validate requests
+before a job is queued, the worker to know what it can serve, the engine to load and check; so it
+stays import-light: standard library only (a test asserts that importing it does not import torch).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from spec.errors import CodedError
+from spec.memory import DIFFUSERS_FOOTPRINTS, ModelFootprint, wan21_footprint
 
 # Bounds shared by every model: outside them a request is refused before any work starts.
 MIN_STEPS = 1
@@ -28,8 +32,11 @@ IMAGE_INPUTS = ("none", "optional", "required")
 OPENAI_SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024")
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(CodedError, KeyError):
     """Raised by `get_spec` for a name the registry does not hold."""
+
+    code = "unknown_model"
+    param = "model"
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -39,13 +46,13 @@ class UnknownModelError(KeyError):
         return f"unknown model {self.name!r}; known models: {', '.join(spec.name for spec in list_specs())}"
 
 
-class SpecViolationError(ValueError):
+class SpecViolationError(CodedError, ValueError):
     """A request parameter that the model's spec does not allow; `param` names the field."""
 
+    code = "invalid_request"
+
     def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-        self.message = message
+        super().__init__(message, param=param)
 
 
 def format_seconds(num_frames: int, fps: int) -> str:
@@ -90,6 +97,11 @@ class ModelSpec:
     frame_step: int = FRAME_STEP
     size_multiple: int = 16
     image_input: str = "none"  # an `input_reference` image: "none" (text-to-video), "optional" or "required"
+    # The GPU memory it needs, for planning without loading (the API's 422 at submission); None
+    # when unknown: the engine then reads it from the checkpoint at load time.
+    footprint: ModelFootprint | None = None
+    # Written locally on first use (random weights), so every install serves it.
+    builtin: bool = False
 
     def __post_init__(self) -> None:
         # A spec that contradicts itself is a programming error: fail at import, not per request.
@@ -216,6 +228,7 @@ TINY_WAN = ModelSpec(
     flow_shift=3.0,
     max_prompt_chars=2000,
     description="Random-weight Wan2.1 of a few MB, written locally on first use; for tests and CI.",
+    builtin=True,
 )
 
 WAN21_T2V_1_3B = ModelSpec(
@@ -235,6 +248,7 @@ WAN21_T2V_1_3B = ModelSpec(
     flow_shift=3.0,
     max_prompt_chars=2000,
     description="Wan2.1 text-to-video, 1.3B parameters, 480p.",
+    footprint=wan21_footprint(dim=1536, ffn_dim=8960, num_layers=30, heads=12),
 )
 
 WAN21_T2V_14B = ModelSpec(
@@ -254,6 +268,7 @@ WAN21_T2V_14B = ModelSpec(
     flow_shift=5.0,
     max_prompt_chars=2000,
     description="Wan2.1 text-to-video, 14B parameters, 480p and 720p.",
+    footprint=wan21_footprint(dim=5120, ffn_dim=13824, num_layers=40, heads=40),
 )
 
 
@@ -288,6 +303,7 @@ TINY_LTX_VIDEO = ModelSpec(
 
 LTX_VIDEO = ModelSpec(
     name="ltx-video",
+    footprint=DIFFUSERS_FOOTPRINTS["ltx-video"],
     family="ltx",
     hub_id="Lightricks/LTX-Video",
     sizes=("704x512", "512x704", "704x480", "480x704", "768x512", "512x768", "1216x704", "704x1216"),
@@ -344,13 +360,22 @@ _COGVIDEOX = {
 }
 
 COGVIDEOX_2B = ModelSpec(
-    name="cogvideox-2b", hub_id="THUDM/CogVideoX-2b", description="CogVideoX 2B text-to-video, 720x480.", **_COGVIDEOX
+    name="cogvideox-2b",
+    footprint=DIFFUSERS_FOOTPRINTS["cogvideox-2b"],
+    hub_id="THUDM/CogVideoX-2b",
+    description="CogVideoX 2B text-to-video, 720x480.",
+    **_COGVIDEOX,
 )
 COGVIDEOX_5B = ModelSpec(
-    name="cogvideox-5b", hub_id="THUDM/CogVideoX-5b", description="CogVideoX 5B text-to-video, 720x480.", **_COGVIDEOX
+    name="cogvideox-5b",
+    footprint=DIFFUSERS_FOOTPRINTS["cogvideox-5b"],
+    hub_id="THUDM/CogVideoX-5b",
+    description="CogVideoX 5B text-to-video, 720x480.",
+    **_COGVIDEOX,
 )
 COGVIDEOX_5B_I2V = ModelSpec(
     name="cogvideox-5b-i2v",
+    footprint=DIFFUSERS_FOOTPRINTS["cogvideox-5b-i2v"],
     hub_id="THUDM/CogVideoX-5b-I2V",
     image_input="required",
     description="CogVideoX 5B image-to-video, 720x480: needs an input image.",
@@ -371,6 +396,7 @@ TINY_MOCHI = ModelSpec(
 
 MOCHI_1 = ModelSpec(
     name="mochi-1",
+    footprint=DIFFUSERS_FOOTPRINTS["mochi-1"],
     family="mochi",
     hub_id="genmo/mochi-1-preview",
     sizes=("848x480", "480x848"),
@@ -400,6 +426,7 @@ TINY_HUNYUANVIDEO = ModelSpec(
 
 HUNYUANVIDEO = ModelSpec(
     name="hunyuanvideo",
+    footprint=DIFFUSERS_FOOTPRINTS["hunyuanvideo"],
     family="hunyuanvideo",
     hub_id="hunyuanvideo-community/HunyuanVideo",
     sizes=("1280x720", "720x1280", "960x544", "544x960", "848x480", "480x848"),

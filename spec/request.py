@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import PIL.Image
     import torch
 
-    from engine.memory.planner import MemoryPlan
+    from spec.memory import MemoryPlan
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from engine.registry import (
+from spec.registry import (
     MAX_STEPS,
     SpecViolationError,
     UnknownModelError,
@@ -21,7 +21,7 @@ from engine.registry import (
 
 def test_registry_import_does_not_import_torch() -> None:
     code = (
-        "import sys, engine.registry, engine.request, engine.cli, engine;"
+        "import sys, spec.registry, spec.request, engine.cli, engine;"
         "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules];"
         "print(','.join(heavy))"
     )

@@ -15,9 +15,10 @@ that fits under no allowed plan raises `MemoryBudgetError` naming the budget and
 before any work starts.
 
 The estimates are deliberately simple and slightly pessimistic: weights are exact (from the
-config), activations are per-token (DiT) and per-pixel (VAE) coefficients calibrated on an H100
-(see `DIT_BYTES_PER_TOKEN_CHANNEL`, `VAE_LIVE_TENSORS`; `benchmarks/bench_offload.py` prints the
-measured peaks beside the estimates).
+config; a registered model's footprint is its spec's `footprint`), activations are per-token (DiT)
+and per-pixel (VAE) coefficients calibrated on an H100 (see `DIT_BYTES_PER_TOKEN_CHANNEL`,
+`VAE_LIVE_TENSORS`; `benchmarks/bench_offload.py` prints the measured peaks beside the estimates).
+Stage estimates are keyed by `spec.stages.Stage` names.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
+from spec.errors import CodedError
+from spec.settings import OFFLOAD_MODES, VAE_TILING_MODES
+from spec.stages import Stage
+
 GIB = 2**30
-OFFLOAD_MODES = ("auto", "none", "model", "layerwise")
-VAE_TILING_MODES = ("auto", "on", "off")
-OffloadMode = Literal["auto", "none", "model", "layerwise"]
 Placement = Literal["resident", "offload", "cpu"]
 
 # DiT activations: bytes per (batch x token x model-channel), plus per (batch x token x ffn-channel).
@@ -53,17 +55,14 @@ VAE_TILE_OVERLAP = 8
 BLOCKS_IN_FLIGHT = 2
 
 
-class MemoryBudgetError(ValueError):
+class MemoryBudgetError(CodedError, ValueError):
     """A request (or a model) that does not fit the memory budget under any allowed plan.
 
     `param` is "memory" so the API can report it like a `SpecViolationError` (a 422 with a reason).
     """
 
+    code = "insufficient_gpu_memory"
     param = "memory"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -142,13 +141,8 @@ def wan21_footprint(*, dim: int, ffn_dim: int, num_layers: int, heads: int) -> M
     )
 
 
-# Registry name -> footprint in bf16, for planning without loading (the API's 422 at submission).
-KNOWN_FOOTPRINTS: dict[str, ModelFootprint] = {
-    "wan2.1-t2v-1.3b": wan21_footprint(dim=1536, ffn_dim=8960, num_layers=30, heads=12),
-    "wan2.1-t2v-14b": wan21_footprint(dim=5120, ffn_dim=13824, num_layers=40, heads=40),
-}
-
-# The checkpoints served through diffusers (engine.pipelines.diffusers_backend), every component in bf16:
+# The checkpoints served through diffusers (engine.pipelines.diffusers_backend), every component in bf16
+# (each registry spec's `footprint`):
 # parameter counts of their published configs (`engine.models.diffusers_configs`, instantiated on the
 # meta device; a test recomputes them). Repeated blocks of two kinds (HunyuanVideo) count as one
 # average size.
@@ -232,7 +226,6 @@ DIFFUSERS_FOOTPRINTS: dict[str, ModelFootprint] = {
         vae_decoder_channels=128,
     ),
 }
-KNOWN_FOOTPRINTS.update(DIFFUSERS_FOOTPRINTS)
 
 
 @dataclass(frozen=True)
@@ -350,9 +343,11 @@ def _stage_estimates(
     always = dit_always + (0 if offloaded else te_weights + fp.vae_bytes)
     te_stage = 0 if text_encoder == "cpu" else TEXT_ENCODER_ACTIVATION_BYTES + (te_weights if offloaded else 0)
     return {
-        "text_encoding": _with_overhead(always + te_stage),
-        "denoising": _with_overhead(always - dit_always + dit_running + dit_activation_bytes(fp, shape)),
-        "decoding": _with_overhead(always + (fp.vae_bytes if offloaded else 0) + vae_decode_bytes(fp, shape, tile)),
+        Stage.TEXT_ENCODING.value: _with_overhead(always + te_stage),
+        Stage.DENOISING.value: _with_overhead(always - dit_always + dit_running + dit_activation_bytes(fp, shape)),
+        Stage.DECODING.value: _with_overhead(
+            always + (fp.vae_bytes if offloaded else 0) + vae_decode_bytes(fp, shape, tile)
+        ),
     }
 
 
