@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-
 from spec.errors import CodedError
 
 
@@ -34,8 +32,15 @@ class RankFailure(EngineError, RuntimeError):
 
 @contextmanager
 def coded_errors() -> Iterator[None]:
-    """Re-raise torch's out-of-memory error as `GpuOutOfMemory` (the original is its `__cause__`)."""
+    """Re-raise torch's out-of-memory error as `GpuOutOfMemory` (the original is its `__cause__`).
+
+    Torch is imported only when an error passes (it is loaded by then), so this module stays
+    importable without it (`engine.models.locate` and the CLI use its errors)."""
     try:
         yield
-    except torch.OutOfMemoryError as exc:
-        raise GpuOutOfMemory(str(exc)) from exc
+    except Exception as exc:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise GpuOutOfMemory(str(exc)) from exc
+        raise

@@ -6,7 +6,16 @@ import subprocess
 import sys
 
 # Importing any of these in a process where torch, numpy and diffusers cannot be imported at all.
-TORCH_FREE_MODULES = ("api.app", "vidq.cli", "vidq.client", "jobs.capacity", "jobs.validation", "spec.registry")
+TORCH_FREE_MODULES = (
+    "api.app",
+    "vidq.cli",
+    "vidq.client",
+    "vidq.progress_bar",
+    "jobs.capacity",
+    "jobs.catalog",
+    "jobs.validation",
+    "spec.registry",
+)
 
 
 def test_service_side_imports_without_torch() -> None:
