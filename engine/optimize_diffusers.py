@@ -55,7 +55,8 @@ def set_attention(transformer: torch.nn.Module, family: DiffusersFamily, backend
 def compile_repeated_blocks(
     transformer: torch.nn.Module, class_names: tuple[str, ...], *, emulate_precision_casts: bool = True
 ) -> int:
-    """Compile, in place and lazily, every sub-module whose class is in `class_names`; returns how many.
+    """Compile, in place and lazily, every sub-module whose class is in the model's `_repeated_blocks`
+    (diffusers' list: LTX, HunyuanVideo) or else in `class_names` (the family's); returns how many.
 
     `emulate_precision_casts` makes the fused kernels round to bf16 where eager mode does, which
     keeps the output nearest to plain diffusers' (the native engine does the same, see
@@ -63,6 +64,8 @@ def compile_repeated_blocks(
     """
     # Shapes vary per request (size, frames, CFG on/off); each gets its own specialised graph.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # The model's own list where it declares one (what diffusers' `compile_repeated_blocks` uses).
+    class_names = tuple(getattr(transformer, "_repeated_blocks", None) or class_names)
     compiled = 0
     for module in transformer.modules():
         if type(module).__name__ in class_names:

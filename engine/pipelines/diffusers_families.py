@@ -39,7 +39,8 @@ class DiffusersFamily:
     (LTX); otherwise a checkpoint serves only the mode its model_index.json names (CogVideoX 5B vs
     5B-I2V). `checkpoint_classes`: the `_class_name` values
     of model_index.json that belong to the family. `repeated_blocks`: class names of the
-    transformer's repeated blocks, compiled one by one (regional compilation). `attention_dispatch`:
+    transformer's repeated blocks, compiled one by one (regional compilation) when the model does not list
+    its own (`_repeated_blocks`, which CogVideoX and Mochi lack). `attention_dispatch`:
     whether the transformer's attention goes through diffusers' dispatcher (so a kernel package,
     flash-attn or SageAttention, can be selected); the others call SDPA directly, whose kernel
     choice (cuDNN, flash) vidq sets around the denoising loop. `uses_negative_prompt`: False for
