@@ -192,7 +192,7 @@ def bench_distilled_preset(args: argparse.Namespace, device: torch.device, dtype
         timings.update(render())
 
     results["distill_e2e_s"] = timed(timed_render, device, args.iters)
-    results["distill_stage_s"] = {name: round(s, 3) for name, s in timings.items()}
+    results["distill_stage_s"] = {str(name): round(s, 3) for name, s in timings.items()}
     results["distill_peak_vram_gb"] = peak_gb(device)
     return results
 
