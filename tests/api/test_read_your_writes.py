@@ -10,17 +10,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from api.deps import StateDep, get_session
+from api.routes import admin as admin_routes
 from jobs.db import session_scope, utcnow
-from jobs.models import ApiKey, AuditEntry, Job, WebhookDelivery, WebhookEndpoint
+from jobs.models import ApiKey, AuditEntry, Job, Lora, WebhookDelivery, WebhookEndpoint
 from jobs.settings import Settings
 from jobs.transitions import fail, start
-from tests.api.conftest import bearer
+from tests.api.conftest import bearer, login
+from tests.api.test_loras import adapter_bytes, upload
 
 TINY = {"prompt": "a kite over a beach", "model": "tiny-wan", "size": "96x64", "num_inference_steps": 2}
 HOOK = "http://127.0.0.1:9/hook"  # loopback is allowed below; nothing is delivered (no worker)
@@ -104,6 +107,14 @@ def test_client_write_routes_are_committed_before_they_answer(client: TestClient
         owner = session.scalar(select(ApiKey).where(ApiKey.webhook_secret == secret))
         assert owner is not None
 
+    # POST /v1/loras, DELETE /v1/loras/{id}
+    lora = upload(client, key, adapter_bytes()).json()
+    with fresh(factory) as session:
+        assert session.get(Lora, lora["id"]) is not None
+    assert client.delete(f"/v1/loras/{lora['id']}", headers=auth).status_code == 200
+    with fresh(factory) as session:
+        assert session.get(Lora, lora["id"]) is None
+
 
 def test_admin_write_routes_are_committed_before_they_answer(client: TestClient, new_key, factory) -> None:
     _, client_key = new_key()
@@ -160,7 +171,49 @@ def test_admin_write_routes_are_committed_before_they_answer(client: TestClient,
         assert session.get(ApiKey, made.id).revoked_at is not None
 
     client.post("/admin/logout", headers=admin, follow_redirects=False)
+    login(client, admin_key)  # the form, with its CSRF cookie
     with fresh(factory) as session:
         actions = set(session.scalars(select(AuditEntry.action).where(AuditEntry.actor_key_id == admin_id)))
     assert {"job.cancel", "job.retry", "dead.requeue", "jobs.bulk_cancel", "webhook.redeliver"} <= actions
-    assert {"key.create", "key.revoke", "logout"} <= actions
+    assert {"key.create", "key.revoke", "logout", "login"} <= actions
+
+
+# What the two tests above exercise; a new write route must be added to them (and here).
+COVERED = {
+    ("POST", "/v1/videos"),
+    ("POST", "/v1/videos/{video_id}/cancel"),
+    ("DELETE", "/v1/videos/{video_id}"),
+    ("POST", "/v1/videos/{video_id}/webhook_deliveries/{delivery_id}/redeliver"),
+    ("POST", "/v1/webhook_endpoints"),
+    ("DELETE", "/v1/webhook_endpoints/{endpoint_id}"),
+    ("POST", "/v1/webhook_endpoints/{endpoint_id}/rotate_secret"),
+    ("POST", "/v1/webhook_endpoints/{endpoint_id}/enable"),
+    ("POST", "/v1/loras"),
+    ("DELETE", "/v1/loras/{lora_id}"),
+    ("POST", "/admin/login"),
+    ("POST", "/admin/logout"),
+    ("POST", "/admin/jobs/bulk"),
+    ("POST", "/admin/jobs/{job_id}/cancel"),
+    ("POST", "/admin/jobs/{job_id}/retry"),
+    ("POST", "/admin/jobs/{job_id}/webhooks/{delivery_id}/redeliver"),
+    ("POST", "/admin/dead/requeue"),
+    ("POST", "/admin/keys"),
+    ("POST", "/admin/keys/{key_id}/revoke"),
+}
+
+
+def test_every_write_route_is_covered_here(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    writes = {
+        (method.upper(), path)
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if method != "get" and "not supported" not in operation.get("tags", [])
+    }
+    writes |= {  # the dashboard is not in the OpenAPI document
+        (method, route.path)
+        for route in admin_routes.router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods - {"GET", "HEAD"}
+    }
+    assert writes == COVERED
