@@ -39,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.attention import resolve_backend  # noqa: E402
 from engine.optimize_diffusers import compile_repeated_blocks, fuse_projections, set_attention  # noqa: E402
 from engine.pipelines.diffusers_backend import DiffusersDenoisingStage  # noqa: E402
 from engine.pipelines.diffusers_families import FAMILIES  # noqa: E402
@@ -104,16 +105,6 @@ def commit() -> str:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def resolve_attention(name: str, device: torch.device) -> str:
-    """`engine.attention.resolve_backend`'s choice for "auto" (cuDNN on Hopper, flash on other GPUs,
-    SDPA on the CPU), without importing the engine's settings (pydantic-settings is not on the GPU box)."""
-    if name != "auto":
-        return name
-    if device.type != "cuda":
-        return "sdpa"
-    return "cudnn" if torch.cuda.get_device_capability(device)[0] >= 9 else "flash"
 
 
 def build_published(name: str, device: torch.device, dtype: torch.dtype) -> Any:
@@ -234,7 +225,7 @@ def bench_family(name: str, args: argparse.Namespace, device: torch.device, dtyp
         run_plain(WARMUP_STEPS)  # warm-up: cuDNN/cuBLAS heuristics, allocator
         plain_s, plain_latents = run_plain(args.steps)
 
-    backend = resolve_attention(args.attention_backend, device)
+    backend = resolve_backend(args.attention_backend, device)
     around_loop = set_attention(pipe.transformer, family, backend)
     fused = not args.no_fuse and fuse_projections(pipe.transformer, family)
     compiled_blocks = 0 if args.no_compile else compile_repeated_blocks(pipe.transformer, family.repeated_blocks)
