@@ -85,3 +85,9 @@ def test_cancel_stops_an_ltx_job_within_a_step(api, make_key) -> None:
     assert final["status"] == "cancelled" and final["current_step"] < 200
     assert final["current_step"] <= at_cancel + 1  # the worker's next step saw the cancel
     assert api.get(f"/v1/videos/{job['id']}/content", headers=auth(key)).status_code == 409
+
+
+def test_an_image_to_video_checkpoint_needs_an_image(api, make_key) -> None:
+    response = api.post("/v1/videos", json={"prompt": "a fox", "model": "tiny-cogvideox-i2v"}, headers=auth(make_key()))
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] == "input_reference"
