@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
@@ -116,6 +117,25 @@ class VideoCreate(BaseModel):
         description="The sampler's flow shift (default: an adapter's recommendation, else the model's).",
     )
 
+    acceleration: str | dict[str, Any] | None = Field(
+        default=None,
+        description="Fast modes: `none` (default: lossless), a preset (`balanced`, `fast`) or an object of options "
+        "(`preset`, `cache`: teacache|magcache|fbcache, `threshold`, `warmup_steps`, `final_steps`, "
+        "`max_consecutive_skips`, `fp8`, `skip_steps`). `GET /v1/models` lists what each model supports.",
+        examples=["fast", {"cache": "magcache", "threshold": 0.12, "fp8": False}],
+    )
+
+    @field_validator("acceleration", mode="before")
+    @classmethod
+    def _acceleration_from_form(cls, value: Any) -> Any:
+        """A multipart form sends the options object as one JSON-encoded text part."""
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("acceleration must be a preset name or a JSON object of options") from None
+        return value
+
     @field_validator("loras", mode="before")
     @classmethod
     def _loras_from_form(cls, value: Any) -> Any:
@@ -123,8 +143,6 @@ class VideoCreate(BaseModel):
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
             value = value[0]
         if isinstance(value, str):
-            import json
-
             try:
                 return json.loads(value)
             except ValueError:
@@ -150,6 +168,7 @@ class VideoCreate(BaseModel):
             input_reference=input_reference,
             loras=tuple(LoraChoice(use.id, use.scale) for use in self.loras or ()),
             flow_shift=self.flow_shift,
+            acceleration=self.acceleration,
         )
 
 
@@ -212,6 +231,13 @@ class VideoPublic(BaseModel):
     error: VideoError | None
     stage_timings: dict[str, Any] | None
     memory: dict[str, Any] | None = None
+    acceleration: dict[str, Any] | None = Field(
+        default=None, description="The fast-mode options this job asked for, resolved (None: lossless)."
+    )
+    acceleration_result: dict[str, Any] | None = Field(
+        default=None,
+        description="What the render did: `steps_computed`, `steps_skipped`, `skipped_steps`, `precision`.",
+    )
     webhook_url: str | None
     webhook_events: list[str] | None
 
@@ -410,6 +436,11 @@ class ModelPublic(BaseModel):
     default_guidance: float
     max_prompt_chars: int
     takes_image: bool = Field(description="Whether `input_reference` (image-to-video) is accepted.")
+    acceleration: list[str] = Field(
+        default_factory=list,
+        description="The fast modes it offers in `acceleration`: cache methods (`teacache`, `magcache`, `fbcache`) "
+        "and `fp8`. Empty: only `none`.",
+    )
     gpu_memory: GpuMemory | None = Field(description="The planner's estimate; None when it has no footprint.")
 
     @classmethod
@@ -441,6 +472,7 @@ class ModelPublic(BaseModel):
             default_guidance=spec.default_guidance,
             max_prompt_chars=spec.max_prompt_chars,
             takes_image=spec.takes_image,
+            acceleration=list(spec.acceleration),
             gpu_memory=GpuMemory(**asdict(estimate)) if estimate is not None else None,
         )
 

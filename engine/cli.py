@@ -16,6 +16,12 @@ from typing import TextIO
 from engine.models.locate import ModelNotInstalledError
 from engine.parallel.config import ParallelConfig
 from engine.progress import ProgressDisplay
+from spec.acceleration import (
+    acceleration_argument,
+    check_acceleration,
+    parse_acceleration,
+    summarize_acceleration,
+)
 from spec.registry import (
     WAN21_T2V_1_3B,
     ModelSpec,
@@ -67,6 +73,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "--text-encoder-on-cpu", action="store_true", default=None, help="run the text encoder on the CPU"
     )
     parser.add_argument(
+        "--acceleration",
+        default="none",
+        help="fast modes: none (lossless), balanced, fast, or a JSON object of options "
+        '(e.g. \'{"cache": "magcache", "threshold": 0.12, "fp8": true}\')',
+    )
+    parser.add_argument(
         "--compile",
         choices=COMPILE_MODES,
         help="torch.compile the DiT blocks (default: VIDQ_COMPILE or auto = on CUDA only)",
@@ -100,6 +112,13 @@ def run_generate(args: argparse.Namespace) -> int:
         fps=args.fps if args.fps is not None else spec.default_fps,
     )
     try:
+        request.acceleration = parse_acceleration(acceleration_argument(args.acceleration))
+        if known_spec is not None:
+            check_acceleration(
+                request.acceleration,
+                supported=known_spec.acceleration,
+                num_inference_steps=request.num_inference_steps,
+            )
         if known_spec is not None:  # refuse before spending seconds on imports and loading
             known_spec.validate_request(request)
         if args.num_gpus > 1:
@@ -187,4 +206,5 @@ def _summarise(result, err: TextIO) -> None:  # type: ignore[no-untyped-def]
     err.write(f"peak memory: {_format_bytes(result.peak_memory_bytes)}\n")
     if result.memory_plan is not None:
         err.write(f"memory plan: {result.memory_plan.describe()}\n")
+    err.write(summarize_acceleration(result.acceleration) + "\n")
     err.write(f"wrote {result.video_path} and {result.thumbnail_path}\n")

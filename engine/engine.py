@@ -9,12 +9,14 @@ from typing import Any
 
 import torch
 
+from engine.acceleration.calibration import calibration_for
+from engine.acceleration.fp8 import Fp8UnsupportedError, Fp8Weights, fp8_extra_bytes, fp8_support
 from engine.attention import resolve_backend
 from engine.checkpoint import Checkpointer
 from engine.errors import coded_errors
 from engine.lora.apply import LoraApplier
 from engine.lora.cache import AdapterCache
-from engine.lora.runtime import install_runtime_slots
+from engine.lora.runtime import LoraLinear, install_runtime_slots
 from engine.memory.diffusers_footprint import diffusers_footprint_from_folder
 from engine.memory.diffusers_placement import place_pipeline
 from engine.memory.footprint import footprint_from_folder
@@ -30,6 +32,7 @@ from engine.pipelines.diffusers_backend import DiffusersPipeline
 from engine.pipelines.diffusers_families import DiffusersFamily
 from engine.pipelines.wan_t2v import WanT2VPipeline
 from engine.stages.state import OnStage, OnStep
+from spec.acceleration import check_acceleration
 from spec.memory import GIB, MemoryPlan, ModelFootprint, RequestShape, plan_for_placement, plan_memory
 from spec.registry import (
     MAX_GUIDANCE,
@@ -48,6 +51,8 @@ from spec.stages import Stage
 FREE_MEMORY_FRACTION = 0.95
 # The request a placement is planned for when the model has no registry spec.
 FALLBACK_SHAPE = RequestShape(width=832, height=480, num_frames=81, cfg=True)
+# Fast modes of a model folder the registry does not know: no MagCache schedule exists for it.
+UNREGISTERED_ACCELERATION = ("teacache", "fbcache", "fp8")
 
 
 def default_device() -> torch.device:
@@ -111,6 +116,7 @@ class Engine:
         vae_tiling: str | None = None,
         text_encoder_on_cpu: bool | None = None,
         resident_blocks: int | None = None,
+        fp8_emulation: bool | None = None,
     ) -> None:
         overrides = {
             "models_dir": models_dir,
@@ -121,6 +127,7 @@ class Engine:
             "vae_tiling": vae_tiling,
             "text_encoder_on_cpu": text_encoder_on_cpu,
             "offload_resident_blocks": resident_blocks,
+            "fp8_emulation": fp8_emulation,
         }
         base = settings if settings is not None else EngineSettings.defaults()
         settings = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
@@ -163,6 +170,12 @@ class Engine:
         )
         self.compiled = should_compile(settings.compile, self.device)
         self.parallel = None
+        # Fast modes (engine.acceleration) are native-Wan hooks; diffusers-backed families offer none.
+        if self.spec is not None:
+            self.acceleration: tuple[str, ...] = self.spec.acceleration
+        else:
+            self.acceleration = () if self.family is not None else UNREGISTERED_ACCELERATION
+        self.fp8_weights: Fp8Weights | None = None
         if self.family is not None:
             if parallel is not None and parallel.enabled:
                 raise ValueError(f"{self.family.name} runs on one GPU (multi-GPU parallelism is native Wan only)")
@@ -205,7 +218,12 @@ class Engine:
         overrides = {"flow_shift": self.spec.flow_shift} if self.spec is not None else {}
         text_encoder_device = torch.device("cpu") if self.placement.text_encoder == "cpu" else self.device
         pipeline = WanT2VPipeline(
-            self.components, self.device, self.model_id, overrides, text_encoder_device=text_encoder_device
+            self.components,
+            self.device,
+            self.model_id,
+            overrides,
+            text_encoder_device=text_encoder_device,
+            calibration=calibration_for(self.spec.name if self.spec is not None else None),
         )
         if "dit" in self._offloads:
             pipeline.stage(Stage.DENOISING).around.append(self._offloads["dit"].on_device)
@@ -325,6 +343,37 @@ class Engine:
             components.vae.to(device)
         return offloads
 
+    def fp8_unavailable_reason(self) -> str | None:
+        """None when this engine can run FP8 requests, else why not (before any weight is made)."""
+        if "fp8" not in self.acceleration:
+            return "this model does not offer FP8"
+        reason = fp8_support(self.device, emulate=self.settings.fp8_emulation)
+        if reason is not None:
+            return reason
+        if self.placement.offload != "none":
+            return f"FP8 needs the DiT resident on the GPU; this engine offloads it ({self.placement.offload})"
+        if any(isinstance(m, LoraLinear) for m in self.components.transformer.blocks.modules()):
+            return "FP8 and runtime LoRA slots do not combine (VIDQ_LORA_MODE=runtime)"
+        budget = self.placement.budget_bytes
+        extra = fp8_extra_bytes(self.components.transformer)
+        if budget is not None and self.placement.estimated_peak_bytes + extra > budget:
+            return (
+                f"the FP8 weights ({extra / GIB:.1f} GiB) do not fit beside the bf16 ones "
+                f"(estimated peak {self.placement.estimated_peak_bytes / GIB:.1f} GiB, budget {budget / GIB:.1f} GiB)"
+            )
+        return None
+
+    def _prepare_fp8(self) -> None:
+        """Quantize the blocks' linears once (first FP8 request); raise when FP8 cannot run here."""
+        if self.fp8_weights is not None:
+            return
+        reason = self.fp8_unavailable_reason()
+        if reason is not None:
+            raise Fp8UnsupportedError(reason)
+        emulate = self.device.type != "cuda"
+        self.fp8_weights = Fp8Weights(self.components.transformer, emulate=emulate)
+        self.pipeline.stage("denoising").fp8 = self.fp8_weights
+
     def plan(self, request: GenerationRequest) -> MemoryPlan:
         """The memory plan for `request` under this engine's placement; raises `MemoryBudgetError`
         (a ValueError naming the budget and the estimate) when it cannot fit. Pure arithmetic."""
@@ -334,10 +383,15 @@ class Engine:
         """Raise `SpecViolationError` for a request this model cannot run, before any work.
 
         With a registry spec its rules apply (sizes, frame range, ...); for unregistered folders,
-        only what the architecture itself needs.
+        only what the architecture itself needs. Fast modes must be ones the model offers.
         """
         if self.family is not None and request.loras:
             raise SpecViolationError("loras", f"LoRA adapters are served for Wan models only, not {self.family.name}")
+        check_acceleration(
+            request.acceleration, supported=self.acceleration, num_inference_steps=request.num_inference_steps
+        )
+        if request.acceleration.fp8 and request.loras:
+            raise Fp8UnsupportedError("FP8 weights are quantized from the base weights: they cannot carry LoRAs")
         if self.spec is not None:
             self.spec.validate_request(request)
             return
@@ -384,6 +438,8 @@ class Engine:
             raise ValueError("denoising checkpoints need a single-process engine, not one rank of a group")
         memory_plan = self.plan(request)
         with self._lock, coded_errors():
+            if request.acceleration.fp8:
+                self._prepare_fp8()
             lora_mode, lora_s = self.apply_loras(request) if self.family is None else (None, 0.0)
             result = self.pipeline(
                 request,

@@ -42,8 +42,8 @@ MAX_PAGE = 100
 def request_fingerprint(request: JobRequest) -> str:
     """A stable hash of what the client sent, for ``Idempotency-Key`` comparisons (an image by its hash)."""
     fields = asdict(request)
-    for name in ("seconds", "input_reference", "loras", "flow_shift"):  # newer fields: absent ones keep
-        if fields[name] in (None, ()):  # older jobs' hashes valid
+    for name in ("seconds", "input_reference", "loras", "flow_shift", "acceleration"):  # newer fields: absent ones
+        if fields[name] in (None, ()):  # keep older jobs' hashes valid
             del fields[name]
     if request.input_reference is not None:
         reference = request.input_reference

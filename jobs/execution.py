@@ -103,6 +103,7 @@ def complete_owned(
     stage_timings: dict[str, float],
     result_ttl_s: int,
     memory: dict[str, Any] | None = None,
+    acceleration_result: dict[str, Any] | None = None,
 ) -> Job:
     job = _lock_owned(session, job_id, worker_id)
     complete(
@@ -112,6 +113,7 @@ def complete_owned(
         stage_timings=stage_timings,
         result_ttl_s=result_ttl_s,
         memory=memory,
+        acceleration_result=acceleration_result,
     )
     close_attempt(session=session, job=job, outcome=AttemptOutcome.COMPLETED, now=job.completed_at)
     add_job_event(session=session, job=job)

@@ -95,6 +95,10 @@ class Job(Base):
     loras: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     # The sampler's flow shift for this job (None: the model's); an adapter may recommend one.
     flow_shift: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Fast modes asked for (engine.acceleration options, resolved; None: lossless) and what the
+    # render did: {"steps_computed", "steps_skipped", "skipped_steps", "precision", ...}.
+    acceleration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    acceleration_result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     # When
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

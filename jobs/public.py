@@ -81,6 +81,8 @@ def job_to_public(job: Job, *, queue_position: int | None) -> dict[str, Any]:
         "loras": job.loras or [],
         "flow_shift": job.flow_shift,
         "retry": retry_info(job),
+        "acceleration": job.acceleration,
+        "acceleration_result": job.acceleration_result,
         "error": {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None,
         "stage_timings": job.stage_timings,
         "memory": job.memory,

@@ -40,10 +40,12 @@ def complete(
     stage_timings: dict[str, float],
     result_ttl_s: int,
     memory: dict[str, Any] | None = None,
+    acceleration_result: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> None:
     job.status = check_transition(job.status, JobStatus.COMPLETED).value
     job.memory = memory
+    job.acceleration_result = acceleration_result
     now = now or utcnow()
     job.completed_at = now
     job.expires_at = now + timedelta(seconds=result_ttl_s)

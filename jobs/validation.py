@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.errors import InvalidParameter
+from spec.acceleration import AccelerationError, resolve_acceleration
 from spec.registry import (
     MAX_FPS,
     MIN_FPS,
@@ -83,6 +84,7 @@ class JobRequest:
     input_reference: InputReference | None = None
     loras: tuple[LoraChoice, ...] = ()  # resolved in jobs.loras (they live in the database)
     flow_shift: float | None = None
+    acceleration: object = None  # a preset name, a mapping of options, or None ("none")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class JobParams:
     num_gpus: int = 1
     loras: list[dict[str, Any]] | None = None  # [{"id", "name", "scale"}], from jobs.loras
     flow_shift: float | None = None
+    # The fast-mode options, resolved (spec.acceleration, `to_dict()`); None: lossless.
+    acceleration: dict[str, Any] | None = None
 
 
 def resolve_job_params(request: JobRequest) -> JobParams:
@@ -152,6 +156,12 @@ def resolve_job_params(request: JobRequest) -> JobParams:
         )
 
     check_flow_shift(request.flow_shift)
+    try:
+        acceleration = resolve_acceleration(
+            request.acceleration, supported=spec.acceleration, num_inference_steps=steps
+        )
+    except AccelerationError as exc:
+        raise InvalidParameter(exc.message, param=exc.param) from None
 
     seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
     if not 0 <= seed <= MAX_SEED:
@@ -171,6 +181,7 @@ def resolve_job_params(request: JobRequest) -> JobParams:
         seed=seed,
         num_gpus=num_gpus,
         flow_shift=request.flow_shift,
+        acceleration=None if acceleration.lossless else acceleration.to_dict(),
     )
 
 

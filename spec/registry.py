@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from spec.acceleration import ACCELERATION_FEATURES
 from spec.errors import CodedError
 from spec.memory import DIFFUSERS_FOOTPRINTS, ModelFootprint, wan21_footprint
 
@@ -102,6 +103,9 @@ class ModelSpec:
     footprint: ModelFootprint | None = None
     # Written locally on first use (random weights), so every install serves it.
     builtin: bool = False
+    # The fast modes this model offers (`spec.acceleration`, run by `engine.acceleration`): cache
+    # methods and "fp8". MagCache only where a calibrated schedule exists (`engine.acceleration.calibration`).
+    acceleration: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # A spec that contradicts itself is a programming error: fail at import, not per request.
@@ -111,6 +115,9 @@ class ModelSpec:
             raise ValueError(f"{self.name}: default frames {self.default_frames} breaks the frame rule")
         if self.image_input not in IMAGE_INPUTS:
             raise ValueError(f"{self.name}: image_input must be one of {IMAGE_INPUTS}, got {self.image_input!r}")
+        unknown = sorted(set(self.acceleration) - set(ACCELERATION_FEATURES))
+        if unknown:
+            raise ValueError(f"{self.name}: unknown acceleration features {unknown}")
         for size in self.sizes:
             width, height = parse_size(size)
             if width % self.size_multiple or height % self.size_multiple:
@@ -229,6 +236,7 @@ TINY_WAN = ModelSpec(
     max_prompt_chars=2000,
     description="Random-weight Wan2.1 of a few MB, written locally on first use; for tests and CI.",
     builtin=True,
+    acceleration=ACCELERATION_FEATURES,
 )
 
 WAN21_T2V_1_3B = ModelSpec(
@@ -249,6 +257,7 @@ WAN21_T2V_1_3B = ModelSpec(
     max_prompt_chars=2000,
     description="Wan2.1 text-to-video, 1.3B parameters, 480p.",
     footprint=wan21_footprint(dim=1536, ffn_dim=8960, num_layers=30, heads=12),
+    acceleration=ACCELERATION_FEATURES,
 )
 
 WAN21_T2V_14B = ModelSpec(
@@ -269,6 +278,7 @@ WAN21_T2V_14B = ModelSpec(
     max_prompt_chars=2000,
     description="Wan2.1 text-to-video, 14B parameters, 480p and 720p.",
     footprint=wan21_footprint(dim=5120, ffn_dim=13824, num_layers=40, heads=40),
+    acceleration=ACCELERATION_FEATURES,
 )
 
 

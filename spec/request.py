@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from spec.acceleration import LOSSLESS, AccelerationOptions, parse_acceleration
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,7 +40,9 @@ class GenerationRequest:
     its sizes; the engine checks them against the model's spec when it has one. `guidance_scale`
     <= 1 disables classifier-free guidance (one transformer pass per step instead of two). `loras`
     are applied for this request only (see `engine.lora`); `flow_shift`, when set, replaces the
-    model's for this request (step-distilled adapters are trained for their own).
+    model's for this request (step-distilled adapters are trained for their own). `acceleration`
+    is a preset name, a mapping of options or `AccelerationOptions` (see
+    `spec.acceleration`), normalised to `AccelerationOptions`; the default is lossless.
     """
 
     prompt: str
@@ -55,6 +59,11 @@ class GenerationRequest:
     # The first frame of an image-to-video request (a PIL image at any size: the pipeline resizes
     # it to width x height); None for text-to-video.
     image: PIL.Image.Image | None = None
+    acceleration: AccelerationOptions = LOSSLESS
+
+    def __post_init__(self) -> None:
+        # dataclasses.asdict (how requests cross to other processes) turns the options into a dict.
+        self.acceleration = parse_acceleration(self.acceleration)
 
     @property
     def do_cfg(self) -> bool:
@@ -88,6 +97,8 @@ class GenerationResult:
     `to_dict()` is JSON-ready for a job record).
     `resumed_from_step` is the step a checkpoint let denoising start after (None: from the start).
     `lora_mode` says how the request's adapters were applied (None without adapters).
+    `acceleration` is what the fast modes did (`DenoisingStage` fills it: options, steps
+    computed and skipped, precision), JSON-ready.
     """
 
     frames: np.ndarray
@@ -101,3 +112,4 @@ class GenerationResult:
     memory_plan: MemoryPlan | None = None
     resumed_from_step: int | None = None
     lora_mode: str | None = None  # "fused" or "runtime" when adapters were applied
+    acceleration: dict[str, Any] | None = None

@@ -70,6 +70,9 @@ class EngineSettings(BaseSettings):
     lora_runtime_rank: int = 64
     # Host memory for converted adapters kept between jobs.
     lora_cache_mb: int = 4096
+    # Run requests that ask for FP8 on the CPU by emulating the FP8 GEMMs (for tests and CI);
+    # without it FP8 needs a GPU with FP8 tensor cores and is refused elsewhere.
+    fp8_emulation: bool = False
 
     @field_validator("data_dir", "models_dir")
     @classmethod

@@ -245,6 +245,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "input_reference": _data_url(args.input_reference) if args.input_reference else None,
         "loras": [_lora_use(text) for text in args.lora] or None,
         "flow_shift": args.flow_shift,
+        "acceleration": _acceleration(args.acceleration) if args.acceleration else None,
     }
     if not (args.api_key or os.environ.get("VIDQ_API_KEY")):
         raise CliError("no API key: set VIDQ_API_KEY or pass --api-key (an operator creates one: `vidq keys create`)")
@@ -261,11 +262,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 error = (video.get("error") or {}).get("message", "")
                 print(json.dumps(video))
                 raise CliError(f"video {video['id']} {video['status']}" + (f": {error}" if error else ""))
+            done = video.get("acceleration_result")
+            if done:
+                total = done["steps_computed"] + done["steps_skipped"]
+                print(
+                    f"acceleration: {done.get('preset') or 'none'}; {done['steps_computed']}/{total} steps computed, "
+                    f"precision {done['precision']}",
+                    file=sys.stderr,
+                )
             if args.out:
                 path = client.download(video["id"], args.out)
                 print(f"saved {path}", file=sys.stderr)
     print(json.dumps(video))
     return 0
+
+
+def _acceleration(text: str) -> str | dict[str, Any]:
+    """`--acceleration PRESET` or `--acceleration '{"cache": "magcache", ...}'` (the server validates)."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)  # type: ignore[no-any-return]
+    except ValueError:
+        raise CliError("--acceleration: a preset name or a JSON object of options") from None
 
 
 def _lora_use(text: str) -> dict[str, object]:
@@ -428,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--input-reference", metavar="IMAGE", help="an image file, for image-to-video models")
     submit.add_argument("--lora", action="append", default=[], help="a LoRA adapter: ID or ID:SCALE (repeatable)")
     submit.add_argument("--flow-shift", type=float, help="the sampler's flow shift (default: the adapters' or model's)")
+    submit.add_argument(
+        "--acceleration",
+        help="fast modes: none (default, lossless), balanced, fast, or a JSON object of options",
+    )
     submit.add_argument("--idempotency-key", help="submitting twice with the same key returns the first job")
     submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
     submit.add_argument("--out", help="download the video here when done (implies --wait)")

@@ -232,8 +232,9 @@ class Client:
 
     def create(self, prompt: str, *, idempotency_key: str | None = None, **fields: Any) -> dict[str, Any]:
         """Submit a job (``model``, ``size``, ``num_frames``, ``num_inference_steps``, ``seed``,
-        ``webhook_url``, ... as keyword arguments). An ``Idempotency-Key`` is generated when none is
-        given, so a retried create never makes a second job."""
+        ``webhook_url``, ``acceleration`` (``"fast"``, ``"balanced"`` or a dict of options), ... as
+        keyword arguments). An ``Idempotency-Key`` is generated when none is given, so a retried
+        create never makes a second job."""
         body = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
         headers = {"Idempotency-Key": idempotency_key or f"vidq-client-{uuid.uuid4()}"}
         return self._request("POST", "/v1/videos", retry=True, json=body, headers=headers).json()  # type: ignore[no-any-return]

@@ -90,7 +90,7 @@ def _run_claimed(job, ctx: WorkerContext, uploaded: list[str]) -> RenderOutcome:
     job_id = job.id
     with JobHeartbeat(ctx, job_id):
         try:
-            video_key, thumbnail_key, timings, memory = _generate_and_upload(job, ctx, uploaded)
+            video_key, thumbnail_key, timings, memory, acceleration = _generate_and_upload(job, ctx, uploaded)
 
             def complete() -> None:
                 with session_scope(ctx.session_factory) as session:
@@ -103,6 +103,7 @@ def _run_claimed(job, ctx: WorkerContext, uploaded: list[str]) -> RenderOutcome:
                         stage_timings=timings,
                         result_ttl_s=ctx.settings.result_ttl_s,
                         memory=memory,
+                        acceleration_result=acceleration,
                     )
 
             retry_db(complete, deadline_s=ctx.settings.db_retry_s, what=f"completion of {job_id}")
@@ -197,7 +198,7 @@ def _relay_webhooks(ctx: WorkerContext) -> None:
 
 def _generate_and_upload(  # type: ignore[no-untyped-def]
     job, ctx: WorkerContext, uploaded: list[str]
-) -> tuple[str, str, dict[str, float], dict[str, Any]]:
+) -> tuple[str, str, dict[str, float], dict[str, Any], dict[str, Any] | None]:
     from engine import GenerationRequest
     from engine.io.video import encode_mp4, write_thumbnail
 
@@ -219,6 +220,7 @@ def _generate_and_upload(  # type: ignore[no-untyped-def]
         fps=job.fps,
         loras=ctx.lora_files.refs(job.loras),
         flow_shift=job.flow_shift,
+        acceleration=job.acceleration,  # resolved options, or None: the lossless path
     )
     resume: dict[str, Any] = {}
     if checkpoints_enabled(ctx.settings):
@@ -244,7 +246,16 @@ def _generate_and_upload(  # type: ignore[no-untyped-def]
         ctx.storage.put_file(thumbnail_key, thumb_path, "image/jpeg")
         uploaded.append(thumbnail_key)
         timings["uploading"] = round(time.perf_counter() - started, 4)
-    return video_key, thumbnail_key, timings, memory_record(result)
+    return video_key, thumbnail_key, timings, memory_record(result), acceleration_record(result)
+
+
+def acceleration_record(result) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
+    """What the job keeps of the fast modes: steps computed and skipped, precision (the options
+    themselves are already on the job)."""
+    report = getattr(result, "acceleration", None)
+    if report is None:
+        return None
+    return {key: value for key, value in report.items() if key != "options"}
 
 
 def memory_record(result) -> dict[str, Any]:  # type: ignore[no-untyped-def]

@@ -6,7 +6,8 @@ not) loads unchanged. The arithmetic follows diffusers too (float32 norms, modul
 residuals); the parity test holds the two together.
 
 Hooks for later work attach without editing this file: blocks are separate modules called in
-one loop (`forward` pre/post hooks can offload or prefetch them), attention goes through
+one loop, `run_blocks` (`forward` pre/post hooks can offload or prefetch them; a step cache wraps
+the whole loop to skip it on some steps), attention goes through
 `engine.attention.attention`, and RoPE tables are computed once per forward for the whole
 sequence so a sequence-parallel rank can slice its shard.
 """
@@ -351,6 +352,19 @@ class WanTransformer3DModel(nn.Module):
         self.fused = True
         return self
 
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        timestep_proj: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """The blocks in order over x [B, S(_local), C]: the seam a step cache wraps
+        (`engine.acceleration.step_cache` replaces this method on the instance for one request)."""
+        for block in self.blocks:
+            x = block(x, context, timestep_proj, rope)
+        return x
+
     def forward(
         self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
@@ -375,12 +389,10 @@ class WanTransformer3DModel(nn.Module):
             # Split once, run every block on this rank's tokens, gather once (no per-layer gathers).
             x, rope, shard = shard_sequence(x, rope, parallel)  # [B, S_local, C]
             with sequence_shard(shard):
-                for block in self.blocks:
-                    x = block(x, context, timestep_proj, rope)
+                x = self.run_blocks(x, context, timestep_proj, rope)
             x = gather_sequence(x, shard)  # [B, S, C]
         else:
-            for block in self.blocks:
-                x = block(x, context, timestep_proj, rope)
+            x = self.run_blocks(x, context, timestep_proj, rope)
 
         shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)  # each [B, 1, C]
         x = modulate(x, shift, scale, self.config.eps)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from engine.acceleration.calibration import StepCacheCalibration
 from engine.cache import LRUCache
 from engine.checkpoint import Checkpointer, request_fingerprint
 from engine.models.components import WanComponents
@@ -28,7 +29,8 @@ class WanT2VPipeline(Pipeline):
 
     `scheduler_overrides` replace fields of the checkpoint's scheduler config (the engine passes
     the registry's `flow_shift`). `text_encoder_device` is where the text encoder runs (the CPU
-    when it is kept off the GPU); its embeddings always land on `device`.
+    when it is kept off the GPU); its embeddings always land on `device`. `calibration` holds the
+    model's published step-cache numbers (`engine.acceleration.calibration`).
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class WanT2VPipeline(Pipeline):
         scheduler_overrides: dict[str, Any] | None = None,
         embedding_cache_size: int = EMBEDDING_CACHE_SIZE,
         text_encoder_device: torch.device | None = None,
+        calibration: StepCacheCalibration | None = None,
     ) -> None:
         self.components = components
         self.model_id = model_id
@@ -62,7 +65,7 @@ class WanT2VPipeline(Pipeline):
                     temporal_factor=vae_config.scale_factor_temporal,
                     spatial_factor=vae_config.scale_factor_spatial,
                 ),
-                DenoisingStage(device, components.transformer, scheduler_config),
+                DenoisingStage(device, components.transformer, scheduler_config, calibration),
                 DecodingStage(device, components.vae),
                 EncodingStage(device),
             ]
@@ -101,4 +104,5 @@ class WanT2VPipeline(Pipeline):
             stage_peak_memory_bytes=peaks,
             memory_plan=memory_plan,
             resumed_from_step=state.resumed_from_step,
+            acceleration=state.acceleration,
         )

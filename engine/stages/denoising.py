@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, ClassVar
 
@@ -9,11 +10,15 @@ import torch
 import torch.distributed as dist
 from diffusers import UniPCMultistepScheduler
 
+from engine.acceleration.calibration import StepCacheCalibration
+from engine.acceleration.fp8 import Fp8UnsupportedError, Fp8Weights
+from engine.acceleration.step_cache import StepCache
 from engine.checkpoint import DenoisingCheckpoint, capture_scheduler, restore_scheduler
 from engine.models.wan_transformer import WanTransformer3DModel
 from engine.parallel.state import get_parallel_state
 from engine.stages.base import Stage
 from engine.stages.state import PipelineState
+from spec.acceleration import AccelerationOptions
 from spec.request import StepInfo
 from spec.stages import Stage as StageName
 
@@ -32,6 +37,12 @@ class DenoisingStage(Stage):
     With `state.checkpointer` the loop starts from the checkpointer's last matching checkpoint
     (latents, scheduler state and generator state restored, so the remaining steps compute exactly
     what an uninterrupted run would) and hands it a new one whenever it says one is due.
+
+    Fast modes (`request.acceleration`, see `engine.acceleration`): a step cache is attached
+    around the transformer's blocks for this request only, and FP8 linears are switched on for
+    it only (`fp8` holds the model's FP8 weights once the engine has made them). With the
+    default lossless options neither is touched, so the output is the plain path's bit for bit.
+    What was done goes to `state.acceleration`.
     """
 
     name: ClassVar[str] = StageName.DENOISING
@@ -39,12 +50,25 @@ class DenoisingStage(Stage):
     provides: ClassVar[tuple[str, ...]] = ("latents",)
 
     def __init__(
-        self, device: torch.device, transformer: WanTransformer3DModel, scheduler_config: dict[str, Any]
+        self,
+        device: torch.device,
+        transformer: WanTransformer3DModel,
+        scheduler_config: dict[str, Any],
+        calibration: StepCacheCalibration | None = None,
     ) -> None:
         super().__init__(device)
         self.transformer = transformer
         self.scheduler_config = scheduler_config
+        self.calibration = calibration or StepCacheCalibration()
+        self.fp8: Fp8Weights | None = None  # set by the engine when the model's FP8 weights exist
         self._warm_shapes: set[tuple[object, ...]] = set()
+
+    def _precision(self, options: AccelerationOptions) -> contextlib.AbstractContextManager[None]:
+        if not options.fp8:
+            return contextlib.nullcontext()
+        if self.fp8 is None:
+            raise Fp8UnsupportedError("this engine has no FP8 weights (FP8 unsupported here, or they did not fit)")
+        return self.fp8.enabled()
 
     def forward(self, state: PipelineState) -> None:
         request = state.request
@@ -65,9 +89,41 @@ class DenoisingStage(Stage):
         else:
             context = state.prompt_embeds.to(dtype)  # [1, L, D]
 
-        if self.transformer.compiled:
-            self._warm_up(latents, timesteps[0], context, request.guidance_scale if request.do_cfg else None, state)
+        options = request.acceleration
+        guidance = request.guidance_scale if request.do_cfg else None
+        cache = StepCache(options, self.calibration, len(timesteps)) if options.cache else None
+        with self._precision(options):
+            if self.transformer.compiled:
+                self._warm_up(latents, timesteps[0], context, guidance, state, fp8=options.fp8)
+            with cache.attached(self.transformer) if cache else contextlib.nullcontext():
+                state.latents = self._loop(state, scheduler, timesteps, latents, context, guidance, cache)
+        computed = cache.report.computed_steps if cache else list(range(len(timesteps)))
+        skipped = cache.report.skipped_steps if cache else []
+        state.acceleration = {
+            "preset": options.preset or ("none" if options.lossless else "custom"),
+            "options": options.to_dict(),
+            "steps_computed": len(computed),
+            "steps_skipped": len(skipped),
+            "skipped_steps": skipped,
+            "precision": self._precision_name(options),
+        }
 
+    def _precision_name(self, options: AccelerationOptions) -> str:
+        if options.fp8:
+            return "fp8-emulated" if self.fp8 is not None and self.fp8.emulate else "fp8"
+        return str(self.transformer.proj_out.weight.dtype).removeprefix("torch.")
+
+    def _loop(
+        self,
+        state: PipelineState,
+        scheduler: UniPCMultistepScheduler,
+        timesteps: torch.Tensor,
+        latents: torch.Tensor,
+        context: torch.Tensor,
+        guidance: float | None,
+        cache: StepCache | None,
+    ) -> torch.Tensor:
+        """The solver steps; returns the final latents [1, C, F', H', W'] float32."""
         # Progress without stalling the GPU: step i is reported once step i+1 is already queued,
         # by waiting on an event recorded after step i (never a device-wide synchronize), so the
         # GPU always has the next step's work while the host runs the callback.
@@ -79,7 +135,9 @@ class DenoisingStage(Stage):
         start = time.perf_counter()
         for index in range(first, total):
             t = timesteps[index]
-            flow = self._predict(latents, t, context, request.guidance_scale if request.do_cfg else None)
+            if cache is not None:
+                cache.begin_step(index)
+            flow = self._predict(latents, t, context, guidance)
             latents = scheduler.step(flow, t, latents, return_dict=False)[0]
             if state.checkpointer is not None and index + 1 < total and state.checkpointer.due(index + 1, total):
                 state.checkpointer.save(
@@ -104,7 +162,7 @@ class DenoisingStage(Stage):
             pending = (index + 1, done, latents)
         if pending is not None:
             self._report(state, pending, total, start)
-        state.latents = latents
+        return latents
 
     def _resume(
         self, state: PipelineState, scheduler: UniPCMultistepScheduler, latents: torch.Tensor, total: int
@@ -156,12 +214,13 @@ class DenoisingStage(Stage):
         context: torch.Tensor,
         guidance_scale: float | None,
         state: PipelineState,
+        *,
+        fp8: bool = False,
     ) -> None:
-        """Compile for this input shape before the timed loop, and report how long it took.
-
-        The compiled code stays with the model, so only the first request of a shape pays.
+        """Compile for this input shape (and precision) before the timed loop, and report how long
+        it took. The compiled code stays with the model, so only the first request of a shape pays.
         """
-        key = (tuple(latents.shape), tuple(context.shape), context.dtype)
+        key = (tuple(latents.shape), tuple(context.shape), context.dtype, fp8)
         if key in self._warm_shapes:
             return
         started = time.perf_counter()

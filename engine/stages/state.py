@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,8 @@ class PipelineState:
     frames: np.ndarray | None = None
     video_path: Path | None = None
     thumbnail_path: Path | None = None
+
+    acceleration: dict[str, Any] | None = None  # what the fast modes did (DenoisingStage)
 
     stage_timings_s: dict[str, float] = field(default_factory=dict)
     stage_peak_memory_bytes: dict[str, int] = field(default_factory=dict)
