@@ -438,9 +438,11 @@ class Engine:
             raise ValueError("denoising checkpoints need a single-process engine, not one rank of a group")
         memory_plan = self.plan(request)
         with self._lock, coded_errors():
+            # Adapters first: an FP8 request carries none, so the base weights are back before FP8
+            # copies are quantized from them.
+            lora_mode, lora_s = self.apply_loras(request) if self.family is None else (None, 0.0)
             if request.acceleration.fp8:
                 self._prepare_fp8()
-            lora_mode, lora_s = self.apply_loras(request) if self.family is None else (None, 0.0)
             result = self.pipeline(
                 request,
                 on_step=on_step,

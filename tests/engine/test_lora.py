@@ -240,3 +240,14 @@ def test_layerwise_offload_runs_adapters_in_runtime_slots(
     assert fused.lora_mode == "fused"
     assert relative_error(with_lora.latents, fused.latents) < 1e-5
     assert torch.equal(offloaded.generate(request).latents, base.latents)
+
+
+def test_fp8_weights_made_after_a_lora_job_come_from_the_base_weights(models_dir, make_request, adapter_files):
+    from engine.engine import Engine
+
+    fp8_request = make_request(num_inference_steps=2, num_frames=5, acceleration={"fp8": True})
+    expected = Engine("tiny-wan", device="cpu", models_dir=models_dir, fp8_emulation=True).generate(fp8_request)
+    engine = Engine("tiny-wan", device="cpu", models_dir=models_dir, fp8_emulation=True)
+    lora_request = make_request(num_inference_steps=1, num_frames=5, loras=(LoraRef("style", adapter_files["style"]),))
+    assert engine.generate(lora_request).lora_mode == "fused"
+    assert torch.equal(engine.generate(fp8_request).latents, expected.latents)
