@@ -82,3 +82,9 @@ def test_compiled_engine_generates_the_same_latents_and_reports_compile_once(
     second = compiled_engine.generate(request)
     assert "compile" not in second.stage_timings_s  # compiled code reused by the next job
     assert torch.equal(second.latents, first.latents)
+    # a step cache wraps the compiled blocks from outside: same skips, same result as eager
+    for options in ({"cache": "fbcache", "skip_steps": [2]}, {"cache": "magcache", "skip_steps": [1, 2]}):
+        cached = make_request(acceleration=options)
+        eager, compiled = tiny_engine.generate(cached), compiled_engine.generate(cached)
+        assert compiled.acceleration["skipped_steps"] == eager.acceleration["skipped_steps"] == options["skip_steps"]
+        assert relative_error(compiled.latents, eager.latents) < 1e-5
