@@ -4,8 +4,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# Pins for this project's machines (their local CPU torch); empty it elsewhere: make install CONSTRAINTS=
+CONSTRAINTS ?= -c .ci/constraints.txt
 
-.PHONY: install install-test demo test lint format services browser clean
+.PHONY: install install-test demo test test-min lint format services browser clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -13,11 +15,11 @@ $(PY):
 
 # The service and the engine; `pip install .` alone is the API, CLI and client without torch.
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -q -e '.[engine]'
+	$(PIP) install -q $(CONSTRAINTS) -e '.[engine]'
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
-	$(PIP) install -q -e '.[engine,test]'
+	$(PIP) install -q $(CONSTRAINTS) -e '.[engine,test]'
 	touch $@
 
 install: $(STAMP)  ## create .venv with .venv/bin/vidq, service and engine (idempotent)
@@ -38,9 +40,12 @@ test: install-test services browser  ## lint, then the whole suite against the r
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q -ra
 
+test-min: install-test services  ## the declared minimum versions: API-only install without torch, unit tests
+	VENV=$(VENV) bash scripts/test-min-versions.sh
+
 lint: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-min .pytest_cache
