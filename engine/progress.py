@@ -8,6 +8,7 @@ step. Only tqdm is needed (no torch), so the API-only install draws the same bar
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -68,7 +69,17 @@ class ProgressDisplay:
         if self.tty:
             if self._bar is None or self._bar.total != total:
                 self._close_bar()
-                self._bar = tqdm(total=total, desc=self._stage or "", unit="step", file=self.stream, leave=True)
+                # A terminal that reports no size (some multiplexers, `script`) would hide the bar.
+                size = shutil.get_terminal_size((100, 20))
+                self._bar = tqdm(
+                    total=total,
+                    desc=self._stage or "",
+                    unit="step",
+                    file=self.stream,
+                    leave=True,
+                    ncols=min(size.columns, 120),
+                    nrows=max(size.lines, 5),
+                )
             self._bar.n = done
             self._bar.refresh()
             return
