@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from engine.libraries import libraries_follow_the_process
 from engine.models.wan_transformer import WanTransformer3DModel
 
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -15,20 +16,6 @@ SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
 class CheckpointError(ValueError):
     """A model folder that is not a usable diffusers-format Wan checkpoint."""
-
-
-def library_progress_bars_follow_the_hub() -> None:
-    """huggingface_hub's switch (``HF_HUB_DISABLE_PROGRESS_BARS``, or ``disable_progress_bars()``,
-    which services call) also silences diffusers' and transformers' loading bars: diffusers never
-    reads it, and transformers only at its import."""
-    from huggingface_hub.utils import are_progress_bars_disabled
-
-    if are_progress_bars_disabled():
-        import diffusers.utils.logging
-        import transformers.utils.logging
-
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
 
 
 @dataclass
@@ -58,7 +45,7 @@ def load_wan_components(folder: Path, device: torch.device, dtype: torch.dtype) 
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    library_progress_bars_follow_the_hub()
+    libraries_follow_the_process()
     check_folder(folder)
     transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", dtype=dtype, device=device)
     # Casts follow the loads (rather than a dtype argument) because the argument's name differs

@@ -33,6 +33,9 @@ def load_variants(folder: Path, family: DiffusersFamily, dtype: torch.dtype) -> 
     """
     import diffusers
 
+    from engine.libraries import libraries_follow_the_process
+
+    libraries_follow_the_process()
     name = checkpoint_class(folder)
     assert name is not None
     base = getattr(diffusers, name).from_pretrained(folder, dtype=dtype)

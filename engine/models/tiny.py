@@ -151,9 +151,9 @@ def _write_components(root: Path) -> None:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
-    from engine.models.components import library_progress_bars_follow_the_hub
+    from engine.libraries import libraries_follow_the_process
 
-    library_progress_bars_follow_the_hub()
+    libraries_follow_the_process()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         WanTransformer3DModel(TINY_TRANSFORMER).save_pretrained(root / "transformer")

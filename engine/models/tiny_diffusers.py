@@ -268,6 +268,10 @@ TINY_WRITERS: dict[str, Callable[[Path], dict[str, Any]]] = {
 def _write_components(name: str, root: Path) -> None:
     from diffusers import __version__ as diffusers_version
 
+    from engine.libraries import libraries_follow_the_process
+
+    libraries_follow_the_process()
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         entries = TINY_WRITERS[name](root)
