@@ -9,7 +9,8 @@ Two ways in, both for admin keys only (a client key gets 403):
   It carries the key's id and a random session nonce, never the key. Every POST made with the
   cookie must carry a CSRF token, an HMAC of the nonce, so it is bound to that session.
 
-The key is looked up on every request, so revoking it (or dropping its admin flag) ends its sessions.
+The key is looked up on every request, so revoking it (or dropping its admin flag) ends its sessions;
+logging out records the session's nonce as revoked, so that cookie stops working on the server too.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from jobs.db import utcnow
 from jobs.errors import DomainError, Forbidden
 from jobs.keys import authenticate
-from jobs.models import ApiKey
+from jobs.models import ApiKey, RevokedSession
 from jobs.settings import Settings
 
 SESSION_COOKIE = "vidq_admin"
@@ -89,10 +93,22 @@ def admin_from_cookie(*, session: Session, settings: Settings, cookie: str | Non
     if parsed is None:
         raise LoginRequired("log in with an admin key")
     key_id, nonce = parsed
+    if session.get(RevokedSession, nonce) is not None:
+        raise LoginRequired("you logged out of this session; log in again")
     key = session.get(ApiKey, key_id)
     if key is None or key.revoked_at is not None or not key.is_admin:
         raise LoginRequired("this session's key was revoked; log in again")
     return AdminSession(key=key, via="cookie", csrf_token=csrf_token_for(settings, nonce))
+
+
+def revoke_session(*, session: Session, settings: Settings, cookie: str | None) -> None:
+    """End a cookie session on the server (logout): its nonce is refused from now on, even if the
+    cookie was copied. Rows whose cookies have expired anyway are dropped on the way."""
+    parsed = read_session_cookie(settings, cookie) if cookie else None
+    now = utcnow()
+    session.execute(delete(RevokedSession).where(RevokedSession.expires_at < now))
+    if parsed is not None and session.get(RevokedSession, parsed[1]) is None:
+        session.add(RevokedSession(nonce=parsed[1], expires_at=now + timedelta(seconds=settings.admin_session_ttl_s)))
 
 
 def check_csrf(admin: AdminSession, submitted: str | None) -> None:

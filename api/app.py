@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.admin_pages import STATIC_DIR, install_admin_handlers
+from api.edge import EdgeMiddleware
 from api.errors import install_error_handlers
 from api.logging import JobIdMiddleware
 from api.metrics_middleware import HttpMetricsMiddleware
@@ -69,8 +70,13 @@ OPENAPI_TAGS = [
 ]
 
 
-def create_app(settings: Settings | None = None, *, celery_app: Celery | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, celery_app: Celery | None = None, listen_host: str | None = None
+) -> FastAPI:
+    """The app. ``listen_host`` is where it will listen, when the caller knows: embedded mode on
+    loopback is the one place the default secret key is allowed (see Settings.require_service_secret)."""
     settings = settings or get_settings()
+    settings.require_service_secret(host=listen_host)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,6 +104,12 @@ def create_app(settings: Settings | None = None, *, celery_app: Celery | None = 
     install_error_handlers(app)
     install_admin_handlers(app, media_origin=settings.s3_public_endpoint or settings.s3_endpoint)
     app.add_middleware(JobIdMiddleware)
+    app.add_middleware(
+        EdgeMiddleware,
+        max_body_bytes=settings.max_request_body_bytes,
+        upload_max_bytes=settings.lora_max_upload_mb * 2**20 + 2**20,  # the file plus its form fields
+        max_concurrency=settings.api_max_concurrency,
+    )
     app.add_middleware(HttpMetricsMiddleware)  # added last: the outermost, it sees every answer
     app.mount("/admin/static", StaticFiles(directory=STATIC_DIR), name="admin-static")
     app.mount(docs.ASSETS, StaticFiles(directory=STATIC_DIR / "docs"), name="docs-static")

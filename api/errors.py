@@ -137,7 +137,29 @@ async def _dependency_unavailable(_: Request, exc: DependencyUnavailable) -> JSO
     return _unavailable(exc.dependency, exc)
 
 
+def _unstorable_text(exc: Exception) -> bool:
+    """A value the database driver could not take: a NUL in text, a lone surrogate, a number out
+    of its column's range. Input checks (jobs.text) stop these first; this is the net behind them."""
+    if isinstance(exc, UnicodeEncodeError):
+        return True
+    if isinstance(exc, sa_exc.DataError):
+        return True
+    return isinstance(exc, sa_exc.StatementError) and isinstance(exc.orig, UnicodeEncodeError)
+
+
+def _invalid_value() -> JSONResponse:
+    message = "a value in the request cannot be stored (NUL character, invalid UTF-8 or a number out of range)"
+    return JSONResponse(error_body("invalid_parameter", message, status=422), status_code=422)
+
+
+async def _encode_error(_: Request, exc: Exception) -> JSONResponse:
+    return _invalid_value()
+
+
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if _unstorable_text(exc):
+        log.warning("refused a value the database cannot store: %s", type(exc).__name__)
+        return _invalid_value()
     # Handled here rather than by the catch-all: Starlette re-raises what reaches the catch-all after
     # answering, and the server then drops the client's kept-alive connection.
     if is_database_outage(exc):
@@ -156,6 +178,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DependencyUnavailable, _dependency_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(sa_exc.DBAPIError, _database_error)
     app.add_exception_handler(sa_exc.TimeoutError, _database_error)
+    app.add_exception_handler(sa_exc.StatementError, _database_error)
+    app.add_exception_handler(UnicodeEncodeError, _encode_error)
     app.add_exception_handler(kombu.exceptions.OperationalError, _broker_error)
     app.add_exception_handler(redis.ConnectionError, _broker_error)
     app.add_exception_handler(redis.TimeoutError, _broker_error)

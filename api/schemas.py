@@ -6,12 +6,13 @@ import json
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from jobs.catalog import ModelSpec, format_seconds, gpu_memory_estimate, request_bounds
 from jobs.errors import InvalidParameter
 from jobs.models import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from jobs.public import job_to_public, unix
+from jobs.text import INVALID_TEXT_MESSAGE, first_bad_text
 from jobs.validation import MAX_FLOW_SHIFT, MIN_FLOW_SHIFT, InputReference, JobRequest, LoraChoice
 from jobs.webhooks.outbox import receives
 
@@ -36,7 +37,20 @@ Seconds = Annotated[
 ]
 
 
-class LoraUse(BaseModel):
+class TextInput(BaseModel):
+    """A request body whose strings (nested ones too) must be storable text (``jobs.text``): a NUL
+    or a lone surrogate is a 422 naming the field, before it can reach the database as a 500."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        bad = first_bad_text(data)
+        if bad is not None:
+            raise InvalidParameter(f"{bad or 'body'} {INVALID_TEXT_MESSAGE}", param=bad or "body")
+        return data
+
+
+class LoraUse(TextInput):
     """One adapter of a job: an id from `GET /v1/loras` and its strength."""
 
     model_config = ConfigDict(extra="forbid")
@@ -45,7 +59,7 @@ class LoraUse(BaseModel):
     scale: float = Field(default=1.0, ge=-4.0, le=4.0, description="Strength; 0 applies nothing.")
 
 
-class ImageUrlReference(BaseModel):
+class ImageUrlReference(TextInput):
     """OpenAI's JSON form of `input_reference`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -53,7 +67,7 @@ class ImageUrlReference(BaseModel):
     image_url: str = Field(description="A `data:image/...;base64,...` URL (vidq fetches no remote URL).")
 
 
-class VideoCreate(BaseModel):
+class VideoCreate(TextInput):
     """Omitted fields take the model's defaults from the registry; the seed is drawn and recorded.
 
     Sent as `application/json` or as `multipart/form-data` (what OpenAI's SDK sends) with the same
@@ -260,7 +274,7 @@ class VideoDeleted(BaseModel):
     deleted: bool = True
 
 
-class WebhookEndpointCreate(BaseModel):
+class WebhookEndpointCreate(TextInput):
     """vidq's field names or OpenAI's SDK's (`event_types` for `events`, `name` for `description`): either works."""
 
     model_config = ConfigDict(extra="forbid")

@@ -54,7 +54,7 @@ def make_engine(settings: Settings) -> Engine:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -67,9 +67,13 @@ def make_engine(settings: Settings) -> Engine:
     return create_engine(
         url,
         pool_pre_ping=True,  # a connection the database dropped (restart, reset) is replaced, not used
-        pool_size=5,
-        max_overflow=10,
+        # Sized to the requests a process runs at once (VIDQ_API_MAX_CONCURRENCY, each holding at most one
+        # connection) plus its background threads; opened lazily, so a worker uses only what it needs.
+        pool_size=settings.resolved_db_pool_size,
+        max_overflow=0,
         pool_timeout=5,
+        # Errors and logs never carry the statement's parameters: they hold key hashes and signing secrets.
+        hide_parameters=True,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
     )
 

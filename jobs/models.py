@@ -183,8 +183,8 @@ class WebhookDelivery(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     endpoint_id: Mapped[str | None] = mapped_column(
-        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=True
-    )  # None: the job's own webhook_url, signed with the owner's default secret
+        ForeignKey("webhook_endpoints.id", ondelete="SET NULL"), nullable=True
+    )  # None: the job's own webhook_url (signed with the owner's default secret), or a deleted endpoint
     url: Mapped[str] = mapped_column(String(2000))
     event_type: Mapped[str] = mapped_column(String(40))
     payload: Mapped[str] = mapped_column(Text)
@@ -234,6 +234,16 @@ class JobAttempt(Base):
     outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)  # None while it runs
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     trace: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RevokedSession(Base):
+    """An admin session ended by logout before its cookie expired: the cookie's nonce, refused until
+    ``expires_at`` (after which the cookie's own signature has expired and the row can go)."""
+
+    __tablename__ = "revoked_sessions"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class AuditEntry(Base):

@@ -10,6 +10,7 @@ one field with one default, and a worker passes its settings to the engine as th
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +28,20 @@ PRODUCTION_DEFAULT_MODEL = "wan2.1-t2v-1.3b"
 # Standard Webhooks' schedule after the first, immediate attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
 # (about 27.5 hours of waits; jittered exponential backoff that spans a day and more of receiver downtime).
 DEFAULT_WEBHOOK_RETRY_SCHEDULE_S = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+
+
+class MissingSecretKey(ValueError):
+    """The service was asked to start with the default secret where that is unsafe."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for a listen address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(EngineSettings):
@@ -49,6 +64,19 @@ class Settings(EngineSettings):
     storage_retry_s: float = Field(default=30.0, ge=0)  # how long a write keeps retrying a store that is down
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET)  # also signs admin sessions and CSRF tokens
     log_format: Literal["text", "json"] = "text"
+
+    # HTTP edge of the API (see the README's "Security notes")
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses or CIDRs,
+    # "*" for any). Empty: none, the client address is the TCP peer's (a header from anyone is ignored).
+    trusted_proxies: str = ""
+    max_request_body_mb: float = Field(default=16.0, gt=0)  # bigger bodies get 413 before they are read
+    # Requests one API process handles at once; more get 503 + Retry-After at once instead of waiting.
+    api_max_concurrency: int = Field(default=64, ge=1)
+    # Database connections one process may hold; unset = enough for api_max_concurrency plus the
+    # process's own background work (sweeper, relay), so a request never waits for the pool.
+    db_pool_size: int | None = Field(default=None, ge=1)
+    max_streams_per_key: int = Field(default=8, ge=1)  # open event streams (SSE) per API key and process
+    stream_max_lifetime_s: float = Field(default=900.0, gt=0)  # a stream ends after this; the client reconnects
 
     # Admin dashboard and metrics
     admin_session_ttl_s: int = Field(default=12 * 3600, ge=60)
@@ -105,7 +133,10 @@ class Settings(EngineSettings):
 
     # Webhooks and live events
     webhook_allowed_hosts: str = ""  # comma-separated hosts exempt from the private-address check
-    webhook_timeout_s: float = Field(default=15.0, gt=0)
+    webhook_timeout_s: float = Field(default=15.0, gt=0)  # the WHOLE attempt: connect, headers and body read
+    # Attempts in flight at once for one client (API key) across a sender's threads: one client's slow
+    # receivers cannot take every sender thread.
+    webhook_client_concurrency: int = Field(default=4, ge=1)
     # Waits before each retry (JSON list or comma-separated seconds); its length is the number of retries.
     webhook_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_SCHEDULE_S)
@@ -145,9 +176,35 @@ class Settings(EngineSettings):
             self.default_model = PRODUCTION_DEFAULT_MODEL if self.environment == "production" else DEV_DEFAULT_MODEL
         return self
 
+    def require_service_secret(self, *, host: str | None = None) -> None:
+        """Refuse to serve with the built-in default ``VIDQ_SECRET_KEY`` (it signs admin sessions and
+        CSRF tokens: anyone could forge an admin cookie), except in embedded mode on loopback, a
+        newcomer's own machine. ``host`` is the listen address when known (None: not embedded)."""
+        if self.secret_key.get_secret_value() != DEFAULT_SECRET:
+            return
+        if self.embedded and host is not None and is_loopback(host):
+            return
+        raise MissingSecretKey(
+            "VIDQ_SECRET_KEY is not set: it signs admin sessions, and only embedded mode on loopback may run "
+            "without one; set it to a long random string, e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+
     @property
     def embedded(self) -> bool:
         return not self.database_url
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        return int(self.max_request_body_mb * 1024 * 1024)
+
+    @property
+    def resolved_db_pool_size(self) -> int:
+        return self.db_pool_size or self.api_max_concurrency + 4
 
     @property
     def resolved_database_url(self) -> str:

@@ -112,6 +112,7 @@ def service_settings(
         redis_url=redis_url,
         s3_endpoint=s3_endpoint,
         s3_access_key="testing",
+        secret_key="service-test-secret",
         s3_secret_key="testing",
         s3_bucket="vidq-test",
         models_dir=models_dir,

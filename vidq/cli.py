@@ -69,6 +69,7 @@ def _session(settings):  # type: ignore[no-untyped-def]
 
 def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings()
+    settings.require_service_secret(host=args.host if settings.embedded else None)
     ensure_port_free(args.host, args.port)
     if settings.embedded:
         from vidq.embedded import EmbeddedRuntime
@@ -81,6 +82,9 @@ def cmd_api(args: argparse.Namespace) -> int:
     _database_ready(settings)
     import uvicorn
 
+    # X-Forwarded-* are believed only from the proxies the operator named (VIDQ_TRUSTED_PROXIES):
+    # otherwise anyone could pick the client address the login throttle counts.
+    proxies = {"proxy_headers": bool(settings.trusted_proxy_list), "forwarded_allow_ips": settings.trusted_proxies}
     if args.workers > 1:
         # Separate processes: their metrics are summed through files in one shared folder, which
         # must be known before any of them imports prometheus_client.
@@ -94,13 +98,13 @@ def cmd_api(args: argparse.Namespace) -> int:
             workers=args.workers,
             host=args.host,
             port=args.port,
-            proxy_headers=True,
             log_config=None,
+            **proxies,
         )
         return 0
     from api.app import create_app
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, proxy_headers=True, log_config=None)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, **proxies)
     return 0
 
 

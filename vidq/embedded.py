@@ -60,8 +60,14 @@ class EmbeddedRuntime:
         self._spawn(self._worker.start, "vidq-worker")
 
         # log_config=None: uvicorn's records go through the process's one logging set-up (jobs.logs).
+        # X-Forwarded-* only from VIDQ_TRUSTED_PROXIES (uvicorn's default would trust 127.0.0.1).
         config = uvicorn.Config(
-            create_app(self.settings, celery_app=app), host=self.host, port=self.port, log_config=None
+            create_app(self.settings, celery_app=app, listen_host=self.host),
+            host=self.host,
+            port=self.port,
+            log_config=None,
+            proxy_headers=bool(self.settings.trusted_proxy_list),
+            forwarded_allow_ips=self.settings.trusted_proxies,
         )
         self._server = uvicorn.Server(config)
         self._spawn(self._server.run, "vidq-api")

@@ -44,10 +44,11 @@ def explain(exc: BaseException, *, database: str | None = None) -> str | None:
 
     from engine.models.locate import ModelNotInstalledError
     from jobs.migrate import SchemaOutOfDate
+    from jobs.settings import MissingSecretKey
     from spec.registry import UnknownModelError
     from vidq.client import APIConnectionError, APIError, AuthenticationError
 
-    if isinstance(exc, CliError | SchemaOutOfDate | ModelNotInstalledError | APIConnectionError):
+    if isinstance(exc, CliError | SchemaOutOfDate | ModelNotInstalledError | APIConnectionError | MissingSecretKey):
         return str(exc)
     if isinstance(exc, ValidationError):
         return settings_error_line(exc)

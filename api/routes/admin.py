@@ -24,6 +24,7 @@ from api.admin_auth import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
     new_session_cookie,
+    revoke_session,
     safe_next,
 )
 from api.admin_pages import render, templates
@@ -69,13 +70,23 @@ def _parse_when(value: str | None, param: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _key_id(key: str | None) -> int | None:
+    """The ``key`` filter as a key id: digits within the id column's range, else 422 (never a
+    database error from an out-of-range number)."""
+    if not key:
+        return None
+    if not key.isascii() or not key.isdigit() or int(key) >= 2**31:
+        raise InvalidParameter("key must be an API key id (a positive integer)", param="key")
+    return int(key)
+
+
 def _filter(
     status: list[str], model: str | None, key: str | None, since: str | None, until: str | None, q: str | None
 ) -> JobFilter:
     return JobFilter(
         status=[s for s in status if s in JobStatus._value2member_map_],
         model=model or None,
-        owner_id=int(key) if key and key.isdigit() else None,
+        owner_id=_key_id(key),
         created_from=_parse_when(since, "from"),
         created_to=_parse_when(until, "to"),
         prompt=q or None,
@@ -152,7 +163,9 @@ def login(
 
 
 @router.post("/logout")
-def logout(admin: AdminAction, session: SessionDep) -> RedirectResponse:
+def logout(request: Request, admin: AdminAction, session: SessionDep, state: StateDep) -> RedirectResponse:
+    if admin.via == "cookie":
+        revoke_session(session=session, settings=state.settings, cookie=request.cookies.get(SESSION_COOKIE))
     audit.record(session=session, actor=admin.key, action="logout", target=f"key:{admin.key.id}")
     session.commit()
     response = RedirectResponse("/admin/login", status_code=303)

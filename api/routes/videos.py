@@ -48,7 +48,7 @@ def create_video(
     settings: SettingsDep,
     state: StateDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> VideoPublic:
     """Queue a video. The body is JSON or multipart/form-data (OpenAI's SDK) with the same fields."""
     body, input_reference = create

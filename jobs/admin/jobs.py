@@ -20,6 +20,7 @@ from jobs.dispatch import add_to_outbox
 from jobs.errors import InvalidParameter, NotFound
 from jobs.models import Job
 from jobs.states import JobStatus, is_terminal
+from jobs.text import is_storable_text
 from jobs.transitions import cancel, requeue
 from jobs.webhooks.outbox import add_job_event
 
@@ -58,12 +59,29 @@ def encode_cursor(value: Any, job_id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([value, job_id]).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[Any, str]:
+# The type a cursor's sort value must have for each sort column: a forged cursor with another type
+# would reach the database as a comparison it refuses (a 500), so it is refused here as a 422.
+CURSOR_VALUE_TYPES: dict[str, tuple[type, ...]] = {
+    "created": (str,),
+    "model": (str,),
+    "status": (str,),
+    "attempts": (int,),
+}
+
+
+def decode_cursor(cursor: str, sort: str = "created") -> tuple[Any, str]:
     try:
         value, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, TypeError) as exc:
         raise InvalidParameter("malformed cursor", param="cursor") from exc
-    return value, str(job_id)
+    wanted = CURSOR_VALUE_TYPES.get(sort, (str,))
+    if not isinstance(job_id, str) or not isinstance(value, wanted) or isinstance(value, bool):
+        raise InvalidParameter("malformed cursor", param="cursor")
+    if (isinstance(value, str) and not is_storable_text(value)) or not is_storable_text(job_id):
+        raise InvalidParameter("malformed cursor", param="cursor")
+    if isinstance(value, int) and not -(2**31) <= value < 2**31:
+        raise InvalidParameter("malformed cursor", param="cursor")
+    return value, job_id
 
 
 @dataclass
@@ -87,7 +105,7 @@ def search_jobs(
     column = SORT_COLUMNS[sort]
     query = select(Job).where(*where.conditions())
     if cursor:
-        value, last_id = decode_cursor(cursor)
+        value, last_id = decode_cursor(cursor, sort)
         if column is Job.id:
             query = query.where(Job.id < last_id if desc else Job.id > last_id)
         elif desc:

@@ -30,7 +30,13 @@ from jobs.models import ApiKey, Job, WebhookAttempt, WebhookDelivery
 from jobs.settings import Settings
 from jobs.states import JobStatus
 from jobs.storage import Storage
-from jobs.webhooks.endpoints import default_secret, disable_endpoint, signing_secrets
+from jobs.webhooks.endpoints import (
+    ENDPOINT_DELETED,
+    default_secret,
+    disable_endpoint,
+    is_job_url_delivery,
+    signing_secrets,
+)
 from jobs.webhooks.outbox import DeliveryStatus, WebhookEvent
 from jobs.webhooks.signing import webhook_headers
 from jobs.webhooks.targets import Target, TargetRefused, check_target
@@ -136,6 +142,10 @@ def claim_attempt(
             return None
         secrets = signing_secrets(endpoint, now)
     else:
+        if not is_job_url_delivery(session, delivery):  # its endpoint was deleted meanwhile
+            delivery.status = DeliveryStatus.FAILED.value
+            delivery.last_error = ENDPOINT_DELETED
+            return None
         owner = session.get(ApiKey, job.owner_id) if job is not None else None
         if owner is None:
             return None

@@ -17,7 +17,7 @@ from jobs.crud import MAX_PAGE, get_job
 from jobs.db import utcnow
 from jobs.errors import Conflict, InvalidParameter, NotFound
 from jobs.ids import new_ulid
-from jobs.models import ApiKey, WebhookDelivery, WebhookEndpoint
+from jobs.models import ApiKey, Job, WebhookDelivery, WebhookEndpoint
 from jobs.pages import SortOrder, keyset_page
 from jobs.webhooks.outbox import DeliveryStatus, check_event_filter
 from jobs.webhooks.signing import new_secret
@@ -25,6 +25,7 @@ from jobs.webhooks.targets import check_target
 
 ENDPOINT_ID_PREFIX = "we_"
 MAX_ENDPOINTS = 20
+ENDPOINT_DELETED = "endpoint deleted"
 ROTATION_GRACE = timedelta(hours=24)  # the previous secret keeps signing (a second signature) this long
 
 
@@ -68,6 +69,9 @@ def create_endpoint(
 ) -> EndpointWithSecret:
     check_target(url, allowed_hosts=allowed_hosts, param="url")
     events = check_event_filter(events, param="events")
+    # The owner's key row, locked: concurrent creates of one client count one after another, so
+    # the cap holds (a count alone lets 40 parallel creates all see 19).
+    session.execute(select(ApiKey.id).where(ApiKey.id == owner.id).with_for_update())
     count = session.scalar(
         select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.owner_id == owner.id)
     )
@@ -98,23 +102,31 @@ def list_endpoints(
     return keyset_page(session, query, WebhookEndpoint.id, limit=limit, after=after, order=order)
 
 
-def get_endpoint(*, session: Session, owner: ApiKey, endpoint_id: str) -> WebhookEndpoint:
-    endpoint = session.scalar(
-        select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.owner_id == owner.id)
-    )
+def get_endpoint(*, session: Session, owner: ApiKey, endpoint_id: str, for_update: bool = False) -> WebhookEndpoint:
+    """The owner's endpoint; ``for_update`` locks its row until the transaction ends (every change:
+    two rotations at once must not both hand out a secret only one of them stores)."""
+    query = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.owner_id == owner.id)
+    endpoint = session.scalar(query.with_for_update() if for_update else query)
     if endpoint is None:
         raise NotFound(f"no webhook endpoint with id {endpoint_id!r}", param="endpoint_id")
     return endpoint
 
 
 def delete_endpoint(*, session: Session, owner: ApiKey, endpoint_id: str) -> None:
-    """Delete the endpoint; its pending deliveries (and their log) go with it."""
-    session.delete(get_endpoint(session=session, owner=owner, endpoint_id=endpoint_id))
+    """Delete the endpoint. Its deliveries stay (the job's history; their ``endpoint_id`` becomes
+    NULL); those not sent yet are failed with "endpoint deleted", never sent elsewhere."""
+    endpoint = get_endpoint(session=session, owner=owner, endpoint_id=endpoint_id, for_update=True)
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == DeliveryStatus.PENDING.value)
+        .values(status=DeliveryStatus.FAILED.value, last_error=ENDPOINT_DELETED)
+    )
+    session.delete(endpoint)
 
 
 def rotate_secret(*, session: Session, owner: ApiKey, endpoint_id: str) -> EndpointWithSecret:
     """A new secret signs from now on; the old one adds a second signature for ``ROTATION_GRACE``."""
-    endpoint = get_endpoint(session=session, owner=owner, endpoint_id=endpoint_id)
+    endpoint = get_endpoint(session=session, owner=owner, endpoint_id=endpoint_id, for_update=True)
     endpoint.previous_secret = endpoint.secret
     endpoint.previous_secret_expires_at = utcnow() + ROTATION_GRACE
     endpoint.secret = new_secret()
@@ -123,9 +135,18 @@ def rotate_secret(*, session: Session, owner: ApiKey, endpoint_id: str) -> Endpo
 
 def enable_endpoint(*, session: Session, owner: ApiKey, endpoint_id: str) -> WebhookEndpoint:
     """Turn a disabled endpoint back on; only events from now on are sent (replay older ones by hand)."""
-    endpoint = get_endpoint(session=session, owner=owner, endpoint_id=endpoint_id)
+    endpoint = get_endpoint(session=session, owner=owner, endpoint_id=endpoint_id, for_update=True)
     endpoint.disabled_at = endpoint.disabled_reason = endpoint.failing_since = None
     return endpoint
+
+
+def is_job_url_delivery(session: Session, delivery: WebhookDelivery) -> bool:
+    """True when a delivery without an endpoint is to its job's own ``webhook_url``; False when its
+    endpoint was deleted (such a delivery must never be signed with the default secret and sent)."""
+    if delivery.endpoint_id is not None:
+        return False
+    job = session.get(Job, delivery.job_id)
+    return job is not None and job.webhook_url == delivery.url
 
 
 def disable_endpoint(endpoint: WebhookEndpoint, *, reason: str, now: datetime) -> None:
@@ -162,6 +183,8 @@ def redeliver(*, session: Session, owner: ApiKey, job_id: str, delivery_id: str)
     )
     if delivery is None:
         raise NotFound(f"no webhook delivery {delivery_id!r} for video {job_id}", param="delivery_id")
+    if delivery.endpoint_id is None and not is_job_url_delivery(session, delivery):
+        raise Conflict(f"delivery {delivery_id}'s webhook endpoint was deleted", code="endpoint_deleted")
     if delivery.endpoint is not None and delivery.endpoint.disabled_at is not None:
         raise Conflict(
             f"webhook endpoint {delivery.endpoint.id} is disabled; enable it first", code="endpoint_disabled"

@@ -101,6 +101,9 @@ def _targets(session: Session, job: Job, event: WebhookEvent) -> list[tuple[str,
         select(WebhookEndpoint)
         .where(WebhookEndpoint.owner_id == job.owner_id, WebhookEndpoint.disabled_at.is_(None))
         .order_by(WebhookEndpoint.id)
+        # FOR KEY SHARE: an endpoint being deleted is waited for (and then skipped), so a delivery row
+        # never references an endpoint deleted meanwhile (a foreign-key error in a job's transaction).
+        .with_for_update(key_share=True)
     )
     targets.extend((e.url, e.id) for e in endpoints if wants(e.events, event))
     return targets

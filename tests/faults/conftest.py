@@ -62,6 +62,7 @@ def stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             redis_url=own_redis.url,
             s3_endpoint=s3.endpoint,
             s3_access_key="testing",
+            secret_key="faults-test-secret",
             s3_secret_key="testing",
             s3_bucket=BUCKET,
             s3_timeout_s=2.0,

@@ -1,0 +1,286 @@
+"""Issue 17: the API as a hostile client uses it, against PostgreSQL — forged or replayed admin
+sessions, oversized and malformed input, races on webhook endpoints. Every answer is a 4xx, never
+a 500, and the database keeps the invariants (one stored secret, the endpoint cap, deliveries kept)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from api.app import create_app
+from api.edge import EdgeMiddleware
+from jobs.db import make_engine, session_scope
+from jobs.keys import create_key
+from jobs.models import ApiKey, Job, WebhookDelivery, WebhookEndpoint
+from jobs.settings import MissingSecretKey, Settings
+from jobs.webhooks import endpoints
+from tests.api.conftest import bearer, login
+
+EXAMPLE = frozenset({"example.com"})  # allow-listed: no DNS lookup in tests
+BODY = {"prompt": "a lighthouse in a storm", "size": "96x64", "num_frames": 9, "num_inference_steps": 2}
+
+
+# ---- secrets ------------------------------------------------------------------------------------
+
+
+def test_the_service_refuses_the_default_secret_unless_embedded_on_loopback(database_url: str, tmp_path) -> None:
+    served = Settings(database_url=database_url, data_dir=tmp_path, _env_file=None)
+    with pytest.raises(MissingSecretKey, match="VIDQ_SECRET_KEY"):
+        create_app(served)
+    embedded = Settings(data_dir=tmp_path)
+    embedded.require_service_secret(host="127.0.0.1")
+    embedded.require_service_secret(host="::1")
+    with pytest.raises(MissingSecretKey):
+        embedded.require_service_secret(host="0.0.0.0")
+    Settings(database_url=database_url, secret_key="s3cret-enough").require_service_secret()
+
+
+def test_logout_ends_the_session_on_the_server(app_client: TestClient, new_key) -> None:
+    _, admin_key = new_key("admin", admin=True)
+    with TestClient(app_client.app) as browser:
+        csrf = login(browser, admin_key)
+        stolen = browser.cookies.get("vidq_admin")
+        assert browser.get("/admin", follow_redirects=False).status_code == 200
+        assert browser.post("/admin/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+    with TestClient(app_client.app) as replay:
+        replay.cookies.set("vidq_admin", stolen)
+        refused = replay.get("/admin", follow_redirects=False)
+        assert refused.status_code == 303
+        assert refused.headers["location"].startswith("/admin/login")
+
+
+# ---- input --------------------------------------------------------------------------------------
+
+
+def test_an_oversized_body_is_refused_before_it_is_read_or_authenticated(app_client: TestClient) -> None:
+    limit = app_client.app.state.vidq.settings.max_request_body_bytes
+    declared = app_client.post(
+        "/v1/videos", content=b"x", headers={"content-length": str(limit + 1), "content-type": "application/json"}
+    )
+    assert declared.status_code == 413
+    assert declared.json()["error"]["code"] == "request_too_large"
+
+    def chunks():  # no Content-Length: counted as it streams
+        for _ in range(limit // 65536 + 2):
+            yield b" " * 65536
+
+    streamed = app_client.post("/v1/videos", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("prompt", "a\x00b"), ("prompt", "a\ud800b"), ("negative_prompt", "\x00"), ("webhook_url", "https://x/\x00")],
+)
+def test_nul_and_lone_surrogates_in_json_are_a_422_naming_the_field(app_client, new_key, field, value) -> None:
+    _, key = new_key()
+    body = json.dumps({**BODY, field: value})  # json.dumps escapes both as \\u0000 / \\ud800
+    response = app_client.post("/v1/videos", content=body, headers={**bearer(key), "content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == field
+
+
+def test_bad_text_in_paths_queries_and_webhook_bodies_is_a_4xx(app_client, new_key) -> None:
+    _, key = new_key()
+    assert app_client.get("/v1/videos/video_%00", headers=bearer(key)).status_code == 404
+    assert app_client.get("/v1/videos/video_%ff%fe", headers=bearer(key)).status_code == 404
+    query = app_client.get("/v1/videos?after=%00", headers=bearer(key))
+    assert query.status_code == 422
+    assert query.json()["error"]["param"] == "after"
+    created = app_client.post(
+        "/v1/webhook_endpoints",
+        content=json.dumps({"url": "https://example.com/hook", "description": "\ud83d"}),
+        headers={**bearer(key), "content-type": "application/json"},
+    )
+    assert created.status_code == 422
+    assert created.json()["error"]["param"] == "description"
+
+
+def test_an_empty_idempotency_key_is_refused(app_client, new_key) -> None:
+    _, key = new_key()
+    response = app_client.post("/v1/videos", json=BODY, headers={**bearer(key), "Idempotency-Key": ""})
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] == "idempotency-key"
+
+
+def _cursor(value: object, job_id: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps([value, job_id]).encode()).decode().rstrip("=")
+
+
+def test_admin_cursors_and_filters_are_type_checked(app_client, new_key) -> None:
+    _, admin_key = new_key("admin", admin=True)
+    headers = bearer(admin_key)
+    for query in [
+        f"sort=attempts&cursor={_cursor('many', 'video_X')}",
+        f"sort=model&cursor={_cursor(3, 'video_X')}",
+        f"cursor={_cursor('video_X', 7)}",
+        f"cursor={_cursor('a' + chr(0), 'video_X')}",
+        "key=99999999999999999999",
+        "key=-1",
+        "cursor=%%%",
+    ]:
+        response = app_client.get(f"/admin/jobs?{query}", headers=headers)
+        assert response.status_code == 422, (query, response.status_code)
+
+
+def test_at_the_concurrency_limit_the_next_request_gets_503_and_retry_after() -> None:
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await release.wait()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    edge = EdgeMiddleware(slow_app, max_body_bytes=1024, upload_max_bytes=1024, max_concurrency=1)
+
+    async def call(path: str) -> list[dict]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "headers": []}
+        await edge(scope, receive, send)
+        return sent
+
+    async def scenario() -> tuple[list[dict], list[dict], list[dict]]:
+        first = asyncio.create_task(call("/v1/videos"))
+        await asyncio.sleep(0)  # the first request is inside the app now
+        second = await call("/v1/videos")
+        probe = asyncio.create_task(call("/healthz"))  # probes are never refused
+        release.set()
+        return await first, second, await probe
+
+    first, second, probe = asyncio.run(scenario())
+    assert first[0]["status"] == 204 and probe[0]["status"] == 204
+    assert second[0]["status"] == 503
+    assert (b"retry-after", b"1") in second[0]["headers"]
+    assert edge.in_flight == 0
+
+
+# ---- races on webhook endpoints ------------------------------------------------------------------
+
+
+def _in_parallel(n: int, work: Callable[[int], object]) -> list[object]:
+    results: list[object] = [None] * n
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except Exception as exc:  # the test inspects what each thread got
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+@pytest.fixture
+def owner(factory) -> ApiKey:
+    with session_scope(factory) as session:
+        return create_key(session=session, name="racer").record
+
+
+def test_parallel_creates_respect_the_endpoint_cap(factory, owner: ApiKey) -> None:
+    def create(i: int) -> str:
+        with session_scope(factory) as session:
+            key = session.get(ApiKey, owner.id)
+            made = endpoints.create_endpoint(
+                session=session,
+                owner=key,
+                url=f"https://example.com/{i}",
+                events=None,
+                description="",
+                allowed_hosts=EXAMPLE,
+            )
+            return made.endpoint.id
+
+    results = _in_parallel(30, create)
+    with session_scope(factory) as session:
+        stored = session.scalar(select(func.count()).where(WebhookEndpoint.owner_id == owner.id))
+    assert stored == endpoints.MAX_ENDPOINTS
+    assert sum(isinstance(r, str) for r in results) == endpoints.MAX_ENDPOINTS
+
+
+def test_parallel_rotations_hand_out_only_secrets_that_sign(factory, owner: ApiKey) -> None:
+    with session_scope(factory) as session:
+        key = session.get(ApiKey, owner.id)
+        endpoint_id = endpoints.create_endpoint(
+            session=session,
+            owner=key,
+            url="https://example.com/r",
+            events=None,
+            description="",
+            allowed_hosts=EXAMPLE,
+        ).endpoint.id
+
+    def rotate(_: int) -> str:
+        with session_scope(factory) as session:
+            key = session.get(ApiKey, owner.id)
+            return endpoints.rotate_secret(session=session, owner=key, endpoint_id=endpoint_id).secret
+
+    handed_out = _in_parallel(2, rotate)
+    with session_scope(factory) as session:
+        row = session.get(WebhookEndpoint, endpoint_id)
+        signing = {row.secret, row.previous_secret}
+    assert all(isinstance(s, str) for s in handed_out)
+    assert set(handed_out) <= signing  # serialized: the second rotation's previous is the first's new
+
+
+def test_a_deleted_endpoints_deliveries_stay_and_are_never_sent(app_client, factory, new_key) -> None:
+    key_id, key = new_key()
+    with session_scope(factory) as session:
+        endpoint_id = endpoints.create_endpoint(
+            session=session,
+            owner=session.get(ApiKey, key_id),
+            url="https://example.com/d",
+            events=None,
+            description="",
+            allowed_hosts=EXAMPLE,
+        ).endpoint.id
+    job_id = app_client.post("/v1/videos", json=BODY, headers=bearer(key)).json()["id"]
+    with session_scope(factory) as session:
+        pending = session.scalars(select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)).all()
+        assert pending, "the queued event made a delivery for the endpoint"
+        ids = [d.id for d in pending]
+    assert app_client.delete(f"/v1/webhook_endpoints/{endpoint_id}", headers=bearer(key)).status_code == 200
+    with session_scope(factory) as session:
+        kept = [session.get(WebhookDelivery, i) for i in ids]
+        assert all(d is not None and d.endpoint_id is None for d in kept)
+        assert {d.status for d in kept} == {"failed"}
+        assert session.get(Job, job_id) is not None
+    listed = app_client.get(f"/v1/videos/{job_id}/webhook_deliveries", headers=bearer(key))
+    assert listed.status_code == 200
+    redeliver = app_client.post(f"/v1/videos/{job_id}/webhook_deliveries/{ids[0]}/redeliver", headers=bearer(key))
+    assert redeliver.status_code == 409
+
+
+# ---- secrets in logs ----------------------------------------------------------------------------
+
+
+def test_database_errors_never_carry_their_parameters(admin_settings: Settings, factory) -> None:
+    engine = make_engine(admin_settings)
+    try:
+        assert engine.hide_parameters
+    finally:
+        engine.dispose()
+    with pytest.raises(IntegrityError) as raised, session_scope(factory) as session:
+        session.add(WebhookEndpoint(id="we_dup", owner_id=2**30, url="https://x", secret="whsec_TOPSECRET"))
+        session.flush()
+    assert "TOPSECRET" not in str(raised.value)
