@@ -209,3 +209,41 @@ def test_submit_covers_every_field_of_the_api() -> None:
     dests = {action.dest for action in submit._actions}
     missing = {f for f in VideoCreate.model_fields if renamed.get(f, f) not in dests}
     assert not missing, f"vidq submit has no flag for {sorted(missing)}"
+
+
+def test_a_worker_for_a_model_not_installed_names_the_install_command(
+    capsys, env, monkeypatch, database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    import huggingface_hub.constants
+
+    from engine.models import locate
+
+    def offline(repo_id: str) -> Path:
+        raise OSError("network unreachable")  # the Hub, unreachable as on these machines
+
+    monkeypatch.setattr(locate, "_download", offline)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("VIDQ_DATABASE_URL", database_url)
+    monkeypatch.setenv("VIDQ_REDIS_URL", redis_url)
+    monkeypatch.setenv("VIDQ_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("VIDQ_SWEEPER_ENABLED", "false")
+    code, _, err = run(capsys, "worker", "--log-level", "WARNING", "--models", "wan2.1-t2v-14b")
+    assert code == 1
+    assert_one_line(err, "wan2.1-t2v-14b", "hf download Wan-AI/Wan2.1-T2V-14B-Diffusers")
+
+
+def test_a_production_worker_with_no_model_says_how_to_get_one(
+    capsys, env, monkeypatch, database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("VIDQ_ENVIRONMENT", "production")
+    monkeypatch.setenv("VIDQ_SECRET_KEY", "a-real-secret-for-this-test")
+    monkeypatch.setenv("VIDQ_DATABASE_URL", database_url)
+    monkeypatch.setenv("VIDQ_REDIS_URL", redis_url)
+    monkeypatch.setenv("VIDQ_MODELS_DIR", str(tmp_path / "models"))  # empty: tiny-wan is not served in production
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache
+    code, _, err = run(capsys, "worker", "--log-level", "WARNING")
+    assert code == 1
+    assert_one_line(err, "no model to serve", "vidq models list")
+    assert "a-real-secret" not in err
