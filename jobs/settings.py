@@ -117,6 +117,9 @@ class Settings(EngineSettings):
     worker_models: str = ""  # comma-separated registry names; empty = every installed model
     # GPUs one worker runs each job across (one process per GPU, this one is rank 0), and how.
     worker_gpus: int = Field(default=1, ge=1)
+    # A render worker also consumes the webhooks queue (between renders). Off by default: one client's
+    # slow receiver would delay every client's renders; run `vidq worker --queues webhooks` instead.
+    worker_webhooks: bool = False
     # Port of the worker's own Prometheus endpoint (its renders, steps, stages, webhook attempts and
     # GPUs by UUID); unset = none. Several workers on one host need one port each.
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
@@ -132,7 +135,9 @@ class Settings(EngineSettings):
     lora_max_upload_mb: int = Field(default=2048, ge=1)
 
     # Webhooks and live events
-    webhook_allowed_hosts: str = ""  # comma-separated hosts exempt from the private-address check
+    # Comma-separated host:port entries exempt from the private-address check ("host:*": every port;
+    # a bare host: its scheme's default port). Their answers' bodies are never recorded.
+    webhook_allowed_hosts: str = ""
     webhook_timeout_s: float = Field(default=15.0, gt=0)  # the WHOLE attempt: connect, headers and body read
     # Attempts in flight at once for one client (API key) across a sender's threads: one client's slow
     # receivers cannot take every sender thread.
@@ -226,7 +231,9 @@ class Settings(EngineSettings):
 
     @property
     def webhook_allowed_host_set(self) -> frozenset[str]:
-        return frozenset(h.strip().lower().strip("[]") for h in self.webhook_allowed_hosts.split(",") if h.strip())
+        from jobs.webhooks.targets import parse_allowed_hosts
+
+        return parse_allowed_hosts(self.webhook_allowed_hosts)
 
     @property
     def worker_model_names(self) -> list[str]:

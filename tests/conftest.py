@@ -123,7 +123,8 @@ def service_settings(
         heartbeat_timeout_s=4.0,
         progress_write_interval_s=0.0,
         device="cpu",
-        webhook_allowed_hosts="127.0.0.1",  # the loopback receiver; every other private host stays refused
+        webhook_allowed_hosts="127.0.0.1:*",  # the loopback receiver (any port); other private hosts stay refused
+        worker_webhooks=True,  # one worker process renders and delivers in these tests
         webhook_retry_schedule_s=[0.3, 0.3, 0.3],
         sse_heartbeat_s=1.0,
     )

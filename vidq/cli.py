@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--queues",
         default="",
-        help="comma-separated queues (default: the models' GPU queues and 'webhooks'); "
+        help="comma-separated queues (default: the models' GPU queues; 'webhooks' too with VIDQ_WORKER_WEBHOOKS=true); "
         "'--queues webhooks' runs a CPU-only webhook sender that loads no model",
     )
     worker.set_defaults(func=cmd_worker)

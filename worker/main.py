@@ -31,11 +31,14 @@ def prepare_worker(
 ) -> tuple[Celery, list[str], Sweeper | None]:
     """Build the app, warm the models and start the sweeper; return what ``worker_main`` needs.
 
-    ``queues`` defaults to the served models' GPU queues plus ``webhooks``. Models are loaded only
-    when a GPU queue is consumed, so ``queues=["webhooks"]`` starts without touching the engine.
+    ``queues`` defaults to the served models' GPU queues, plus ``webhooks`` only in embedded mode
+    (one process does everything) or with ``VIDQ_WORKER_WEBHOOKS``: a render worker that sends
+    webhooks lets one client's slow receiver delay every render. Models are loaded only when a GPU
+    queue is consumed, so ``queues=["webhooks"]`` (the webhook sender) starts without the engine.
     """
     models = models or served_models(settings)
-    queues = queues or [*queues_for_models(models, settings.worker_gpus), WEBHOOK_QUEUE]
+    sends_webhooks = settings.embedded or settings.worker_webhooks
+    queues = queues or [*queues_for_models(models, settings.worker_gpus), *([WEBHOOK_QUEUE] if sends_webhooks else [])]
     renders = any(q != WEBHOOK_QUEUE for q in queues)
     app = app or create_worker_app(settings)
     ctx = build_context(settings)

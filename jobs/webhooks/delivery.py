@@ -9,9 +9,11 @@ A target that now resolves to a refused address is not contacted and the deliver
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,12 +56,46 @@ class AttemptOutcome(StrEnum):
     RETRY_SCHEDULED = "retry_scheduled"
     FAILED = "failed"  # given up: retries exhausted, 410, refused target or disabled endpoint
     SKIPPED = "skipped"  # not pending or not due: a duplicate or stale message
+    DEFERRED = "deferred"  # its client had its cap of attempts in flight: tried again shortly, not counted
+
+
+class ClientSlots:
+    """Attempts in flight per client (API key) in this sender process, at most ``limit`` each: a
+    client whose receivers are slow fills its own slots, never every sender thread."""
+
+    def __init__(self) -> None:
+        self._in_flight: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, client: int, limit: int) -> bool:
+        with self._lock:
+            if self._in_flight.get(client, 0) >= limit:
+                return False
+            self._in_flight[client] = self._in_flight.get(client, 0) + 1
+            return True
+
+    def release(self, client: int) -> None:
+        with self._lock:
+            left = self._in_flight.get(client, 0) - 1
+            if left > 0:
+                self._in_flight[client] = left
+            else:
+                self._in_flight.pop(client, None)
+
+    def in_flight(self, client: int) -> int:
+        with self._lock:
+            return self._in_flight.get(client, 0)
+
+
+CLIENT_SLOTS = ClientSlots()
+DEFER_S = 1.0  # a deferred delivery is due again after this (the relay republishes it)
 
 
 @dataclass(frozen=True)
 class PreparedAttempt:
     delivery_id: str
     job_id: str
+    owner_id: int
     url: str
     body: bytes
     secrets: list[str]
@@ -157,6 +193,7 @@ def claim_attempt(
     return PreparedAttempt(
         delivery_id=delivery.id,
         job_id=delivery.job_id,
+        owner_id=job.owner_id if job is not None else 0,
         url=delivery.url,
         body=_body(delivery, job, storage, settings),
         secrets=secrets,
@@ -175,33 +212,48 @@ def _pinned_request(target: Target) -> tuple[str, dict[str, str], dict[str, str]
 
 
 def send_attempt(target: Target, *, body: bytes, headers: dict[str, str], timeout_s: float) -> AttemptResult:
-    """POST once; never raises for network trouble (it becomes the attempt's ``error``)."""
-    url, extra_headers, extensions = _pinned_request(target)
+    """POST once, all of it within ``timeout_s``: connecting, sending, the response's headers and at
+    most ``SNIPPET_BYTES`` of its body. httpx's own timeouts apply per operation (a receiver that
+    drips one byte every few seconds would never trip them), so the whole attempt runs under one
+    deadline that cancels it wherever it is. Never raises for network trouble (it becomes the
+    attempt's ``error``). An allow-listed target's answer body is not kept: those hosts are private,
+    and the delivery log must not become a way to read them."""
     started = time.perf_counter()
     try:
-        # trust_env=False: no proxy from the environment may route the request somewhere else.
-        with (
-            httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client,
-            client.stream(
-                "POST", url, content=body, headers={**headers, **extra_headers}, extensions=extensions
-            ) as response,
-        ):
-            snippet = b""
-            for chunk in response.iter_bytes():
-                snippet += chunk
-                if len(snippet) >= SNIPPET_BYTES:
-                    break
-            return AttemptResult(
-                status_code=response.status_code,
-                latency_ms=round((time.perf_counter() - started) * 1000),
-                response_snippet=snippet[:SNIPPET_BYTES].decode("utf-8", errors="replace"),
-                retry_after_s=parse_retry_after(response.headers.get("retry-after"), utcnow()),
-            )
+        return asyncio.run(
+            asyncio.wait_for(_post(target, body=body, headers=headers, timeout_s=timeout_s), timeout=timeout_s)
+        )
+    except TimeoutError:
+        error = f"timed out after {timeout_s:g} s"
     except httpx.TimeoutException:
         error = f"timed out after {timeout_s:g} s"
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"[:1000]
     return AttemptResult(latency_ms=round((time.perf_counter() - started) * 1000), error=error)
+
+
+async def _post(target: Target, *, body: bytes, headers: dict[str, str], timeout_s: float) -> AttemptResult:
+    url, extra_headers, extensions = _pinned_request(target)
+    started = time.perf_counter()
+    # trust_env=False: no proxy from the environment may route the request somewhere else.
+    async with (
+        httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False) as client,
+        client.stream(
+            "POST", url, content=body, headers={**headers, **extra_headers}, extensions=extensions
+        ) as response,
+    ):
+        snippet = b""
+        if target.address is not None:  # never read back what an allow-listed (private) host answers
+            async for chunk in response.aiter_bytes():
+                snippet += chunk
+                if len(snippet) >= SNIPPET_BYTES:
+                    break
+        return AttemptResult(
+            status_code=response.status_code,
+            latency_ms=round((time.perf_counter() - started) * 1000),
+            response_snippet=snippet[:SNIPPET_BYTES].decode("utf-8", errors="replace") if target.address else None,
+            retry_after_s=parse_retry_after(response.headers.get("retry-after"), utcnow()),
+        )
 
 
 def _count_attempt(result: AttemptResult) -> None:
@@ -266,15 +318,35 @@ def record_attempt(*, session: Session, delivery_id: str, result: AttemptResult,
 
 
 def deliver(
-    delivery_id: str, *, session_factory: sessionmaker[Session], settings: Settings, storage: Storage | None = None
+    delivery_id: str,
+    *,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    storage: Storage | None = None,
+    slots: ClientSlots = CLIENT_SLOTS,
 ) -> AttemptOutcome:
     """Make one attempt of a delivery (what the ``vidq.deliver_webhook`` task runs)."""
     with session_scope(session_factory) as session:
         prepared = claim_attempt(session=session, delivery_id=delivery_id, settings=settings, storage=storage)
     if prepared is None:
         return AttemptOutcome.SKIPPED
-    with job_context(prepared.job_id):
-        return _attempt(prepared, session_factory=session_factory, settings=settings)
+    if not slots.acquire(prepared.owner_id, settings.webhook_client_concurrency):
+        with session_scope(session_factory) as session:
+            defer(session=session, delivery_id=delivery_id)
+        return AttemptOutcome.DEFERRED
+    try:
+        with job_context(prepared.job_id):
+            return _attempt(prepared, session_factory=session_factory, settings=settings)
+    finally:
+        slots.release(prepared.owner_id)
+
+
+def defer(*, session: Session, delivery_id: str) -> None:
+    """Give back a claimed attempt without making it: due again in ``DEFER_S``, republished by the relay."""
+    delivery = session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update())
+    if delivery is not None and delivery.status == DeliveryStatus.PENDING.value:
+        delivery.next_attempt_at = utcnow() + timedelta(seconds=DEFER_S)
+        delivery.enqueued_at = None
 
 
 def _attempt(

@@ -27,7 +27,7 @@ PNG_1PX = base64.b64decode(
 @pytest.fixture(scope="module")
 def app_client(admin_settings: Settings) -> Iterator[TestClient]:
     """The app on PostgreSQL, with loopback allowed as a webhook target (nothing is delivered: no worker)."""
-    settings = admin_settings.model_copy(update={"webhook_allowed_hosts": "127.0.0.1"})
+    settings = admin_settings.model_copy(update={"webhook_allowed_hosts": "127.0.0.1:*"})
     with TestClient(create_app(settings)) as client:
         yield client
 

@@ -41,7 +41,7 @@ def rollback_on_exit(state: StateDep) -> Iterator[Session]:
 
 @pytest.fixture(scope="module")
 def client(admin_settings: Settings) -> Iterator[TestClient]:
-    app = create_app(admin_settings.model_copy(update={"webhook_allowed_hosts": "127.0.0.1"}))
+    app = create_app(admin_settings.model_copy(update={"webhook_allowed_hosts": "127.0.0.1:*"}))
     app.dependency_overrides[get_session] = rollback_on_exit
     with TestClient(app) as test_client:
         yield test_client

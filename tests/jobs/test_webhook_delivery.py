@@ -23,13 +23,13 @@ from jobs.webhooks.outbox import relay_webhooks
 from tests.receiver import Answer, Receiver
 from vidq.client import verify_webhook
 
-LOOPBACK = frozenset({"127.0.0.1"})
+LOOPBACK = frozenset({"127.0.0.1:*"})
 
 
 @pytest.fixture(scope="module")
 def hook_settings(db_settings: Settings) -> Settings:
     return db_settings.model_copy(
-        update={"webhook_allowed_hosts": "127.0.0.1", "webhook_retry_schedule_s": [0.05, 0.05, 0.05]}
+        update={"webhook_allowed_hosts": "127.0.0.1:*", "webhook_retry_schedule_s": [0.05, 0.05, 0.05]}
     )
 
 
@@ -136,7 +136,7 @@ def test_a_receiver_that_fails_twice_then_succeeds_gets_one_success_and_three_at
 
     log = attempts(session_factory, delivery.id)
     assert [a.status_code for a in log] == [500, 503, 200]
-    assert [a.response_snippet for a in log] == ["boom", "busy", "thanks"]
+    assert [a.response_snippet for a in log] == [None, None, None]  # an allow-listed host's answers are not kept
     assert all(a.latency_ms is not None for a in log)
     assert log[0].next_attempt_at is not None and log[-1].next_attempt_at is None
     (settled,) = deliveries(session_factory, job_id)
@@ -181,7 +181,7 @@ def test_a_target_refused_at_delivery_is_never_contacted(session_factory, owner,
     assert deliver(delivery.id, session_factory=session_factory, settings=strict) is AttemptOutcome.FAILED
     assert receiver.requests == []
     (attempt,) = attempts(session_factory, delivery.id)
-    assert attempt.status_code is None and "loopback" in (attempt.error or "")
+    assert attempt.status_code is None and "not an allowed webhook target" in (attempt.error or "")
 
 
 def test_redirects_are_failures_and_are_not_followed(session_factory, owner, hook_settings, receiver) -> None:

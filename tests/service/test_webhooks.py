@@ -103,7 +103,8 @@ def test_a_completed_job_reaches_a_flaky_receiver_after_retries_and_can_be_repla
     (delivery,) = [d for d in data if d["endpoint_id"] is None]
     assert delivery["event_type"] == "video.completed" and delivery["status"] == "succeeded"
     assert [a["status_code"] for a in delivery["attempts"]] == [500, 502, 200]
-    assert [a["response_snippet"] for a in delivery["attempts"]][:2] == ["oops", "bad gateway"]
+    # The receiver is allow-listed (a private host): what it answers is never shown back (issue 17).
+    assert [a["response_snippet"] for a in delivery["attempts"]] == [None, None, None]
     assert delivery["attempts"][0]["next_attempt_at"] and delivery["attempts"][-1]["next_attempt_at"] is None
     assert len(receiver.requests) == 3 and {r.headers["webhook-id"] for r in receiver.requests} == {delivery["id"]}
     event = verify_webhook(secret, receiver.requests[-1].headers, receiver.requests[-1].body)
