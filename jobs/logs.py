@@ -126,7 +126,10 @@ def configure_logging(*, level: str = "WARNING", fmt: str = "text", service: boo
     quiet = max(logging.WARNING, root.level)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(quiet)
-    logging.captureWarnings(True)  # warnings.warn (Celery's deprecations, torch's) become records too
+    # warnings.warn (Celery's deprecations, torch's) become records too. Off first: captureWarnings(True)
+    # does nothing when called before, even if something has put its own warnings.showwarning since.
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     if service:
         disable_library_progress_bars()
 
