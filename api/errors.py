@@ -27,6 +27,7 @@ from jobs.errors import (
     InvalidParameter,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     Unauthenticated,
 )
 
@@ -50,6 +51,7 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     Forbidden: 403,
     UnsupportedMediaType: 415,
     PayloadTooLarge: 413,
+    TooManyRequests: 429,
 }
 
 # OpenAI's error types by status; anything else in 4xx is an invalid request, 5xx a server error.

@@ -27,7 +27,9 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     415: "A request body vidq does not read; the message names the accepted content types.",
     422: "A request field is invalid; `param` names it.",
     413: "An upload over its size limit; `param` names the file field.",
-    503: "A dependency is unreachable; `param` names it.",
+    429: "A per-key limit is reached (open event streams); close one and retry.",
+    503: "A dependency is unreachable (`param` names it), or the server is at its concurrency limit "
+    "(`overloaded`); retry after `Retry-After` seconds.",
 }
 ERROR_REF = "#/components/schemas/ErrorResponse"
 

@@ -9,6 +9,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.login_throttle import LoginThrottle
+from api.streams import StreamSlots
 from jobs.affinity import affinity_router
 from jobs.dispatch import CeleryPublisher, Sweeper, relay_outbox
 from jobs.events import EventBus
@@ -33,6 +34,7 @@ class AppState:
     workers: WorkerRegistry  # the status records workers publish (Redis, or this process when embedded)
     readiness: ReadinessProbe  # /readyz: database, broker and storage, each checked within a deadline
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)  # admin login failures per client
+    streams: StreamSlots = field(default_factory=StreamSlots)  # open event streams per API key
 
     def relay_now(self) -> None:
         """Publish what a committed change put in the outboxes (render messages, webhook deliveries)

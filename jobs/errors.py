@@ -33,6 +33,12 @@ class PayloadTooLarge(DomainError):
     code = "file_too_large"
 
 
+class TooManyRequests(DomainError):
+    """A per-client limit reached (HTTP 429), e.g. open event streams."""
+
+    code = "rate_limited"
+
+
 class Unauthenticated(DomainError):
     code = "invalid_api_key"
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from jobs.models import Job
 from jobs.states import JobStatus, is_terminal
@@ -28,6 +28,23 @@ def queue_position(*, session: Session, job: Job) -> int | None:
         .where(Job.status == JobStatus.QUEUED.value, Job.queue == job.queue, Job.id < job.id)
     )
     return int(ahead or 0) + 1
+
+
+def queue_positions(*, session: Session, jobs: list[Job]) -> dict[str, int]:
+    """``queue_position`` of every queued job of a page, in ONE query (a list page costs the same
+    number of queries whatever its size or the backlog): {job id: position}; others are absent."""
+    queued = [j.id for j in jobs if j.status == JobStatus.QUEUED.value]
+    if not queued:
+        return {}
+    ahead = aliased(Job)
+    count_ahead = (
+        select(func.count())
+        .select_from(ahead)
+        .where(ahead.status == JobStatus.QUEUED.value, ahead.queue == Job.queue, ahead.id < Job.id)
+        .scalar_subquery()
+    )
+    rows = session.execute(select(Job.id, count_ahead).where(Job.id.in_(queued)))
+    return {job_id: int(n or 0) + 1 for job_id, n in rows}
 
 
 POLL_MIN_MS, POLL_MAX_MS, POLL_DEFAULT_MS = 250, 5000, 1000

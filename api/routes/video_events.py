@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CallKey, CallSessionDep, StateDep
 from api.openapi import errors
+from api.streams import bounded
 from jobs import crud
 from jobs.live import LiveEvent, job_events
 
@@ -32,28 +33,35 @@ def sse_frame(item: LiveEvent | None, seq: int) -> str:
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "state, status and progress events"},
-        **errors(401, 404),
+        **errors(401, 404, 429),
     },
 )
 def stream_video_events(video_id: str, key: CallKey, session: CallSessionDep, state: StateDep) -> StreamingResponse:
     """The current state first, then every status change and step; the stream ends after a final status.
+
+    A key may hold `VIDQ_MAX_STREAMS_PER_KEY` streams open at once (429 past that), and a stream
+    ends after `VIDQ_STREAM_MAX_LIFETIME_S`: reconnect, the first event is the current state.
 
     Each event's `data` is a JSON object with `status` (and, for steps, `step`, `total_steps`,
     `stage`, `percent`, `elapsed_s`, `eta_seconds`).
     """
     crud.get_job(session=session, owner=key, job_id=video_id)  # 404 for a missing or foreign job
     owner_id = key.id
+    settings = state.settings
+    state.streams.acquire(owner_id, settings.max_streams_per_key)  # 429 past the cap
 
     async def frames() -> AsyncIterator[str]:
-        seq = 0
-        async for item in job_events(
-            video_id,
-            owner_id=owner_id,
-            session_factory=state.session_factory,
-            redis_url=state.settings.redis_url,
-            heartbeat_s=state.settings.sse_heartbeat_s,
-        ):
-            seq += item is not None
-            yield sse_frame(item, seq)
+        with state.streams.held(owner_id):  # released however the stream ends (client gone included)
+            seq = 0
+            events = job_events(
+                video_id,
+                owner_id=owner_id,
+                session_factory=state.session_factory,
+                redis_url=settings.redis_url,
+                heartbeat_s=settings.sse_heartbeat_s,
+            )
+            async for item in bounded(events, lifetime_s=settings.stream_max_lifetime_s):
+                seq += item is not None
+                yield sse_frame(item, seq)
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)

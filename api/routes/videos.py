@@ -15,7 +15,7 @@ from api.video_body import read_video_create
 from jobs import crud
 from jobs.models import Job
 from jobs.pages import SortOrder
-from jobs.public import poll_after_ms, queue_position
+from jobs.public import poll_after_ms, queue_position, queue_positions
 from jobs.states import JobStatus
 from jobs.validation import InputReference
 
@@ -26,12 +26,16 @@ OrderQuery = Annotated[SortOrder, Query(description="`desc`: newest first (the d
 VideoCreateInput = Annotated[tuple[VideoCreate, InputReference | None], Depends(read_video_create)]
 
 
-def _public(session: Session, job: Job, response: Response | None = None) -> VideoPublic:
-    """The job as clients see it; on a job still running, the header that tells OpenAI's SDK when to poll again."""
+def _public(
+    session: Session, job: Job, response: Response | None = None, *, positions: dict[str, int] | None = None
+) -> VideoPublic:
+    """The job as clients see it; on a job still running, the header that tells OpenAI's SDK when to
+    poll again. ``positions``: the page's queue positions, read at once (``queue_positions``)."""
     wait_ms = poll_after_ms(job)
     if response is not None and wait_ms is not None:
         response.headers[POLL_AFTER_HEADER] = str(wait_ms)
-    return VideoPublic.from_job(job, queue_position=queue_position(session=session, job=job))
+    position = positions.get(job.id) if positions is not None else queue_position(session=session, job=job)
+    return VideoPublic.from_job(job, queue_position=position)
 
 
 @router.post(
@@ -80,7 +84,8 @@ def list_videos(
     jobs, has_more = crud.list_jobs(
         session=session, owner=key, limit=limit, after=after, status=status_filter, order=order
     )
-    data = [_public(session, job) for job in jobs]
+    positions = queue_positions(session=session, jobs=jobs)
+    data = [_public(session, job, positions=positions) for job in jobs]
     return VideoList(
         data=data,
         first_id=data[0].id if data else None,

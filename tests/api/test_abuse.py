@@ -12,11 +12,12 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 
 from api.app import create_app
 from api.edge import EdgeMiddleware
+from api.streams import bounded
 from jobs.db import make_engine, session_scope
 from jobs.keys import create_key
 from jobs.models import ApiKey, Job, WebhookDelivery, WebhookEndpoint
@@ -284,3 +285,73 @@ def test_database_errors_never_carry_their_parameters(admin_settings: Settings, 
         session.add(WebhookEndpoint(id="we_dup", owner_id=2**30, url="https://x", secret="whsec_TOPSECRET"))
         session.flush()
     assert "TOPSECRET" not in str(raised.value)
+
+
+# ---- throughput: constant queries, bounded streams ----------------------------------------------
+
+
+def _count_statements(app_client: TestClient, call: Callable[[], object]) -> int:
+    engine = app_client.app.state.vidq.session_factory.kw["bind"]
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return len(seen)
+
+
+def test_a_list_page_costs_the_same_queries_whatever_its_size(app_client, new_key) -> None:
+    _, key = new_key()
+    for _ in range(2):
+        assert app_client.post("/v1/videos", json=BODY, headers=bearer(key)).status_code == 202
+    small = _count_statements(app_client, lambda: app_client.get("/v1/videos?limit=100", headers=bearer(key)))
+    for _ in range(8):
+        assert app_client.post("/v1/videos", json=BODY, headers=bearer(key)).status_code == 202
+    page = app_client.get("/v1/videos?limit=100", headers=bearer(key)).json()["data"]
+    large = _count_statements(app_client, lambda: app_client.get("/v1/videos?limit=100", headers=bearer(key)))
+    assert large == small
+    positions = sorted(v["queue_position"] for v in page)
+    assert positions == sorted({p for p in positions}) and len(positions) == 10  # distinct, one per queued job
+    single = app_client.get(f"/v1/videos/{page[0]['id']}", headers=bearer(key)).json()
+    assert single["queue_position"] == page[0]["queue_position"]
+
+
+def test_a_key_at_its_stream_cap_gets_429(app_client, new_key) -> None:
+    key_id, key = new_key()
+    job_id = app_client.post("/v1/videos", json=BODY, headers=bearer(key)).json()["id"]
+    state = app_client.app.state.vidq
+    limit = state.settings.max_streams_per_key
+    for _ in range(limit):
+        state.streams.acquire(key_id, limit)
+    try:
+        refused = app_client.get(f"/v1/videos/{job_id}/events", headers=bearer(key))
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_streams"
+    finally:
+        for _ in range(limit):
+            state.streams.release(key_id)
+    assert state.streams.open(key_id) == 0
+
+
+def test_a_stream_ends_at_its_lifetime_and_closes_its_source() -> None:
+    closed: list[bool] = []
+    now = [0.0]
+
+    async def endless():  # type: ignore[no-untyped-def]
+        try:
+            while True:
+                now[0] += 10.0  # each item (a heartbeat) comes 10 s after the last
+                yield None
+        finally:
+            closed.append(True)
+
+    async def collect() -> int:
+        return len([item async for item in bounded(endless(), lifetime_s=35.0, clock=lambda: now[0])])
+
+    assert asyncio.run(collect()) == 4  # at 10, 20, 30 s; the one at 40 s is past the lifetime and ends it
+    assert closed == [True]
