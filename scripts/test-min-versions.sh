@@ -29,6 +29,11 @@ print("API-only install: imports fine without torch")
 PY
 )
 "$MIN_VENV/bin/vidq" --version
+VIDQ_DATA_DIR="$MIN_VENV/data" "$MIN_VENV/bin/vidq" models list >/dev/null
+if VIDQ_DATA_DIR="$MIN_VENV/data" "$MIN_VENV/bin/vidq" generate --model tiny-wan --prompt x 2>"$MIN_VENV/err.txt"; then
+  echo "vidq generate ran without the engine installed" >&2; exit 1
+fi
+grep -q "pip install 'vidq\[engine\]'" "$MIN_VENV/err.txt"  # one line that says what to install
 
 echo "== minimum versions with the [engine] extra (torch: the machine's $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))" >&2
 # torch from the main venv's own wheel source (pip.conf's local files), at the version installed there.

@@ -14,6 +14,10 @@ import socket
 from pydantic import ValidationError
 
 EXIT_FAILED = 1
+# Top-level modules of the [engine] extra: missing in the API-only install (`pip install vidq`).
+ENGINE_MODULES = frozenset(
+    {"torch", "diffusers", "transformers", "huggingface_hub", "accelerate", "imageio", "safetensors"}
+)
 EXIT_INTERRUPTED = 130
 
 
@@ -50,6 +54,8 @@ def explain(exc: BaseException, *, database: str | None = None) -> str | None:
 
     if isinstance(exc, CliError | SchemaOutOfDate | ModelNotInstalledError | APIConnectionError | MissingSecretKey):
         return str(exc)
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in ENGINE_MODULES:
+        return f"this needs the engine, which is not installed ({exc.name} is missing): pip install 'vidq[engine]'"
     if isinstance(exc, ValidationError):
         return settings_error_line(exc)
     if isinstance(exc, UnknownModelError):

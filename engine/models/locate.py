@@ -95,7 +95,10 @@ def _names_a_class(value: object) -> bool:
 
 def _cached_snapshot(repo_id: str) -> Path | None:
     """The Hugging Face cache's snapshot of `repo_id` (no network), if one is there."""
-    from huggingface_hub import snapshot_download
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # the API-only install (no [engine] extra) has no Hugging Face cache to read
+        return None
 
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
