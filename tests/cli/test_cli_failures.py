@@ -4,11 +4,13 @@ non-zero exit, no traceback and no secret; and the operator's commands report wh
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,20 @@ from api.schemas import VideoCreate
 from vidq import cli
 
 VIDQ = str(Path(sys.executable).with_name("vidq"))
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """cli.main() sets up the process's logging (root handlers on the captured stderr): put it back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 @pytest.fixture
