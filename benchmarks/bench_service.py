@@ -1,0 +1,362 @@
+"""The service under load: submits per second and latency with many concurrent clients, and the
+per-job overhead outside the engine (issue 17).
+
+    python benchmarks/bench_service.py                         # 64 clients, 60 s, `vidq api --workers 2`
+    python benchmarks/bench_service.py --duration 10 --baseline-duration 5 --overhead-jobs 3   # quick
+
+Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and Redis on 127.0.0.1:6379; a new
+database is created for the run and dropped after, and one Redis database (``--redis-db``, a spare
+one) is flushed before and after. Storage is a local folder (submits never touch it).
+
+Phases, all against real processes started here (``vidq api``, ``vidq worker``):
+1. baseline: ``--concurrency`` clients submitting for ``--baseline-duration`` s to ONE API process;
+2. load: the same clients for ``--duration`` s to ``vidq api --workers N``: ``submit_rps``,
+   ``submit_p50_ms``, ``submit_p99_ms``, ``errors`` (any non-202 or connection error);
+3. reads: the same clients reading their jobs (``GET /v1/videos/{id}``) for ``--get-duration`` s:
+   ``get_p99_ms``;
+4. overhead: a ``vidq worker`` serving tiny-wan renders ``--overhead-jobs`` jobs one at a time;
+   per job, (completed_at - created_at) from the database minus the job's own stage timings:
+   ``overhead_p50_ms``, ``overhead_p95_ms`` (queueing, dispatch, claiming, upload bookkeeping).
+
+The baseline is reported as ``submit_rps_ratio_vs_one_process``. The load generator runs on the
+same machine as the service; ``loadavg`` records how busy the machine was (other work included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from jobs.keys import KEY_PREFIX  # noqa: E402
+
+VIDQ = str(Path(sys.executable).with_name("vidq"))
+BODY = {
+    "prompt": "a lighthouse in a storm",
+    "model": "tiny-wan",
+    "size": "64x64",
+    "num_frames": 5,
+    "num_inference_steps": 2,
+}
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+class Service:
+    """A fresh database, a spare Redis database, and the processes started on them."""
+
+    def __init__(self, redis_db: int, data_dir: Path) -> None:
+        from sqlalchemy import create_engine, text
+
+        self.db_name = f"vidq_bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.db_name}"'))
+        admin.dispose()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("VIDQ_")},
+            "VIDQ_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.db_name}",
+            "VIDQ_REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
+            "VIDQ_SECRET_KEY": "bench-" + uuid.uuid4().hex,
+            "VIDQ_DATA_DIR": str(data_dir),
+            "VIDQ_MODELS_DIR": str(data_dir / "models"),
+            "VIDQ_DEVICE": "cpu",
+            "VIDQ_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.redis_db = redis_db
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.flush_redis()
+        subprocess.run([VIDQ, "migrate"], env=self.env, check=True, capture_output=True)
+
+    def flush_redis(self) -> None:
+        import redis
+
+        redis.Redis(host="127.0.0.1", port=6379, db=self.redis_db).flushdb()
+
+    def create_key(self) -> str:
+        out = subprocess.run(
+            [VIDQ, "keys", "create", "--name", "bench"], env=self.env, check=True, capture_output=True, text=True
+        ).stdout
+        return next(word for word in out.split() if word.startswith(KEY_PREFIX))
+
+    def start(self, *args: str, log: Path) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [VIDQ, *args], env=self.env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+    def close(self) -> None:
+        from sqlalchemy import create_engine, text
+
+        for proc in self.procs:
+            self.stop(proc)
+        self.flush_redis()
+        admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def wait_http(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not start")
+
+
+async def load(
+    base: str, key: str, *, concurrency: int, duration_s: float, read_ids: list[str] | None = None
+) -> dict[str, object]:
+    """``concurrency`` clients, each sending one request after the other for ``duration_s``:
+    submits, or reads of ``read_ids`` when given."""
+    latencies: list[float] = []
+    errors = 0
+    created: list[str] = []
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60, limits=limits) as client:
+        deadline = time.perf_counter() + duration_s
+
+        async def one_client(n: int) -> None:
+            nonlocal errors
+            i = n
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                try:
+                    if read_ids:
+                        response = await client.get(f"/v1/videos/{read_ids[i % len(read_ids)]}")
+                        ok = response.status_code == 200
+                    else:
+                        response = await client.post("/v1/videos", json=BODY)
+                        ok = response.status_code == 202
+                        if ok:
+                            created.append(response.json()["id"])
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append((time.perf_counter() - started) * 1000)
+                errors += not ok
+                i += concurrency
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one_client(n) for n in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    return {"latencies": latencies, "errors": errors, "created": created, "elapsed_s": elapsed}
+
+
+def overhead(service: Service, base: str, key: str, jobs: int, log_dir: Path) -> list[float]:
+    """Render ``jobs`` tiny-wan jobs one at a time on a worker; per job, the wall time from the
+    submit's commit to the completion's commit minus the job's own stage times, in ms."""
+    from sqlalchemy import create_engine, text
+
+    from engine.models.tiny import write_tiny_wan
+
+    write_tiny_wan(Path(service.env["VIDQ_MODELS_DIR"]) / "tiny-wan")
+    engine = create_engine(service.env["VIDQ_DATABASE_URL"])
+    # The load phases left thousands of queued jobs: set them aside (cancelled, their messages gone),
+    # so each measured job is the only one in the queue.
+    for _ in range(5):  # the API's sweeper may hold some of these rows a moment
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE jobs SET status = 'cancelled' WHERE status = 'queued'"))
+            break
+        except Exception:  # a deadlock with the sweeper: try again
+            time.sleep(0.5)
+    service.flush_redis()
+    worker = service.start("worker", "--log-level", "WARNING", log=log_dir / "worker.log")
+    results: list[float] = []
+    try:
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            for n in range(jobs + 1):  # the first one warms the worker up and is not counted
+                job_id = client.post("/v1/videos", json=BODY).raise_for_status().json()["id"]
+                deadline = time.monotonic() + 300
+                while True:
+                    with engine.connect() as conn:
+                        row = conn.execute(
+                            text("SELECT status, created_at, completed_at, stage_timings FROM jobs WHERE id = :id"),
+                            {"id": job_id},
+                        ).one()
+                    if row.status in ("completed", "failed", "cancelled"):
+                        break
+                    if time.monotonic() > deadline or worker.poll() is not None:
+                        raise RuntimeError(f"job {job_id} did not finish; see {log_dir / 'worker.log'}")
+                    time.sleep(0.05)
+                if row.status != "completed":
+                    raise RuntimeError(f"job {job_id} {row.status}")
+                timings = row.stage_timings if isinstance(row.stage_timings, dict) else json.loads(row.stage_timings)
+                stage_s = sum(float(v) for v in timings.values() if isinstance(v, int | float))
+                if n:
+                    results.append(((row.completed_at - row.created_at).total_seconds() - stage_s) * 1000)
+    finally:
+        engine.dispose()
+        service.stop(worker)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--baseline-duration", type=float, default=20.0)
+    parser.add_argument("--get-duration", type=float, default=10.0)
+    parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--overhead-jobs", type=int, default=10)
+    parser.add_argument("--redis-db", type=int, default=12, help="a spare Redis database; it is flushed")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the processes it started
+    work = Path(tempfile.mkdtemp(prefix="vidq-bench-"))
+    service = Service(args.redis_db, work)
+    try:
+        key = service.create_key()
+
+        port = free_port()
+        one = service.start("api", "--port", str(port), "--log-level", "WARNING", log=work / "api-1.log")
+        wait_http(f"http://127.0.0.1:{port}")
+        base1 = asyncio.run(
+            load(f"http://127.0.0.1:{port}", key, concurrency=args.concurrency, duration_s=args.baseline_duration)
+        )
+        service.stop(one)
+
+        port = free_port()
+        many = service.start(
+            "api",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.api_workers),
+            "--log-level",
+            "WARNING",
+            log=work / "api-n.log",
+        )
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base)
+        load_avg_before = os.getloadavg()
+        main_run = asyncio.run(load(base, key, concurrency=args.concurrency, duration_s=args.duration))
+        load_avg_during = os.getloadavg()
+        reads = asyncio.run(
+            load(
+                base,
+                key,
+                concurrency=args.concurrency,
+                duration_s=args.get_duration,
+                read_ids=list(main_run["created"])[:1000] or ["video_missing"],
+            )  # type: ignore[arg-type]
+        )
+        over = overhead(service, base, key, args.overhead_jobs, work) if args.overhead_jobs else []
+        service.stop(many)
+    finally:
+        service.close()
+
+    submit_lat: list[float] = main_run["latencies"]  # type: ignore[assignment]
+    submits_ok = len(main_run["created"])  # type: ignore[arg-type]
+    submit_rps = submits_ok / float(main_run["elapsed_s"])  # type: ignore[arg-type]
+    baseline_rps = len(base1["created"]) / float(base1["elapsed_s"])  # type: ignore[arg-type]
+    result = {
+        "bench": "service",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "device": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        "cpus": os.cpu_count(),
+        "api_workers": args.api_workers,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "submit_rps": round(submit_rps, 1),
+        "submit_p50_ms": round(percentile(submit_lat, 50), 1),
+        "submit_p99_ms": round(percentile(submit_lat, 99), 1),
+        "get_p99_ms": round(percentile(reads["latencies"], 99), 1),  # type: ignore[arg-type]
+        "errors": int(main_run["errors"]) + int(reads["errors"]),  # type: ignore[call-overload]
+        "overhead_p50_ms": round(percentile(over, 50), 1) if over else None,
+        "overhead_p95_ms": round(percentile(over, 95), 1) if over else None,
+        "overhead_jobs": len(over),
+        "baseline": {
+            "api_workers": 1,
+            "duration_s": args.baseline_duration,
+            "submit_rps": round(baseline_rps, 1),
+            "submit_p99_ms": round(percentile(base1["latencies"], 99), 1),  # type: ignore[arg-type]
+            "errors": base1["errors"],
+        },
+        "submit_rps_ratio_vs_one_process": round(submit_rps / baseline_rps, 2) if baseline_rps else None,
+        "get_requests": len(reads["latencies"]),  # type: ignore[arg-type]
+        "loadavg_before": [round(x, 2) for x in load_avg_before],
+        "loadavg_during": [round(x, 2) for x in load_avg_during],
+        "settings": {"body": BODY, "load_generator": "httpx.AsyncClient on the same machine"},
+    }
+    print(f"{'phase':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    print(
+        f"{'submit, 1 API process':<28}{baseline_rps:>10.1f}{percentile(base1['latencies'], 50):>10.1f}"  # type: ignore[arg-type]
+        f"{percentile(base1['latencies'], 99):>10.1f}{base1['errors']:>8}"
+    )  # type: ignore[arg-type]
+    print(
+        f"{f'submit, {args.api_workers} API processes':<28}{submit_rps:>10.1f}{result['submit_p50_ms']:>10}"
+        f"{result['submit_p99_ms']:>10}{main_run['errors']:>8}"
+    )
+    get_rps = len(reads["latencies"]) / float(reads["elapsed_s"])  # type: ignore[arg-type]
+    print(
+        f"{'get':<28}{get_rps:>10.1f}{percentile(reads['latencies'], 50):>10.1f}"  # type: ignore[arg-type]
+        f"{result['get_p99_ms']:>10}{reads['errors']:>8}"
+    )
+    print(
+        f"overhead per job (ms): p50 {result['overhead_p50_ms']}  p95 {result['overhead_p95_ms']}  ({len(over)} jobs)"
+    )
+    print(
+        f"ratio vs one process: {result['submit_rps_ratio_vs_one_process']}  loadavg during: {result['loadavg_during']}"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"service-{datetime.now(UTC):%Y-%m-%d}-{result['commit']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
