@@ -179,6 +179,12 @@ class SweepReport:
     webhooks_published: int = 0
 
 
+# Rows one sweep pass locks per kind of repair: a backlog of thousands is worked through over several
+# passes (oldest first), and each pass holds few locks for a short time. SKIP LOCKED: the sweepers of
+# every API process and worker share the rows instead of waiting on each other.
+SWEEP_BATCH = 200
+
+
 def _worker_gone(job: Job, records: dict[str, WorkerStatus], lost_after_s: float, now: datetime) -> bool:
     """What the worker's own status record says: it stopped beating, or it runs another job (or none)."""
     record = records.get(job.worker_id or "")
@@ -196,6 +202,8 @@ def _requeue_lost_workers(
     candidates = session.scalars(
         select(Job)
         .where(Job.status == JobStatus.IN_PROGRESS.value, Job.heartbeat_at < quiet_before)
+        .order_by(Job.id)
+        .limit(SWEEP_BATCH)
         .with_for_update(skip_locked=True)
     ).all()
     if not candidates:
@@ -237,6 +245,8 @@ def _redispatch_unclaimed(session: Session, settings: Settings, now: datetime, r
                 and_(Job.dispatched_at.is_(None), Job.retry_at <= now),
             ),
         )
+        .order_by(Job.id)
+        .limit(SWEEP_BATCH)
         .with_for_update(skip_locked=True)
     ).all()
     for job in candidates:

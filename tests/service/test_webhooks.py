@@ -4,6 +4,7 @@ task of a `vidq worker` process (which consumes the `webhooks` queue too) to a l
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import httpx
@@ -146,3 +147,40 @@ def test_a_webhook_only_worker_loads_no_model(start_worker) -> None:
     assert "consuming ['webhooks']" in log and "loading model" not in log
     assert "concurrency: 8 (thread)" in log  # deliveries wait on receivers, so they run on threads
     sender.stop()
+
+
+def test_no_key_or_secret_reaches_the_api_or_worker_logs(api, make_key, receiver, worker, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17: an API + worker run that creates a key, signing secrets (default, endpoint, rotated)
+    and webhook URLs with tokens, renders and delivers; none of them appears in either log."""
+    caplog.set_level(logging.DEBUG)  # every record of the in-process API, libraries included
+    key = make_key()
+    created = api.post(
+        "/v1/webhook_endpoints", json={"url": receiver.url + "/hook?token=ENDPOINT-TOKEN-1"}, headers=auth(key)
+    ).json()
+    rotated = api.post(f"/v1/webhook_endpoints/{created['id']}/rotate_secret", headers=auth(key)).json()
+    default = api.get("/v1/webhooks/default/secret", headers=auth(key)).json()
+    job = api.post(
+        "/v1/videos", json={**BODY, "webhook_url": receiver.url + "/job?token=JOB-TOKEN-2"}, headers=auth(key)
+    ).json()
+    assert finished(wait_for_job(api, key, job["id"], finished))
+    wait_for_deliveries(
+        api, key, job["id"], lambda data: data and all(d["status"] == "succeeded" for d in data), timeout_s=60
+    )
+    assert len(receiver.requests) >= 2  # the job's URL and the endpoint both got events
+    # a database error whose statement carries the secret (a duplicate id): its parameters stay out
+    from sqlalchemy.exc import IntegrityError
+
+    from jobs.db import session_scope
+    from jobs.models import WebhookEndpoint
+
+    with pytest.raises(IntegrityError), session_scope(api.app.state.vidq.session_factory) as session:
+        session.add(WebhookEndpoint(id=created["id"], owner_id=1, url="https://x", secret=rotated["secret"]))
+        session.flush()
+    logging.getLogger("vidq.test").exception("simulated: logging the database error")
+
+    secrets = [key, created["secret"], rotated["secret"], default["key"], "ENDPOINT-TOKEN-1", "JOB-TOKEN-2"]
+    worker_log = worker.log()
+    assert "webhook" in worker_log  # the worker did log its deliveries (hosts only)
+    for secret in secrets:
+        assert secret not in caplog.text, secret[:8]
+        assert secret not in worker_log, secret[:8]
