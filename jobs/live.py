@@ -1,6 +1,7 @@
 """A job's live event stream: its current state, then every status change and step until it ends.
 
-Fed by Redis pub/sub (the worker publishes each stage, step and status on ``vidq:jobs:<id>``).
+Fed by Redis pub/sub (the worker publishes each stage, step and status on ``vidq:jobs:<id>``),
+through the process's one shared subscription connection (``jobs.live_hub``).
 The subscription opens before the first database read, so a late subscriber misses nothing: the
 first event is the row as it is now, and later events that the row already covers are dropped.
 Embedded mode (no Redis) subscribes to the in-process bus the same way; if Redis cannot be
@@ -20,12 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
-import redis.asyncio as aioredis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.db import session_scope
-from jobs.events import LOCAL_EVENTS, LocalSubscription, job_channel
+from jobs.events import LOCAL_EVENTS, LocalSubscription
+from jobs.live_hub import HubSubscription, hub_for
 from jobs.models import Job
 from jobs.public import job_to_public, queue_position
 from jobs.states import JobStatus, is_terminal
@@ -127,19 +128,17 @@ async def job_events(
             await subscription.aclose()
 
 
-async def _subscribe(redis_url: str, job_id: str) -> aioredis.client.PubSub | LocalSubscription | None:
+async def _subscribe(redis_url: str, job_id: str) -> HubSubscription | LocalSubscription | None:
     if not redis_url:  # embedded mode: the worker publishes on the in-process bus
         return LOCAL_EVENTS.subscribe(job_id)
     try:
-        pubsub = aioredis.Redis.from_url(redis_url).pubsub()
-        await pubsub.subscribe(job_channel(job_id))
-        return pubsub
+        return await hub_for(redis_url).subscribe(job_id)  # the process's one pub/sub connection
     except Exception as exc:  # live events are best effort: the row is still there to poll
         log.warning("no live events for %s, polling instead: %s", job_id, exc)
         return None
 
 
-async def _next_message(pubsub: aioredis.client.PubSub | LocalSubscription, timeout_s: float) -> dict[str, Any] | None:
+async def _next_message(pubsub: HubSubscription | LocalSubscription, timeout_s: float) -> dict[str, Any] | None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while (remaining := deadline - loop.time()) > 0:
@@ -150,7 +149,7 @@ async def _next_message(pubsub: aioredis.client.PubSub | LocalSubscription, time
 
 
 async def _from_redis(
-    pubsub: aioredis.client.PubSub | LocalSubscription,
+    pubsub: HubSubscription | LocalSubscription,
     read: Callable[[], dict[str, Any] | None],
     position: _Position,
     heartbeat_s: float,
