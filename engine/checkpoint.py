@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -33,8 +33,13 @@ FORMAT_VERSION = 1
 
 
 def request_fingerprint(model_id: str, request: GenerationRequest) -> str:
-    """A short digest of everything that decides the denoising trajectory."""
-    payload = json.dumps({"model": model_id, "request": asdict(request), "v": FORMAT_VERSION}, sort_keys=True)
+    """A short digest of everything that decides the denoising trajectory (an input image by its pixels)."""
+    fields = asdict(replace(request, image=None))
+    if request.image is not None:
+        from engine.stages.image_encoding import image_digest
+
+        fields["image"] = image_digest(request.image)
+    payload = json.dumps({"model": model_id, "request": fields, "v": FORMAT_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 

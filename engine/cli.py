@@ -47,6 +47,15 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-frames", type=int, help="4k+1 frames (default: the model's)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale; <= 1 disables it")
+    parser.add_argument(
+        "--guidance-2", type=float, help="two-expert models (Wan2.2 A14B): the low-noise expert's guidance"
+    )
+    parser.add_argument(
+        "--image",
+        type=Path,
+        metavar="PATH",
+        help="first frame for image-to-video models (scaled to cover the size, centre-cropped)",
+    )
     parser.add_argument("--seed", type=int, help="default: random (printed, to reproduce the video)")
     parser.add_argument("--fps", type=int, help="frames per second of the mp4 (default: the model's)")
     parser.add_argument("--out", type=Path, default=Path("out.mp4"), help="mp4 path; a .jpg thumbnail goes beside it")
@@ -110,7 +119,16 @@ def run_generate(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance if args.guidance is not None else spec.default_guidance,
         seed=seed,
         fps=args.fps if args.fps is not None else spec.default_fps,
+        guidance_scale_2=args.guidance_2,
     )
+    if args.image is not None:
+        from spec.images import load_image
+
+        try:
+            request.image = load_image(args.image, width, height)
+        except OSError as exc:  # missing, unreadable or not an image
+            err.write(f"error: --image {args.image}: {exc}\n")
+            return EXIT_USAGE
     try:
         request.acceleration = parse_acceleration(acceleration_argument(args.acceleration))
         if known_spec is not None:

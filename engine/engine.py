@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -195,8 +196,10 @@ class Engine:
         load_device = self.device if everything_resident else torch.device("cpu")
         with coded_errors():
             self.components = load_wan_components(located.folder, load_device, self.dtype)
+            experts = self.components.transformers
             if settings.fuse_projections:
-                self.components.transformer.fuse_projections()  # before placement: offload keeps fused weights
+                for expert in experts:
+                    expert.fuse_projections()  # before placement: offload keeps fused weights
             self.lora_mode = self._lora_mode(settings.lora_mode)
             if self.lora_mode == "runtime" and settings.lora_runtime_rank > 0:  # before placement: slots travel
                 install_runtime_slots(self.components.transformer, settings.lora_runtime_rank)
@@ -208,13 +211,16 @@ class Engine:
             device_backup_bytes=self._spare_device_bytes(),
         )
         self.adapters = AdapterCache(settings.lora_cache_mb * 2**20)
-        self.attention_backend = self.components.transformer.set_attention_backend(requested_backend)
+        for expert in experts:
+            self.attention_backend = expert.set_attention_backend(requested_backend)
         if parallel is not None and parallel.enabled:
             # One rank of a multi-process job: torch.distributed is up (engine.parallel.launch).
             parallel.check_heads(self.components.transformer.config.num_attention_heads)
             self.parallel = initialize_parallel_state(parallel)
-            self.components.transformer.sequence_parallel = True
-        optimize_transformer(self.components.transformer, fuse=settings.fuse_projections, compile=self.compiled)
+            for expert in experts:
+                expert.sequence_parallel = True
+        for expert in experts:
+            optimize_transformer(expert, fuse=settings.fuse_projections, compile=self.compiled)
         overrides = {"flow_shift": self.spec.flow_shift} if self.spec is not None else {}
         text_encoder_device = torch.device("cpu") if self.placement.text_encoder == "cpu" else self.device
         pipeline = WanT2VPipeline(
@@ -227,8 +233,13 @@ class Engine:
         )
         if "dit" in self._offloads:
             pipeline.stage(Stage.DENOISING).around.append(self._offloads["dit"].on_device)
+        if "experts" in self._offloads:  # the idle expert waits in pinned host memory
+            swaps = self._offloads["experts"]
+            pipeline.stage(Stage.DENOISING).expert_swap = lambda index: swaps[index].on_device()
         if "vae" in self._offloads:
             pipeline.stage(Stage.DECODING).around.append(self._offloads["vae"].on_device)
+            if Stage.IMAGE_CONDITIONING in [stage.name for stage in pipeline.stages]:
+                pipeline.stage(Stage.IMAGE_CONDITIONING).around.append(self._offloads["vae"].on_device)
         return pipeline
 
     def _build_diffusers_pipeline(self, folder: Path, *, fuse: bool) -> DiffusersPipeline:
@@ -322,21 +333,32 @@ class Engine:
         """Put each component where `self.placement` says; returns the offload objects by component."""
         placement, device = self.placement, self.device
         offloads: dict[str, Any] = {}
-        transformer = components.transformer
+        experts = components.transformers
         if placement.offload == "layerwise":
-            blocks = transformer.blocks
-            transformer.blocks = torch.nn.ModuleList()  # move everything but the blocks
-            transformer.to(device)
-            transformer.blocks = blocks
-            offloads["dit_blocks"] = LayerwiseOffload(blocks, device, resident_blocks=placement.resident_blocks)
+            for transformer in experts:
+                blocks = transformer.blocks
+                transformer.blocks = torch.nn.ModuleList()  # move everything but the blocks
+                transformer.to(device)
+                transformer.blocks = blocks
+                key = "dit_blocks" if transformer is components.transformer else "dit_blocks_2"
+                offloads[key] = LayerwiseOffload(blocks, device, resident_blocks=placement.resident_blocks)
+        elif (len(experts) > 1 and placement.offload == "model") or placement.experts == "swap":
+            # One expert on the GPU at a time, loaded when its first step comes (`expert_swap`).
+            offloads["experts"] = [ComponentOffload(transformer, device) for transformer in experts]
         elif placement.offload == "model":
-            offloads["dit"] = ComponentOffload(transformer, device)
+            offloads["dit"] = ComponentOffload(components.transformer, device)
         else:
-            transformer.to(device)
+            for transformer in experts:
+                transformer.to(device)
         if placement.text_encoder == "offload":
             offloads["text_encoder"] = ComponentOffload(components.text_encoder, device).attach_to_forward()
         elif placement.text_encoder == "resident":
             components.text_encoder.to(device)
+        if components.image_encoder is not None:  # placed like the text encoder (used as rarely)
+            if placement.text_encoder == "offload":
+                offloads["image_encoder"] = ComponentOffload(components.image_encoder, device).attach_to_forward()
+            elif placement.text_encoder == "resident":
+                components.image_encoder.to(device)
         if placement.vae == "offload":
             offloads["vae"] = ComponentOffload(components.vae, device)
         else:
@@ -409,6 +431,12 @@ class Engine:
             raise SpecViolationError("guidance_scale", f"guidance must be in [{MIN_GUIDANCE}, {MAX_GUIDANCE}]")
         if request.fps < 1:
             raise SpecViolationError("fps", "fps must be positive")
+        if self.family is None:  # an unregistered Wan folder: what its components take
+            components = self.components
+            if request.image is not None and not components.image_conditioned:
+                raise SpecViolationError("input_reference", "this is a text-to-video model: it takes no image")
+            if request.image is None and components.image_conditioned and not components.expand_timesteps:
+                raise SpecViolationError("input_reference", "this is an image-to-video model: an image is required")
 
     def generate(
         self,
@@ -436,6 +464,8 @@ class Engine:
         self.check_request(request)
         if checkpointer is not None and self.parallel is not None:
             raise ValueError("denoising checkpoints need a single-process engine, not one rank of a group")
+        if request.guidance_scale_2 is None and self.spec is not None and self.spec.default_guidance_2 is not None:
+            request = replace(request, guidance_scale_2=self.spec.default_guidance_2)
         memory_plan = self.plan(request)
         with self._lock, coded_errors():
             # Adapters first: an FP8 request carries none, so the base weights are back before FP8

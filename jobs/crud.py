@@ -23,6 +23,7 @@ from jobs.db import utcnow
 from jobs.dispatch import add_to_outbox
 from jobs.errors import Conflict, InvalidParameter, NotFound
 from jobs.ids import new_job_id
+from jobs.inputs import prepare_input_reference, store_input_reference
 from jobs.loras import resolve_job_loras
 from jobs.models import ApiKey, Job
 from jobs.pages import SortOrder, keyset_page
@@ -74,11 +75,15 @@ def create_job(
     webhook_allowed_hosts: frozenset[str] = frozenset(),
     workers: Callable[[], list[WorkerStatus]] | None = None,
     heartbeat_timeout_s: float = 60.0,
+    storage: Storage | None = None,
 ) -> tuple[Job, bool]:
     """Validate, store and enqueue a job in one transaction. Returns (job, created).
 
     The job's outbox row and its ``video.queued`` webhook deliveries are written in the same
-    transaction; ``webhook_allowed_hosts`` exempts hosts from the webhook target check.
+    transaction; ``webhook_allowed_hosts`` exempts hosts from the webhook target check. An input
+    image (``request.input_reference``) is checked and fitted to the job's size (``jobs.inputs``)
+    and written to ``storage`` before the row; should the transaction not commit, the object is
+    an orphan under ``inputs/<id>/`` (harmless, never served).
     """
     fingerprint = request_fingerprint(request)
     if idempotency_key is not None:
@@ -105,6 +110,11 @@ def create_job(
         check_target(request.webhook_url, allowed_hosts=webhook_allowed_hosts, param="webhook_url")
     elif webhook_events is not None:
         raise InvalidParameter("webhook_events needs a webhook_url", param="webhook_events")
+    input_png = None
+    if request.input_reference is not None:  # the model takes one: resolve_job_params checked that
+        input_png = prepare_input_reference(request.input_reference, params.width, params.height)
+        if storage is None:
+            raise ValueError("create_job needs the object storage to keep an input_reference")
     job = Job(
         id=new_job_id(),
         owner_id=owner.id,
@@ -117,6 +127,9 @@ def create_job(
         webhook_events=webhook_events,
         created_at=utcnow(),
     )
+    if input_png is not None:
+        assert storage is not None
+        job.input_reference_key = store_input_reference(storage, job.id, input_png)
     session.add(job)
     add_to_outbox(session=session, job=job)
     try:
@@ -124,6 +137,8 @@ def create_job(
     except IntegrityError:
         # Two requests raced with the same Idempotency-Key: the other one won, answer with its job.
         session.rollback()
+        if job.input_reference_key:
+            storage.delete(job.input_reference_key)  # type: ignore[union-attr]
         existing = _find_idempotent(session, owner, idempotency_key) if idempotency_key else None
         if existing is None:
             raise
@@ -178,7 +193,7 @@ def cancel_job(*, session: Session, owner: ApiKey, job_id: str) -> Job:
 def delete_job(*, session: Session, owner: ApiKey, job_id: str, storage: Storage) -> None:
     """Delete the job and its stored results. A running job is cancelled first (its worker stops)."""
     job = get_job(session=session, owner=owner, job_id=job_id, for_update=True)
-    for key in (job.video_key, job.thumbnail_key, checkpoint_key(job.id)):
+    for key in (job.video_key, job.thumbnail_key, checkpoint_key(job.id), job.input_reference_key):
         if key:
             storage.delete(key)
     session.delete(job)

@@ -268,10 +268,10 @@ def _expire_results(session: Session, storage: Storage, now: datetime, report: S
         .with_for_update(skip_locked=True)
     ).all()
     for job in expired:
-        for key in (job.video_key, job.thumbnail_key):
+        for key in (job.video_key, job.thumbnail_key, job.input_reference_key):
             if key:
                 storage.delete(key)
-        job.video_key = job.thumbnail_key = None
+        job.video_key = job.thumbnail_key = job.input_reference_key = None
         report.expired += 1
 
 

@@ -99,6 +99,8 @@ class Job(Base):
     # render did: {"steps_computed", "steps_skipped", "skipped_steps", "precision", ...}.
     acceleration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     acceleration_result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Image-to-video: the client's first frame, fitted to the job's size (jobs.inputs), in object storage.
+    input_reference_key: Mapped[str | None] = mapped_column(String(500), nullable=True)
 
     # When
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

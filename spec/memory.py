@@ -10,6 +10,13 @@ bytes, `plan_memory` picks, cheapest first:
    memory and stream through the GPU one at a time (block i+1 copied while block i computes), with
    as many blocks kept resident as the budget allows;
 
+and for two-expert models (Wan2.2 A14B) whether both experts stay on the GPU (`experts`
+"resident") or only the one whose steps are running, the idle one waiting in pinned host memory
+and swapped in (one copy of its weights) when the boundary timestep is crossed ("swap"). Under
+`none` both placements are tried, resident first; under `model` the experts always swap (each
+is on the GPU only for its steps); under `layerwise` each expert streams its own blocks and
+both keep their resident blocks.
+
 and, per request, the VAE decodes untiled when that fits and in spatial tiles otherwise. A request
 that fits under no allowed plan raises `MemoryBudgetError` naming the budget and the estimate,
 before any work starts.
@@ -23,6 +30,7 @@ Stage estimates are keyed by `spec.stages.Stage` names.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
@@ -84,9 +92,12 @@ class ModelFootprint:
     vae_temporal_factor: int = 4
     vae_spatial_factor: int = 8
     vae_decoder_channels: int = 96  # the decoder's full-resolution width (base_dim)
+    dit_experts: int = 1  # 2 for Wan2.2 A14B: two DiTs of this size
+    image_encoder_bytes: int = 0  # the CLIP vision tower of Wan2.1 I2V (float32)
 
     @property
     def dit_bytes(self) -> int:
+        """One expert's weights."""
         return self.dit_block_bytes * self.dit_num_blocks + self.dit_other_bytes
 
 
@@ -126,10 +137,44 @@ UMT5_XXL_BF16_BYTES = 11_360_000_000
 WAN_VAE_FP32_BYTES = 507_600_000
 
 
-def wan21_footprint(*, dim: int, ffn_dim: int, num_layers: int, heads: int) -> ModelFootprint:
+# The Wan2.2 VAE (7.05e8 parameters, float32), CLIP ViT-H/14 vision tower (6.32e8, float32), and
+# the extra weights of the I2V DiT per block (add_k/add_v projections + norm_added_k, bf16 with the
+# norm in bf16 too) and outside the blocks (image embedder: 2 LayerNorms in float32, 2 Linears).
+WAN22_VAE_FP32_BYTES = 2_820_000_000
+CLIP_VIT_H_FP32_BYTES = 2_530_000_000
+CLIP_DIM = 1280
+
+
+def wan21_footprint(
+    *,
+    dim: int,
+    ffn_dim: int,
+    num_layers: int,
+    heads: int,
+    in_channels: int = 16,
+    out_channels: int = 16,
+    image_dim: int | None = None,
+    experts: int = 1,
+    vae_bytes: int = WAN_VAE_FP32_BYTES,
+    vae_spatial_factor: int = 8,
+    vae_decoder_channels: int = 96,
+) -> ModelFootprint:
+    """The footprint of a Wan DiT checkpoint in bf16 (any variant: the config fields that change
+    the weights are arguments; a test holds each against the module built from them)."""
     block, other = wan_dit_param_bytes(
-        dim=dim, ffn_dim=ffn_dim, num_layers=num_layers, text_dim=4096, freq_dim=256, head_dim=dim // heads
+        dim=dim,
+        ffn_dim=ffn_dim,
+        num_layers=num_layers,
+        text_dim=4096,
+        freq_dim=256,
+        head_dim=dim // heads,
+        in_channels=in_channels,
+        out_channels=out_channels,
     )
+    if image_dim is not None:
+        block += 2 * (dim * dim + dim) * 2 + dim * 2  # add_k_proj, add_v_proj, norm_added_k
+        other += (image_dim * image_dim + image_dim + image_dim * dim + dim) * 2  # image embedder GEMMs
+        other += (2 * image_dim + 2 * dim) * 4  # its two LayerNorms (float32)
     return ModelFootprint(
         dit_block_bytes=block,
         dit_num_blocks=num_layers,
@@ -137,7 +182,11 @@ def wan21_footprint(*, dim: int, ffn_dim: int, num_layers: int, heads: int) -> M
         dit_dim=dim,
         dit_ffn_dim=ffn_dim,
         text_encoder_bytes=UMT5_XXL_BF16_BYTES,
-        vae_bytes=WAN_VAE_FP32_BYTES,
+        vae_bytes=vae_bytes,
+        vae_spatial_factor=vae_spatial_factor,
+        vae_decoder_channels=vae_decoder_channels,
+        dit_experts=experts,
+        image_encoder_bytes=CLIP_VIT_H_FP32_BYTES if image_dim is not None else 0,
     )
 
 
@@ -251,7 +300,9 @@ class MemoryPlan:
     offloaded under "model" and "layerwise"). `resident_blocks`: blocks kept on the GPU under
     layer-wise offload. `text_encoder` / `vae` / `dit`: "resident" | "offload" | "cpu".
     `vae_tile`: latent tile size (x8 pixels) when `vae_tiling`. Estimates are in bytes, per stage.
-    `budget_bytes` is None when nothing was budgeted (CPU runs).
+    `budget_bytes` is None when nothing was budgeted (CPU runs). `experts`: "one" (single-DiT
+    model), "resident" (both experts on the GPU), "swap" (the idle expert in pinned host memory,
+    swapped in at the boundary) or "layerwise" (each expert streams its blocks).
     """
 
     offload: str
@@ -264,6 +315,7 @@ class MemoryPlan:
     vae_tile_overlap: int
     budget_bytes: int | None
     stage_estimates_bytes: dict[str, int] = field(default_factory=dict)
+    experts: str = "one"
 
     @property
     def estimated_peak_bytes(self) -> int:
@@ -277,8 +329,9 @@ class MemoryPlan:
         dit = self.offload if self.offload != "layerwise" else f"layerwise ({self.resident_blocks} blocks resident)"
         tiling = f"tiled ({self.vae_tile * 8}px tiles)" if self.vae_tiling and self.vae_tile else "untiled"
         budget = "no budget" if self.budget_bytes is None else f"budget {self.budget_bytes / GIB:.1f} GiB"
+        experts = "" if self.experts == "one" else f", experts {self.experts}"
         return (
-            f"offload {dit}, text encoder {self.text_encoder}, VAE {self.vae} {tiling}; "
+            f"offload {dit}{experts}, text encoder {self.text_encoder}, VAE {self.vae} {tiling}; "
             f"estimated peak {self.estimated_peak_bytes / GIB:.1f} GiB, {budget}"
         )
 
@@ -327,6 +380,7 @@ def _stage_estimates(
     resident_blocks: int,
     text_encoder: str,
     tile: int | None,
+    experts: str = "one",
 ) -> dict[str, int]:
     """Peak bytes per stage under one placement: what is resident throughout plus the stage's own."""
     fp = footprint
@@ -334,13 +388,15 @@ def _stage_estimates(
     te_weights = 0 if text_encoder == "cpu" else fp.text_encoder_bytes
     if offload == "layerwise":
         in_flight = min(BLOCKS_IN_FLIGHT, fp.dit_num_blocks - resident_blocks)
-        dit_always = fp.dit_other_bytes + resident_blocks * fp.dit_block_bytes
+        dit_always = fp.dit_experts * (fp.dit_other_bytes + resident_blocks * fp.dit_block_bytes)
         dit_running = dit_always + in_flight * fp.dit_block_bytes
     elif offload == "model":
-        dit_always, dit_running = 0, fp.dit_bytes
-    else:
+        dit_always, dit_running = 0, fp.dit_bytes  # one expert at a time
+    elif experts == "swap":  # the active expert only; the idle one is released before the other loads
         dit_always = dit_running = fp.dit_bytes
-    always = dit_always + (0 if offloaded else te_weights + fp.vae_bytes)
+    else:
+        dit_always = dit_running = fp.dit_experts * fp.dit_bytes
+    always = dit_always + (0 if offloaded else te_weights + fp.vae_bytes + fp.image_encoder_bytes)
     te_stage = 0 if text_encoder == "cpu" else TEXT_ENCODER_ACTIVATION_BYTES + (te_weights if offloaded else 0)
     return {
         Stage.TEXT_ENCODING.value: _with_overhead(always + te_stage),
@@ -364,13 +420,15 @@ def plan_memory(
     vae_tiling: str = "auto",
     text_encoder_on_cpu: bool = False,
     resident_blocks: int | None = None,
+    experts_placement: str | None = None,
 ) -> MemoryPlan:
     """The cheapest plan for `shape` within `budget_bytes`; raises `MemoryBudgetError` if none fits.
 
     `offload` "auto" tries none, model, layerwise in that order; an explicit mode is checked as
     given. `vae_tiling` "auto" tiles only when the untiled decode does not fit ("on": always,
     "off": never). `resident_blocks` (layerwise only) fixes the number of resident blocks;
-    None keeps as many as fit. With `budget_bytes` None nothing is checked: the plan is the
+    None keeps as many as fit. `experts_placement` fixes a two-expert model's `experts` (None:
+    the cheapest that fits). With `budget_bytes` None nothing is checked: the plan is the
     requested mode (auto -> none) with the estimates filled in.
     """
     if offload not in OFFLOAD_MODES:
@@ -386,6 +444,7 @@ def plan_memory(
         raise MemoryBudgetError(f"the memory budget must be positive, got {budget_bytes / GIB:.2f} GiB")
     text_encoder = "cpu" if text_encoder_on_cpu else None
     modes = ("none", "model", "layerwise") if offload == "auto" else (offload,)
+    two = footprint.dit_experts > 1
     tiles: tuple[int | None, ...] = {"auto": (None, *VAE_TILE_SIZES), "on": VAE_TILE_SIZES, "off": (None,)}[vae_tiling]
 
     smallest: tuple[int, str] | None = None
@@ -396,28 +455,35 @@ def plan_memory(
             candidates = [resident_blocks] if fixed else list(range(footprint.dit_num_blocks, -1, -1))
         else:
             candidates = [footprint.dit_num_blocks if mode != "model" else 0]
-        for blocks in candidates:
+        if not two:
+            expert_options = ["one"]
+        else:
+            expert_options = {"none": ["resident", "swap"], "model": ["swap"], "layerwise": ["layerwise"]}[mode]
+        if experts_placement is not None:
+            expert_options = [e for e in expert_options if e == experts_placement]
+        for blocks, experts, tile in itertools.product(candidates, expert_options, tiles):
             assert blocks is not None
-            for tile in tiles:
-                estimates = _stage_estimates(footprint, shape, mode, blocks if mode == "layerwise" else 0, te, tile)
-                resident = {"layerwise": blocks, "none": footprint.dit_num_blocks}.get(mode, 0)
-                plan = MemoryPlan(
-                    offload=mode,
-                    resident_blocks=resident,
-                    dit="resident" if mode == "none" else "offload",
-                    text_encoder=te,
-                    vae="resident" if mode == "none" else "offload",
-                    vae_tiling=tile is not None,
-                    vae_tile=tile,
-                    vae_tile_overlap=VAE_TILE_OVERLAP if tile is not None else 0,
-                    budget_bytes=budget_bytes,
-                    stage_estimates_bytes=estimates,
-                )
-                if budget_bytes is None or _fits(estimates, budget_bytes):
-                    return plan
-                peak = max(estimates.values())
-                if smallest is None or peak < smallest[0]:
-                    smallest = (peak, plan.describe())
+            layer_blocks = blocks if mode == "layerwise" else 0
+            estimates = _stage_estimates(footprint, shape, mode, layer_blocks, te, tile, experts)
+            resident = {"layerwise": blocks, "none": footprint.dit_num_blocks}.get(mode, 0)
+            plan = MemoryPlan(
+                offload=mode,
+                resident_blocks=resident,
+                dit="resident" if mode == "none" else "offload",
+                text_encoder=te,
+                vae="resident" if mode == "none" else "offload",
+                vae_tiling=tile is not None,
+                vae_tile=tile,
+                vae_tile_overlap=VAE_TILE_OVERLAP if tile is not None else 0,
+                budget_bytes=budget_bytes,
+                stage_estimates_bytes=estimates,
+                experts=experts,
+            )
+            if budget_bytes is None or _fits(estimates, budget_bytes):
+                return plan
+            peak = max(estimates.values())
+            if smallest is None or peak < smallest[0]:
+                smallest = (peak, plan.describe())
     assert smallest is not None and budget_bytes is not None
     allowed = "any offload mode" if offload == "auto" else f"offload={offload}"
     raise MemoryBudgetError(
@@ -442,6 +508,7 @@ def plan_for_placement(
         offload=placement.offload,
         vae_tiling=vae_tiling,
         text_encoder_on_cpu=placement.text_encoder == "cpu",
+        experts_placement=placement.experts if placement.experts != "one" else None,
         **kwargs,
     )
     return replace(plan, budget_bytes=placement.budget_bytes)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from spec.acceleration import ACCELERATION_FEATURES
 from spec.errors import CodedError
-from spec.memory import DIFFUSERS_FOOTPRINTS, ModelFootprint, wan21_footprint
+from spec.memory import CLIP_DIM, DIFFUSERS_FOOTPRINTS, WAN22_VAE_FP32_BYTES, ModelFootprint, wan21_footprint
 
 # Bounds shared by every model: outside them a request is refused before any work starts.
 MIN_STEPS = 1
@@ -31,6 +31,9 @@ IMAGE_INPUTS = ("none", "optional", "required")
 
 # The sizes OpenAI's Videos API offers; each model says which of them it serves (`openai_sizes`).
 OPENAI_SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024")
+
+# Whether a model takes an input image (the API's `input_reference`, the CLI's --image).
+IMAGE_INPUTS = ("none", "optional", "required")
 
 
 class UnknownModelError(CodedError, KeyError):
@@ -79,6 +82,9 @@ class ModelSpec:
     spatial compression x the transformer's patch). `image_input` says whether requests carry an
     input image (image-to-video). `flow_shift` is the native pipeline's scheduler shift (None for
     the families whose checkpoint's scheduler config decides).
+
+    `default_guidance_2` is the guidance of the low-noise expert of a two-expert model (Wan2.2
+    A14B), None for one-expert models.
     """
 
     name: str
@@ -106,6 +112,7 @@ class ModelSpec:
     # The fast modes this model offers (`spec.acceleration`, run by `engine.acceleration`): cache
     # methods and "fp8". MagCache only where a calibrated schedule exists (`engine.acceleration.calibration`).
     acceleration: tuple[str, ...] = ()
+    default_guidance_2: float | None = None
 
     def __post_init__(self) -> None:
         # A spec that contradicts itself is a programming error: fail at import, not per request.
@@ -122,6 +129,11 @@ class ModelSpec:
             width, height = parse_size(size)
             if width % self.size_multiple or height % self.size_multiple:
                 raise ValueError(f"{self.name}: {size} is not a multiple of {self.size_multiple} (VAE x patch)")
+
+    @property
+    def two_experts(self) -> bool:
+        """True for Wan2.2 A14B-style models (a high-noise and a low-noise transformer)."""
+        return self.default_guidance_2 is not None
 
     @property
     def default_width(self) -> int:
@@ -179,6 +191,7 @@ class ModelSpec:
             fps=request.fps,  # type: ignore[attr-defined]
             prompt=request.prompt,  # type: ignore[attr-defined]
             has_image=getattr(request, "image", None) is not None,
+            guidance_scale_2=getattr(request, "guidance_scale_2", None),
         )
 
     def validate(
@@ -192,10 +205,13 @@ class ModelSpec:
         fps: int,
         prompt: str,
         has_image: bool | None = None,
+        guidance_scale_2: float | None = None,
     ) -> None:
         """Raise `SpecViolationError` for the first parameter this model does not accept.
 
-        `has_image` None skips the input-image rule (for callers that check the image elsewhere).
+        `has_image` None skips the input-image rule (for callers that check the image elsewhere); an
+        image given to a text-only model, or missing for an image-to-video one, is reported as
+        `input_reference` (the API's name for it).
         """
         if not prompt.strip():
             raise SpecViolationError("prompt", "prompt must not be empty")
@@ -212,6 +228,11 @@ class ModelSpec:
             raise SpecViolationError("num_inference_steps", f"steps must be in [{MIN_STEPS}, {MAX_STEPS}]")
         if not MIN_GUIDANCE <= guidance_scale <= MAX_GUIDANCE:
             raise SpecViolationError("guidance_scale", f"guidance must be in [{MIN_GUIDANCE}, {MAX_GUIDANCE}]")
+        if guidance_scale_2 is not None:
+            if not self.two_experts:
+                raise SpecViolationError("guidance_scale_2", f"{self.name} has one expert: no guidance_scale_2")
+            if not MIN_GUIDANCE <= guidance_scale_2 <= MAX_GUIDANCE:
+                raise SpecViolationError("guidance_scale_2", f"guidance must be in [{MIN_GUIDANCE}, {MAX_GUIDANCE}]")
         if not MIN_FPS <= fps <= MAX_FPS:
             raise SpecViolationError("fps", f"fps must be in [{MIN_FPS}, {MAX_FPS}]")
         if has_image is True and self.image_input == "none":
@@ -467,7 +488,182 @@ DIFFUSERS_SPECS = (
     HUNYUANVIDEO,
 )
 
-_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (TINY_WAN, WAN21_T2V_1_3B, WAN21_T2V_14B, *DIFFUSERS_SPECS)}
+# Image-to-video and Wan2.2. Defaults are the Wan team's published inference configs
+# (Wan2.1 `wan/configs/wan_i2v_14B.py`; Wan2.2 `wan/configs/wan_ti2v_5B.py`, `wan_t2v_A14B.py`,
+# `wan_i2v_A14B.py`: sample_steps, sample_guide_scale, sample_shift, sample_fps, frame_num) and the
+# sizes their READMEs list. Wan2.2's guide scales are given as (low noise, high noise): the
+# registry's `default_guidance` is the high-noise expert's (diffusers' `guidance_scale`) and
+# `default_guidance_2` the low-noise expert's (`guidance_scale_2`).
+_WAN_14B = dict(dim=5120, ffn_dim=13824, num_layers=40, heads=40)
+
+WAN21_I2V_14B_480P = ModelSpec(
+    name="wan2.1-i2v-14b-480p",
+    family="wan",
+    hub_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+    sizes=("832x480", "480x832"),
+    default_size="832x480",
+    min_frames=5,
+    max_frames=81,
+    default_frames=81,
+    default_steps=40,
+    default_guidance=5.0,
+    default_fps=16,
+    flow_shift=3.0,  # the Wan team's recommendation for 480p I2V (5.0 is their 720p default)
+    max_prompt_chars=2000,
+    description="Wan2.1 image-to-video, 14B parameters, 480p; CLIP image encoder.",
+    footprint=wan21_footprint(**_WAN_14B, in_channels=36, image_dim=CLIP_DIM),
+    image_input="required",
+)
+
+WAN21_I2V_14B_720P = ModelSpec(
+    name="wan2.1-i2v-14b-720p",
+    family="wan",
+    hub_id="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+    sizes=("1280x720", "720x1280"),
+    default_size="1280x720",
+    min_frames=5,
+    max_frames=81,
+    default_frames=81,
+    default_steps=40,
+    default_guidance=5.0,
+    default_fps=16,
+    flow_shift=5.0,
+    max_prompt_chars=2000,
+    description="Wan2.1 image-to-video, 14B parameters, 720p; CLIP image encoder.",
+    footprint=wan21_footprint(**_WAN_14B, in_channels=36, image_dim=CLIP_DIM),
+    image_input="required",
+)
+
+WAN22_TI2V_5B = ModelSpec(
+    name="wan2.2-ti2v-5b",
+    family="wan",
+    hub_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+    sizes=("1280x704", "704x1280"),
+    default_size="1280x704",
+    min_frames=5,
+    max_frames=121,
+    default_frames=121,
+    default_steps=50,
+    default_guidance=5.0,
+    default_fps=24,
+    flow_shift=5.0,
+    max_prompt_chars=2000,
+    description="Wan2.2 text- and image-to-video, 5B parameters, 720p at 24 fps; the Wan2.2 VAE (16x16x4).",
+    footprint=wan21_footprint(
+        dim=3072,
+        ffn_dim=14336,
+        num_layers=30,
+        heads=24,
+        in_channels=48,
+        out_channels=48,
+        vae_bytes=WAN22_VAE_FP32_BYTES,
+        vae_spatial_factor=16,
+        vae_decoder_channels=256 // 4,  # decoder_base_dim at half resolution (2x2 patches)
+    ),
+    image_input="optional",
+    size_multiple=32,
+)
+
+WAN22_T2V_A14B = ModelSpec(
+    name="wan2.2-t2v-a14b",
+    family="wan",
+    hub_id="Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+    sizes=("1280x720", "720x1280", "832x480", "480x832"),
+    default_size="1280x720",
+    min_frames=5,
+    max_frames=81,
+    default_frames=81,
+    default_steps=40,
+    default_guidance=4.0,
+    default_guidance_2=3.0,
+    default_fps=16,
+    flow_shift=12.0,
+    max_prompt_chars=2000,
+    description="Wan2.2 text-to-video, two 14B experts (high noise, low noise), 480p and 720p.",
+    footprint=wan21_footprint(**_WAN_14B, experts=2),
+)
+
+WAN22_I2V_A14B = ModelSpec(
+    name="wan2.2-i2v-a14b",
+    family="wan",
+    hub_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+    sizes=("1280x720", "720x1280", "832x480", "480x832"),
+    default_size="1280x720",
+    min_frames=5,
+    max_frames=81,
+    default_frames=81,
+    default_steps=40,
+    default_guidance=3.5,
+    default_guidance_2=3.5,
+    default_fps=16,
+    flow_shift=5.0,
+    max_prompt_chars=2000,
+    description="Wan2.2 image-to-video, two 14B experts (high noise, low noise), 480p and 720p.",
+    footprint=wan21_footprint(**_WAN_14B, in_channels=36, experts=2),
+    image_input="required",
+)
+
+# Tiny random-weight checkpoints of each new family (engine/models/tiny.py), for tests and CI.
+_TINY_COMMON = dict(
+    family="wan",
+    hub_id=None,
+    sizes=("64x64", "96x64", "64x96"),
+    default_size="64x64",
+    min_frames=5,
+    max_frames=33,
+    default_frames=9,
+    default_steps=4,
+    default_guidance=5.0,
+    default_fps=8,
+    flow_shift=3.0,
+    max_prompt_chars=2000,
+    builtin=True,
+)
+TINY_WAN_I2V = ModelSpec(
+    name="tiny-wan-i2v",
+    description="Random-weight Wan2.1 I2V (CLIP encoder, 36-channel DiT); for tests and CI.",
+    image_input="required",
+    **_TINY_COMMON,  # type: ignore[arg-type]
+)
+TINY_WAN22_TI2V = ModelSpec(
+    name="tiny-wan2.2-ti2v",
+    description="Random-weight Wan2.2 TI2V (Wan2.2 VAE, 48 channels); for tests and CI.",
+    image_input="optional",
+    size_multiple=32,
+    **_TINY_COMMON,  # type: ignore[arg-type]
+)
+TINY_WAN22_T2V_A14B = ModelSpec(
+    name="tiny-wan2.2-t2v-a14b",
+    description="Random-weight Wan2.2 two-expert text-to-video; for tests and CI.",
+    default_guidance_2=3.0,
+    **_TINY_COMMON,  # type: ignore[arg-type]
+)
+TINY_WAN22_I2V_A14B = ModelSpec(
+    name="tiny-wan2.2-i2v-a14b",
+    description="Random-weight Wan2.2 two-expert image-to-video; for tests and CI.",
+    default_guidance_2=4.0,
+    image_input="required",
+    **_TINY_COMMON,  # type: ignore[arg-type]
+)
+
+_SPECS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        TINY_WAN,
+        WAN21_T2V_1_3B,
+        WAN21_T2V_14B,
+        WAN21_I2V_14B_480P,
+        WAN21_I2V_14B_720P,
+        WAN22_TI2V_5B,
+        WAN22_T2V_A14B,
+        WAN22_I2V_A14B,
+        TINY_WAN_I2V,
+        TINY_WAN22_TI2V,
+        TINY_WAN22_T2V_A14B,
+        TINY_WAN22_I2V_A14B,
+        *DIFFUSERS_SPECS,
+    )
+}
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -59,6 +59,8 @@ class GenerationRequest:
     # The first frame of an image-to-video request (a PIL image at any size: the pipeline resizes
     # it to width x height); None for text-to-video.
     image: PIL.Image.Image | None = None
+    # The low-noise expert's guidance (two-expert models); None: the model's default.
+    guidance_scale_2: float | None = None
     acceleration: AccelerationOptions = LOSSLESS
 
     def __post_init__(self) -> None:

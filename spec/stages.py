@@ -11,10 +11,16 @@ from enum import StrEnum
 
 
 class Stage(StrEnum):
-    """In running order. The first four are the engine's; the last two are the worker's."""
+    """In running order. Those up to decoding are the engine's; the last two are the worker's.
+
+    The image stages run for image-to-video requests only (CLIP tokens, then the VAE-encoded
+    first frame); like latent preparation they are quick, unannounced and span no progress.
+    """
 
     TEXT_ENCODING = "text_encoding"
+    IMAGE_ENCODING = "image_encoding"
     LATENT_PREPARATION = "latent_preparation"
+    IMAGE_CONDITIONING = "image_conditioning"
     DENOISING = "denoising"
     DECODING = "decoding"
     ENCODING = "encoding"

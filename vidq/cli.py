@@ -333,7 +333,7 @@ def _data_url(path: str) -> str:
 
     file = Path(path)
     if not file.is_file():
-        raise CliError(f"--input-reference {path}: no such file")
+        raise CliError(f"--image {path}: no such file")
     mime = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(file.read_bytes()).decode()}"
 
@@ -448,7 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--num-gpus", type=int, help="GPUs to run the job across: 1, 2, 4 or 8")
     submit.add_argument("--webhook-url", help="receives this job's signed events")
     submit.add_argument("--webhook-events", help="comma-separated events for --webhook-url, e.g. video.completed")
-    submit.add_argument("--input-reference", metavar="IMAGE", help="an image file, for image-to-video models")
+    submit.add_argument(
+        "--image",
+        "--input-reference",
+        dest="input_reference",
+        metavar="PATH",
+        help="first frame for image-to-video models (PNG, JPEG or WebP; sent as input_reference)",
+    )
     submit.add_argument("--lora", action="append", default=[], help="a LoRA adapter: ID or ID:SCALE (repeatable)")
     submit.add_argument("--flow-shift", type=float, help="the sampler's flow shift (default: the adapters' or model's)")
     submit.add_argument(

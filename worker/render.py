@@ -201,6 +201,7 @@ def _generate_and_upload(  # type: ignore[no-untyped-def]
 ) -> tuple[str, str, dict[str, float], dict[str, Any], dict[str, Any] | None]:
     from engine import GenerationRequest
     from engine.io.video import encode_mp4, write_thumbnail
+    from jobs.inputs import load_input_reference
 
     reporter = ProgressReporter(ctx, job.id, job.num_inference_steps, model=job.model)
     reporter.on_stage(Stage.TEXT_ENCODING.value)
@@ -221,6 +222,7 @@ def _generate_and_upload(  # type: ignore[no-untyped-def]
         loras=ctx.lora_files.refs(job.loras),
         flow_shift=job.flow_shift,
         acceleration=job.acceleration,  # resolved options, or None: the lossless path
+        image=load_input_reference(ctx.storage, job.input_reference_key) if job.input_reference_key else None,
     )
     resume: dict[str, Any] = {}
     if checkpoints_enabled(ctx.settings):

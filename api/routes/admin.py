@@ -28,7 +28,7 @@ from api.admin_auth import (
     safe_next,
 )
 from api.admin_pages import render, templates
-from api.content import Variant, content_response
+from api.content import Variant, content_response, input_reference_response
 from api.deps import AdminAction, AdminUser, SessionDep, SettingsDep, StateDep, StorageDep
 from api.routes.video_events import SSE_HEADERS
 from jobs import keys as api_keys
@@ -409,6 +409,15 @@ def job_content(
 ) -> Response:
     """A finished job's video or thumbnail for the player (any owner's)."""
     return content_response(get_any_job(session=session, job_id=job_id), variant, storage, settings.presign_expiry_s)
+
+
+@router.get("/jobs/{job_id}/input_reference", response_model=None)
+def job_input_reference(
+    job_id: str, admin: AdminUser, session: SessionDep, settings: SettingsDep, storage: StorageDep
+) -> Response:
+    """The job's input image (image-to-video), as fitted to the job's size (any owner's)."""
+    job = get_any_job(session=session, job_id=job_id)
+    return input_reference_response(job, storage, settings.presign_expiry_s)
 
 
 # ---- workers, dead letters, keys, audit ------------------------------------------------------------

@@ -64,6 +64,7 @@ def create_video(
         webhook_allowed_hosts=settings.webhook_allowed_host_set,
         workers=state.workers.list,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        storage=state.storage,
     )
     session.commit()
     if created:

@@ -46,11 +46,16 @@ def transformer_footprint(config: WanTransformerConfig, dtype: torch.dtype) -> t
 
 
 def footprint_from_folder(folder: Path, dtype: torch.dtype) -> ModelFootprint:
-    """The footprint of the diffusers-format Wan folder `folder` run in `dtype` (VAE in float32)."""
+    """The footprint of the diffusers-format Wan folder `folder` run in `dtype` (VAE and CLIP image
+    encoder in float32); a `transformer_2/` listed in model_index.json counts as a second expert."""
     config = WanTransformerConfig.from_dict(json.loads((folder / "transformer" / "config.json").read_text()))
     block, other = transformer_footprint(config, dtype)
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    index = json.loads((folder / "model_index.json").read_text())
+    experts = 2 if (folder / "transformer_2").is_dir() and (index.get("transformer_2") or [None])[0] else 1
+    image_encoder = folder / "image_encoder"
+    image_encoder_bytes = _numel_in_folder(image_encoder) * 4 if image_encoder.is_dir() else 0
     return ModelFootprint(
         dit_block_bytes=block,
         dit_num_blocks=config.num_layers,
@@ -62,5 +67,9 @@ def footprint_from_folder(folder: Path, dtype: torch.dtype) -> ModelFootprint:
         patch_size=config.patch_size,
         vae_temporal_factor=int(vae_config.get("scale_factor_temporal", 4)),
         vae_spatial_factor=int(vae_config.get("scale_factor_spatial", 8)),
-        vae_decoder_channels=int(vae_config.get("base_dim", 96)),
+        # The Wan2.2 VAE decodes at half resolution into 2x2 patches: per output pixel, a quarter.
+        vae_decoder_channels=int(vae_config.get("decoder_base_dim") or vae_config.get("base_dim", 96))
+        // int(vae_config.get("patch_size") or 1) ** 2,
+        dit_experts=experts,
+        image_encoder_bytes=image_encoder_bytes,
     )

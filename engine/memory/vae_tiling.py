@@ -54,10 +54,13 @@ def decode_tiled(vae: torch.nn.Module, latents: torch.Tensor, tile: int, overlap
     `tile` x `tile` latent pixels overlapping by `overlap`; -> video [1, 3, F, 8h, 8w] in [-1, 1].
 
     Uses the VAE's decoder and causal cache the way its own `_decode` does (`clear_cache`,
-    `_feat_map`, `_conv_idx`), one latent frame per call.
+    `_feat_map`, `_conv_idx`), one latent frame per call. The Wan2.2 VAE (`patch_size` 2, 16x
+    spatial) decodes to 2x2 pixel patches in channels; each chunk is unpatchified (a pixel
+    shuffle, local) before it is blended, so the same tiling applies.
     """
-    if getattr(vae.config, "patch_size", None) is not None:
-        raise NotImplementedError("tiled decoding supports the Wan2.1 VAE (no patchified latents)")
+    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+    patch_size = getattr(vae.config, "patch_size", None)
     batch, _, latent_frames, height, width = latents.shape
     scale = vae.spatial_compression_ratio if hasattr(vae, "spatial_compression_ratio") else 8
     tile_h, tile_w = min(tile, height), min(tile, width)
@@ -82,7 +85,9 @@ def decode_tiled(vae: torch.nn.Module, latents: torch.Tensor, tile: int, overlap
                 vae._conv_idx = [0]
                 chunk = vae.decoder(
                     z[:, :, index : index + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=index == 0
-                )  # [B, 3, 1 (first) or 4, 8 th, 8 tw]
+                )  # [B, 3 (x 2 x 2), 1 (first) or 4, 8 th, 8 tw]
+                if patch_size is not None:
+                    chunk = unpatchify(chunk, patch_size=patch_size)  # [B, 3, frames, 16 th, 16 tw]
                 if output is None:
                     frames = chunk.shape[2] + (latent_frames - 1) * vae.config.scale_factor_temporal
                     output = torch.zeros(batch, chunk.shape[1], frames, height * scale, width * scale,

@@ -155,11 +155,12 @@ def locate_model(model: str | Path, models_dir: Path) -> LocatedModel:
 
     spec = find_spec(model)
     if spec is not None:
-        if spec.builtin:  # tiny-wan, the one built-in model
+        if spec.builtin:  # the tiny-wan* checkpoints (engine.models.tiny)
             from engine.models.tiny import write_tiny_wan
 
             # a no-op once written (it is renamed into place complete)
-            return LocatedModel(folder=write_tiny_wan(models_dir / spec.name), spec=spec, model_id=spec.name)
+            folder = write_tiny_wan(models_dir / spec.name, spec.name)
+            return LocatedModel(folder=folder, spec=spec, model_id=spec.name)
         if spec.name in TINY_DIFFUSERS_NAMES:
             from engine.models.tiny_diffusers import write_tiny_diffusers
 

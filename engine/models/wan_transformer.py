@@ -1,9 +1,20 @@
-"""Wan2.1 text-to-video DiT, in plain torch.
+"""The Wan DiT (Wan2.1 T2V and I2V, Wan2.2 TI2V-5B and A14B experts), in plain torch.
 
 Parameter names and config fields are those of diffusers' `WanTransformer3DModel`, so the
-`transformer/` folder of a diffusers Wan2.1 checkpoint (config.json + safetensors, sharded or
-not) loads unchanged. The arithmetic follows diffusers too (float32 norms, modulation and
-residuals); the parity test holds the two together.
+`transformer/` (and `transformer_2/`) folder of a diffusers Wan checkpoint (config.json +
+safetensors, sharded or not) loads unchanged. The variants differ only in config fields:
+
+- Wan2.1 I2V: `image_dim` (CLIP width) adds an image embedder and `added_kv_proj_dim` a second
+  key/value projection in every cross-attention, attending to the image tokens (put before the
+  512 text tokens in one context, so the blocks' signature is the text-to-video one); the two
+  attention outputs are summed before the output projection. `in_channels` is 36 (noise 16 +
+  first-frame mask 4 + encoded condition 16), which the pipeline concatenates.
+- Wan2.2 TI2V-5B: 48 channels, and the timestep may be given per token ([B, S]) so that the
+  clean first latent frame is told it is at t = 0 (diffusers' `expand_timesteps`).
+- Wan2.2 A14B: two ordinary models; the pipeline switches between them.
+
+The arithmetic follows diffusers too (float32 norms, modulation and residuals); the parity tests
+hold the two together.
 
 Hooks for later work attach without editing this file: blocks are separate modules called in
 one loop, `run_blocks` (`forward` pre/post hooks can offload or prefetch them; a step cache wraps
@@ -37,15 +48,20 @@ from engine.models.ops import (
 )
 from engine.models.safetensors_io import load_state_dict, save_state_dict
 from engine.parallel.attention import current_shard, sequence_parallel_attention, sequence_shard
-from engine.parallel.sharding import gather_sequence, shard_sequence
+from engine.parallel.sharding import gather_sequence, shard_like, shard_sequence
 from engine.parallel.state import get_parallel_state
+
+# The text encoder's padded length: an image-conditioned model's cross-attention context is the
+# image tokens followed by exactly this many text tokens (diffusers splits it the same way).
+TEXT_TOKENS = 512
 
 
 @dataclass(frozen=True)
 class WanTransformerConfig:
     """The fields of diffusers' `WanTransformer3DModel` config.json, same names and defaults.
 
-    Only text-to-video is implemented: the image-conditioning fields must stay None.
+    `image_dim` and `added_kv_proj_dim` are set together (Wan2.1 I2V); `pos_embed_seq_len` adds
+    a learned position embedding to the image tokens (first-last-frame checkpoints).
     """
 
     patch_size: tuple[int, int, int] = (1, 2, 2)
@@ -67,8 +83,10 @@ class WanTransformerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(self.patch_size))
-        if self.image_dim is not None or self.added_kv_proj_dim is not None or self.pos_embed_seq_len is not None:
-            raise NotImplementedError("image-conditioned Wan (I2V) is not supported; only text-to-video")
+        if (self.image_dim is None) != (self.added_kv_proj_dim is None):
+            raise ValueError("image_dim and added_kv_proj_dim are set together (image cross-attention) or not at all")
+        if self.pos_embed_seq_len is not None and self.image_dim is None:
+            raise ValueError("pos_embed_seq_len needs image_dim")
         if self.qk_norm != "rms_norm_across_heads":
             raise NotImplementedError(f"qk_norm={self.qk_norm!r}; only 'rms_norm_across_heads' is supported")
 
@@ -109,9 +127,14 @@ class FP32LayerNorm(nn.LayerNorm):
 
 
 class WanAttention(nn.Module):
-    """Multi-head attention with RMS-normed q/k; self-attention when `context` is None."""
+    """Multi-head attention with RMS-normed q/k; self-attention when `context` is None.
 
-    def __init__(self, dim: int, heads: int, eps: float) -> None:
+    With `added_kv_proj_dim` (I2V cross-attention) the queries also attend to the image tokens
+    through their own key/value projections (`add_k_proj`, `add_v_proj`, key norm
+    `norm_added_k`), and the two attention outputs are summed before `to_out`.
+    """
+
+    def __init__(self, dim: int, heads: int, eps: float, added_kv_proj_dim: int | None = None) -> None:
         super().__init__()
         self.heads = heads
         self.to_q = nn.Linear(dim, dim)
@@ -120,10 +143,17 @@ class WanAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # index 0 matches diffusers' key "to_out.0"
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
+        self.add_k_proj: nn.Linear | None = None
+        self.add_v_proj: nn.Linear | None = None
+        if added_kv_proj_dim is not None:
+            self.add_k_proj = nn.Linear(added_kv_proj_dim, dim)
+            self.add_v_proj = nn.Linear(added_kv_proj_dim, dim)
+            self.norm_added_k = RMSNorm(dim, eps)
         self.backend = "sdpa"  # concrete name; set by WanTransformer3DModel.set_attention_backend
         # Set by fuse_projections (after loading): one GEMM instead of three (or two).
         self.to_qkv: nn.Linear | None = None
         self.to_kv: nn.Linear | None = None
+        self.to_added_kv: nn.Linear | None = None
 
     def fuse_projections(self, *, self_attention: bool) -> None:
         """Replace to_q/to_k/to_v by one GEMM (self-attention: q|k|v) or to_q + one k|v GEMM
@@ -135,17 +165,15 @@ class WanAttention(nn.Module):
         if self.to_qkv is not None or self.to_kv is not None:
             return
         parts = (self.to_q, self.to_k, self.to_v) if self_attention else (self.to_k, self.to_v)
-        weight = torch.cat([p.weight for p in parts])  # [n*C, C]
-        bias = torch.cat([p.bias for p in parts])
-        fused = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
-        fused.weight = nn.Parameter(weight, requires_grad=False)
-        fused.bias = nn.Parameter(bias, requires_grad=False)
         if self_attention:
-            self.to_qkv = fused
+            self.to_qkv = _concat_linears(parts)
             del self.to_q
         else:
-            self.to_kv = fused
+            self.to_kv = _concat_linears(parts)
         del self.to_k, self.to_v
+        if self.add_k_proj is not None and self.add_v_proj is not None:
+            self.to_added_kv = _concat_linears((self.add_k_proj, self.add_v_proj))
+            self.add_k_proj = self.add_v_proj = None
 
     def _project(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """q, k, v projections [B, S|L, C] through the fused GEMMs when present."""
@@ -157,13 +185,28 @@ class WanAttention(nn.Module):
             return (query, *self.to_kv(kv_source).chunk(2, dim=-1))
         return query, self.to_k(kv_source), self.to_v(kv_source)
 
+    def _image_attention(self, query: torch.Tensor, image_context: torch.Tensor) -> torch.Tensor:
+        """Attention of query [B, S, H, D] to the image tokens [B, L_img, C] -> [B, S, H, D]."""
+        if self.to_added_kv is not None:
+            key, value = self.to_added_kv(image_context).chunk(2, dim=-1)
+        else:
+            assert self.add_k_proj is not None and self.add_v_proj is not None
+            key, value = self.add_k_proj(image_context), self.add_v_proj(image_context)
+        key = self.norm_added_k(key).unflatten(2, (self.heads, -1))  # [B, L_img, H, D]
+        value = value.unflatten(2, (self.heads, -1))
+        return attention(query, key, value, self.backend).type_as(query)
+
     def forward(
         self,
         x: torch.Tensor,
         context: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        # x [B, S, C]; context [B, L, C] (cross-attention) or None (self-attention)
+        # x [B, S, C]; context [B, L, C] (cross-attention) or None (self-attention). With image
+        # cross-attention the context is [B, L_img + 512, C]: the image tokens, then the text's.
+        image_context = None
+        if context is not None and (self.add_k_proj is not None or self.to_added_kv is not None):
+            image_context, context = context[:, :-TEXT_TOKENS], context[:, -TEXT_TOKENS:]
         query, key, value = self._project(x, context)
         query = self.norm_q(query).unflatten(2, (self.heads, -1))  # [B, S, H, D]
         key = self.norm_k(key).unflatten(2, (self.heads, -1))  # [B, L, H, D]
@@ -177,7 +220,20 @@ class WanAttention(nn.Module):
         else:
             out = attention(query, key, value, self.backend)  # [B, S, H, D]
         out = out.flatten(2, 3).type_as(query)  # [B, S, C]
+        if image_context is not None:
+            # Summed in the activation dtype after both roundings, as diffusers does.
+            out = out + self._image_attention(query, image_context).flatten(2, 3)
         return self.to_out[0](out)
+
+
+def _concat_linears(parts: tuple[nn.Linear, ...]) -> nn.Linear:
+    """One Linear whose output is the concatenation of `parts`' outputs (same input)."""
+    weight = torch.cat([p.weight for p in parts])  # [sum(out), in]
+    bias = torch.cat([p.bias for p in parts])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    fused.bias = nn.Parameter(bias, requires_grad=False)
+    return fused
 
 
 class GELUProjection(nn.Module):
@@ -213,14 +269,15 @@ class FeedForward(nn.Module):
 
 
 class WanTransformerBlock(nn.Module):
-    """Self-attention, cross-attention to the text, feed-forward; adaLN-modulated by the timestep."""
+    """Self-attention, cross-attention to the text (and image), feed-forward; adaLN-modulated by
+    the timestep."""
 
     def __init__(self, config: WanTransformerConfig) -> None:
         super().__init__()
         dim = config.inner_dim
         self.eps = config.eps
         self.attn1 = WanAttention(dim, config.num_attention_heads, config.eps)
-        self.attn2 = WanAttention(dim, config.num_attention_heads, config.eps)
+        self.attn2 = WanAttention(dim, config.num_attention_heads, config.eps, config.added_kv_proj_dim)
         self.norm2 = (
             FP32LayerNorm(dim, config.eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
         )
@@ -235,10 +292,13 @@ class WanTransformerBlock(nn.Module):
         timestep_proj: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        # x [B, S, C]; context [B, L, C]; timestep_proj [B, 6, C]; rope cos/sin [1, S, 1, D]
-        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
-            self.scale_shift_table + timestep_proj.float()
-        ).chunk(6, dim=1)  # each [B, 1, C] float32
+        # x [B, S, C]; context [B, L, C] (I2V: [B, L_img + 512, C]); rope cos/sin [1, S, 1, D];
+        # timestep_proj [B, 6, C] (one timestep per sample) or [B, S, 6, C] (one per token)
+        if timestep_proj.dim() == 4:
+            modulation = (self.scale_shift_table.unsqueeze(0) + timestep_proj.float()).unbind(2)  # each [B, S, C]
+        else:
+            modulation = (self.scale_shift_table + timestep_proj.float()).chunk(6, dim=1)  # each [B, 1, C]
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = modulation  # float32
 
         x = gated_residual(x, self.attn1(modulate(x, shift_sa, scale_sa, self.eps), rope=rope), gate_sa)
         x = x + self.attn2(self.norm2(x.float()).type_as(x), context=context)
@@ -270,8 +330,34 @@ class TextProjection(nn.Module):
         return self.linear_2(nn.functional.gelu(self.linear_1(x), approximate="tanh"))
 
 
+class ImageEmbedder(nn.Module):
+    """CLIP image tokens [B, L_img, image_dim] -> [B, L_img, C]: LayerNorm, Linear-GELU-Linear,
+    LayerNorm (diffusers' `WanImageEmbedding`; `ff.net.0.proj` / `ff.net.2` keys, exact GELU)."""
+
+    def __init__(self, in_dim: int, dim: int, pos_embed_seq_len: int | None) -> None:
+        super().__init__()
+        self.norm1 = FP32LayerNorm(in_dim, 1e-5, elementwise_affine=True)
+        self.ff = nn.Module()
+        self.ff.net = nn.ModuleList([nn.Module(), nn.Identity(), nn.Linear(in_dim, dim)])
+        self.ff.net[0].proj = nn.Linear(in_dim, in_dim)
+        self.norm2 = FP32LayerNorm(dim, 1e-5, elementwise_affine=True)
+        self.pos_embed = nn.Parameter(torch.zeros(1, pos_embed_seq_len, in_dim)) if pos_embed_seq_len else None
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.pos_embed is not None:  # first-last-frame: two images' tokens side by side
+            image = image.view(-1, 2 * image.shape[1], image.shape[2]) + self.pos_embed
+        x = self.norm1(image)
+        x = nn.functional.gelu(self.ff.net[0].proj(x))
+        return self.norm2(self.ff.net[2](x))
+
+
 class ConditionEmbedder(nn.Module):
-    """Timestep -> (temb [B, C], 6 modulation vectors [B, 6*C]); text [B, L, text_dim] -> [B, L, C]."""
+    """Timestep -> (temb, 6 modulation vectors); text [B, L, text_dim] -> [B, L, C]; image
+    tokens [B, L_img, image_dim] -> [B, L_img, C] (I2V models).
+
+    A timestep [B] gives temb [B, C] and modulation [B, 6C]; a per-token timestep [B, S] gives
+    temb [B, S, C] and modulation [B, S, 6C].
+    """
 
     def __init__(self, config: WanTransformerConfig) -> None:
         super().__init__()
@@ -280,13 +366,21 @@ class ConditionEmbedder(nn.Module):
         self.time_embedder = TimestepEmbedder(config.freq_dim, dim)
         self.time_proj = nn.Linear(dim, dim * 6)
         self.text_embedder = TextProjection(config.text_dim, dim)
+        self.image_embedder = (
+            ImageEmbedder(config.image_dim, dim, config.pos_embed_seq_len) if config.image_dim is not None else None
+        )
 
     def forward(self, timestep: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        t_freq = timestep_embedding(timestep, self.freq_dim)  # [B, freq_dim] float32
-        t_freq = t_freq.to(self.time_embedder.linear_1.weight.dtype)
-        temb = self.time_embedder(t_freq).type_as(text)  # [B, C]
-        timestep_proj = self.time_proj(nn.functional.silu(temb))  # [B, 6C]
+        t_freq = timestep_embedding(timestep.flatten(), self.freq_dim)  # [B (x S), freq_dim] float32
+        t_freq = t_freq.unflatten(0, timestep.shape).to(self.time_embedder.linear_1.weight.dtype)
+        temb = self.time_embedder(t_freq).type_as(text)  # [B, (S,) C]
+        timestep_proj = self.time_proj(nn.functional.silu(temb))  # [B, (S,) 6C]
         return temb, timestep_proj, self.text_embedder(text)
+
+    def embed_image(self, image: torch.Tensor) -> torch.Tensor:
+        if self.image_embedder is None:
+            raise ValueError("this model has no image embedder (image_dim is None)")
+        return self.image_embedder(image)
 
 
 class WanRotaryEmbedding(nn.Module):
@@ -366,12 +460,19 @@ class WanTransformer3DModel(nn.Module):
         return x
 
     def forward(
-        self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_image: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """hidden_states [B, C_in, F, H, W]; timestep [B]; encoder_hidden_states [B, L, text_dim]
+        """hidden_states [B, C_in, F, H, W]; timestep [B], or [B, S] one per token (S = the
+        patch grid's size, Wan2.2 TI2V); encoder_hidden_states [B, L, text_dim];
+        encoder_hidden_states_image [B, L_img, image_dim] CLIP tokens (I2V models only)
         -> flow prediction [B, C_out, F, H, W] in hidden_states' dtype.
 
-        Classifier-free guidance runs as one batch: B=2 with (cond, uncond) text embeddings.
+        Classifier-free guidance runs as one batch: B=2 with (cond, uncond) text embeddings and
+        the same image tokens.
         """
         batch, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
@@ -382,19 +483,33 @@ class WanTransformer3DModel(nn.Module):
         x = x.flatten(2).transpose(1, 2).contiguous()  # [B, S, C]
 
         temb, timestep_proj, context = self.condition_embedder(timestep, encoder_hidden_states)
-        timestep_proj = timestep_proj.unflatten(1, (6, -1))  # [B, 6, C]
+        per_token = timestep.dim() == 2
+        timestep_proj = timestep_proj.unflatten(-1, (6, -1))  # [B, 6, C] or [B, S, 6, C]
+        if encoder_hidden_states_image is not None:
+            if context.shape[1] != TEXT_TOKENS:
+                raise ValueError(f"image-conditioned calls take {TEXT_TOKENS} text tokens, got {context.shape[1]}")
+            image_context = self.condition_embedder.embed_image(encoder_hidden_states_image)  # [B, L_img, C]
+            # One context, image tokens first (diffusers' layout); each cross-attention splits it.
+            context = torch.cat([image_context, context], dim=1)  # [B, L_img + 512, C]
+        elif self.condition_embedder.image_embedder is not None:
+            raise ValueError("this model is image-conditioned: pass encoder_hidden_states_image")
 
         parallel = get_parallel_state() if self.sequence_parallel else None
         if parallel is not None and parallel.config.sequence_degree > 1:
             # Split once, run every block on this rank's tokens, gather once (no per-layer gathers).
             x, rope, shard = shard_sequence(x, rope, parallel)  # [B, S_local, C]
+            if per_token:  # the modulation follows its tokens
+                timestep_proj = shard_like(timestep_proj, shard)  # [B, S_local, 6, C]
             with sequence_shard(shard):
                 x = self.run_blocks(x, context, timestep_proj, rope)
             x = gather_sequence(x, shard)  # [B, S, C]
         else:
             x = self.run_blocks(x, context, timestep_proj, rope)
 
-        shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)  # each [B, 1, C]
+        if per_token:
+            shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).unbind(2)  # each [B, S, C]
+        else:
+            shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)  # each [B, 1, C]
         x = modulate(x, shift, scale, self.config.eps)
         x = self.proj_out(x)  # [B, S, C_out * p_t * p_h * p_w]
 

@@ -36,6 +36,12 @@ def shard_sequence(
     return x_local, rope_local, SequenceShard(state=state, valid_len=valid_len, local_len=local_len)
 
 
+def shard_like(t: torch.Tensor, shard: SequenceShard) -> torch.Tensor:
+    """A per-token tensor [B, S, ...] sliced (and padded) the way `shard_sequence` sliced x."""
+    degree = shard.state.config.sequence_degree
+    return _pad_and_slice(t, shard.local_len * degree, shard.local_len, shard.state.sequence_rank)
+
+
 def gather_sequence(x_local: torch.Tensor, shard: SequenceShard) -> torch.Tensor:
     """[B, S_local, C] on every rank of the branch -> the full [B, S, C] (padding dropped)."""
     degree = shard.state.config.sequence_degree

@@ -22,8 +22,9 @@ OnStage = Callable[[str], None]
 class PipelineState:
     """A request travelling through the stages; each stage fills in the fields it provides.
 
-    Tensor shapes (batch 1, C = 16 latent channels, F' = (F - 1) // 4 + 1):
-    prompt_embeds / negative_prompt_embeds [1, 512, text_dim]; latents [1, C, F', H/8, W/8]
+    Tensor shapes (batch 1, C = 16 latent channels (48 for the Wan2.2 VAE), F' = (F - 1) // 4 + 1,
+    h, w = H, W over the VAE's spatial factor (8, or 16 for the Wan2.2 VAE)):
+    prompt_embeds / negative_prompt_embeds [1, 512, text_dim]; latents [1, C, F', h, w]
     float32; frames uint8 [F, H, W, 3].
     """
 
@@ -45,6 +46,12 @@ class PipelineState:
     latents: torch.Tensor | None = None
     generator: torch.Generator | None = None  # the request's random generator, after the initial noise
     resumed_from_step: int | None = None  # set when denoising continued from a checkpoint
+    # Image-to-video (engine.stages.image_encoding / image_conditioning): CLIP tokens
+    # [1, L_img, image_dim]; the VAE-encoded first frame, [1, 4 + z, F', h, w] (mask channels +
+    # latents) or, for TI2V, [1, z, 1, h, w] with `first_frame_mask` [1, 1, F', h, w].
+    image_embeds: torch.Tensor | None = None
+    condition: torch.Tensor | None = None
+    first_frame_mask: torch.Tensor | None = None
     frames: np.ndarray | None = None
     video_path: Path | None = None
     thumbnail_path: Path | None = None

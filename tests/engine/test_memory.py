@@ -279,3 +279,73 @@ def test_tiled_decode_is_close_with_the_decoders_spatial_attention(vae, latents)
     assert error[FAR_FROM_SEAMS].max() < 0.25
     assert error.max() < 1.0
     assert _largest_jump(tiled) <= 1.05 * _largest_jump(untiled)
+
+
+# -- image-to-video and Wan2.2 -------------------------------------------------------------------
+
+I2V_14B = WanTransformerConfig(in_channels=36, image_dim=1280, added_kv_proj_dim=5120)
+TI2V_5B = WanTransformerConfig(num_attention_heads=24, ffn_dim=14336, num_layers=30, in_channels=48, out_channels=48)
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("wan2.1-i2v-14b-480p", I2V_14B),
+        ("wan2.2-ti2v-5b", TI2V_5B),
+        ("wan2.2-i2v-a14b", dataclasses.replace(WanTransformerConfig(), in_channels=36)),
+    ],
+)
+def test_known_footprints_match_the_modules(name: str, config: WanTransformerConfig) -> None:
+    block, other = transformer_footprint(config, torch.bfloat16)  # counted on the meta device
+    footprint = get_spec(name).footprint
+    assert (footprint.dit_block_bytes, footprint.dit_other_bytes) == (block, other)
+
+
+def test_two_experts_stay_resident_when_they_fit_and_swap_on_an_80_gb_gpu() -> None:
+    pair = get_spec("wan2.2-t2v-a14b").footprint
+    shape = RequestShape(width=1280, height=720, num_frames=81, cfg=True)
+    h200 = plan_memory(pair, shape, int(135 * GIB))
+    assert (h200.offload, h200.experts) == ("none", "resident")
+    gpu_80 = plan_memory(pair, shape, int(76 * GIB))
+    assert (gpu_80.offload, gpu_80.experts) == ("none", "swap")
+    assert gpu_80.estimated_peak_bytes < h200.estimated_peak_bytes - pair.dit_bytes * 0.9
+    assert "experts swap" in gpu_80.describe() and gpu_80.to_dict()["experts"] == "swap"
+    # a single-expert model says so
+    assert plan_memory(get_spec("wan2.1-t2v-14b").footprint, shape, int(135 * GIB)).experts == "one"
+
+
+def test_swapped_experts_give_the_same_latents_and_report_the_swap(models_dir) -> None:
+    from engine.engine import Engine
+    from spec.request import GenerationRequest
+
+    request = GenerationRequest(
+        prompt="a cat", width=64, height=64, num_frames=5, num_inference_steps=6, guidance_scale=4.0,
+        guidance_scale_2=2.0, seed=3, fps=8,
+    )  # fmt: skip
+    resident = Engine("tiny-wan2.2-t2v-a14b", device="cpu", models_dir=models_dir)
+    swapped = Engine("tiny-wan2.2-t2v-a14b", device="cpu", models_dir=models_dir, offload="model")
+    assert (resident.placement.experts, swapped.placement.experts) == ("resident", "swap")
+    expected, result = resident.generate(request), swapped.generate(request)
+    assert torch.equal(result.latents, expected.latents)
+    assert result.stage_timings_s["expert_swap"] > 0 and "expert_swap" not in expected.stage_timings_s
+    assert result.memory_plan is not None and result.memory_plan.experts == "swap"
+    # between generations both experts are back in host memory (storage freed on the device side)
+    assert all(not offload.group.loaded for offload in swapped._offloads["experts"])
+
+
+@torch.no_grad()
+def test_wan22_vae_tiled_decode_matches_diffusers() -> None:
+    from diffusers import AutoencoderKLWan
+
+    from engine.models.tiny import TINY_VAE22
+
+    torch.manual_seed(0)
+    vae22 = AutoencoderKLWan(**TINY_VAE22).eval().requires_grad_(False)
+    z = torch.randn(1, 48, 2, 4, 6, generator=torch.Generator().manual_seed(5))  # -> [1, 3, 5, 64, 96]
+    untiled = vae22.decode(z, return_dict=False)[0]
+    one_tile = decode_tiled(vae22, z, tile=8, overlap=2)  # the whole frame in one tile: exact
+    assert one_tile.shape == untiled.shape == (1, 3, 5, 64, 96)
+    assert ((one_tile - untiled).norm() / untiled.norm()).item() < 1e-4
+    tiled = decode_tiled(vae22, z, tile=4, overlap=2)  # two tiles across: close, seamless
+    assert (tiled - untiled).abs().max() < 1.0
+    assert _largest_jump(tiled) <= 1.05 * _largest_jump(untiled)

@@ -58,8 +58,8 @@ def test_losing_a_creation_race_keeps_the_winner(tiny_folder: Path, tmp_path: Pa
     target = tmp_path / "tiny-wan"
     real_write = tiny._write_components
 
-    def write_while_another_process_finishes_first(staging: Path) -> None:
-        real_write(staging)
+    def write_while_another_process_finishes_first(staging: Path, variant: tiny.TinyVariant) -> None:
+        real_write(staging, variant)
         shutil.copytree(tiny_folder, target)  # the other writer's rename lands first
 
     monkeypatch.setattr(tiny, "_write_components", write_while_another_process_finishes_first)
@@ -69,7 +69,7 @@ def test_losing_a_creation_race_keeps_the_winner(tiny_folder: Path, tmp_path: Pa
 
 
 def test_existing_checkpoint_is_not_rewritten(tiny_folder: Path, monkeypatch) -> None:
-    monkeypatch.setattr(tiny, "_write_components", lambda staging: pytest.fail("rewrote"))
+    monkeypatch.setattr(tiny, "_write_components", lambda staging, variant: pytest.fail("rewrote"))
     assert tiny.write_tiny_wan(tiny_folder) == tiny_folder
 
 

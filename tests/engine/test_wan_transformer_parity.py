@@ -131,9 +131,9 @@ def test_half_precision_load_keeps_diffusers_fp32_modules(
     assert relative_error(actual, expected) < 1e-3  # same arithmetic: identical in practice
 
 
-def test_image_conditioning_config_is_rejected() -> None:
-    with pytest.raises(NotImplementedError):
-        WanTransformerConfig(**{**CONFIG, "image_dim": 1280, "added_kv_proj_dim": 5120})
+def test_half_an_image_conditioning_config_is_rejected() -> None:
+    with pytest.raises(ValueError, match="together"):
+        WanTransformerConfig(**{**CONFIG, "image_dim": 1280})
 
 
 def test_unknown_config_field_is_rejected() -> None:

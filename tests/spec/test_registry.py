@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 
 from spec.registry import (
     MAX_STEPS,
+    ModelSpec,
     SpecViolationError,
     UnknownModelError,
     find_spec,
@@ -61,6 +63,49 @@ def test_specs_have_expected_sizes_and_defaults() -> None:
     assert large.flow_shift == 5.0
     assert get_spec("tiny-wan").default_size == "64x64"
     assert [s.name for s in list_specs()][:3] == ["tiny-wan", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b"]
+
+
+def test_image_and_wan22_specs_follow_the_published_configs() -> None:
+    i2v, ti2v = get_spec("wan2.1-i2v-14b-480p"), get_spec("wan2.2-ti2v-5b")
+    t2v_moe, i2v_moe = get_spec("wan2.2-t2v-a14b"), get_spec("wan2.2-i2v-a14b")
+    assert (i2v.image_input, i2v.default_size, i2v.default_frames, i2v.default_fps) == ("required", "832x480", 81, 16)
+    assert get_spec("wan2.1-i2v-14b-720p").default_size == "1280x720"
+    assert (ti2v.image_input, ti2v.sizes, ti2v.default_frames, ti2v.default_fps) == (
+        "optional",
+        ("1280x704", "704x1280"),
+        121,
+        24,
+    )
+    assert (ti2v.default_steps, ti2v.default_guidance, ti2v.flow_shift, ti2v.size_multiple) == (50, 5.0, 5.0, 32)
+    assert (t2v_moe.default_guidance, t2v_moe.default_guidance_2, t2v_moe.flow_shift, t2v_moe.image_input) == (
+        4.0,
+        3.0,
+        12.0,
+        "none",
+    )
+    assert (i2v_moe.default_guidance, i2v_moe.default_guidance_2, i2v_moe.flow_shift) == (3.5, 3.5, 5.0)
+    assert t2v_moe.two_experts and not ti2v.two_experts
+
+
+def test_image_input_rules_name_input_reference() -> None:
+    base = dict(width=64, height=64, num_frames=9, num_inference_steps=4, guidance_scale=5.0, fps=8, prompt="a cat")
+    with pytest.raises(SpecViolationError) as missing:
+        get_spec("tiny-wan-i2v").validate(**base, has_image=False)
+    assert missing.value.param == "input_reference" and "image" in missing.value.message
+    with pytest.raises(SpecViolationError) as extra:
+        get_spec("tiny-wan").validate(**base, has_image=True)
+    assert extra.value.param == "input_reference"
+    get_spec("tiny-wan2.2-ti2v").validate(**base)  # optional: both ways
+    get_spec("tiny-wan2.2-ti2v").validate(**base, has_image=True)
+    with pytest.raises(SpecViolationError) as second:
+        get_spec("tiny-wan").validate(**base, guidance_scale_2=3.0)
+    assert second.value.param == "guidance_scale_2"
+    get_spec("tiny-wan2.2-t2v-a14b").validate(**base, guidance_scale_2=3.0)
+
+
+def test_wan22_vae_sizes_are_multiples_of_32() -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ModelSpec(**{**asdict(get_spec("wan2.2-ti2v-5b")), "sizes": ("1280x720",), "default_size": "1280x720"})
 
 
 def test_unknown_model_is_a_key_error() -> None:
