@@ -80,3 +80,36 @@ def test_cli_rejects_a_size_the_model_does_not_offer(tiny_folder: Path, tmp_path
     assert result.returncode == 2
     assert "size" in result.stderr
     assert not (tmp_path / "x.mp4").exists()
+
+
+def _generate(tiny_folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "VIDQ_MODELS_DIR": str(tiny_folder.parent)}
+    command = [sys.executable, "-m", "engine", "generate", "--prompt", "waves", "--steps", "2", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+
+
+def test_cli_image_to_video_needs_and_uses_image(tiny_folder: Path, tmp_path: Path) -> None:
+    missing = _generate(tiny_folder, "--model", "tiny-wan-i2v", "--out", str(tmp_path / "none.mp4"))
+    assert missing.returncode == 2 and "image" in missing.stderr  # refused before loading anything
+    extra_image = tmp_path / "first.png"
+    Image.new("RGB", (120, 90), (200, 40, 40)).save(extra_image)
+    refused = _generate(
+        tiny_folder, "--model", "tiny-wan", "--image", str(extra_image), "--out", str(tmp_path / "t.mp4")
+    )
+    assert refused.returncode == 2 and "image" in refused.stderr  # a text-to-video model takes none
+    unreadable = tmp_path / "broken.png"
+    unreadable.write_bytes(b"not a png")
+    broken = _generate(
+        tiny_folder, "--model", "tiny-wan-i2v", "--image", str(unreadable), "--out", str(tmp_path / "b.mp4")
+    )
+    assert broken.returncode == 2 and "--image" in broken.stderr
+
+    out = tmp_path / "i2v.mp4"
+    result = _generate(tiny_folder, "--model", "tiny-wan-i2v", "--image", str(extra_image), "--size", "96x64",
+                       "--num-frames", "5", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    reader = imageio.get_reader(out)
+    try:
+        assert reader.count_frames() == 5 and reader.get_meta_data()["size"] == (96, 64)
+    finally:
+        reader.close()
