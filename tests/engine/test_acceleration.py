@@ -271,8 +271,9 @@ def test_the_registry_says_which_models_support_what() -> None:
     for spec in list_specs():
         # a model offering magcache has a schedule to follow
         assert "magcache" not in spec.acceleration or spec.name in MAGCACHE_RATIOS
-        # every native Wan text-to-video model runs every preset; the others offer only "none"
-        presets = PRESETS.values() if spec.family == "wan" and spec.image_input == "none" else [PRESETS["none"]]
+        # every native one-expert Wan text-to-video model runs every preset; the others offer only "none"
+        native_t2v = spec.family == "wan" and spec.image_input == "none" and not spec.two_experts
+        presets = PRESETS.values() if native_t2v else [PRESETS["none"]]
         for options in presets:
             resolve_acceleration(options, supported=spec.acceleration, num_inference_steps=spec.default_steps)
 
