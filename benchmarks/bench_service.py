@@ -161,6 +161,7 @@ async def load(
     submits, or reads of ``read_ids`` when given."""
     latencies: list[float] = []
     errors = 0
+    kinds: dict[str, int] = {}  # what the errors were: HTTP status or exception class
     created: list[str] = []
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -181,16 +182,19 @@ async def load(
                         ok = response.status_code == 202
                         if ok:
                             created.append(response.json()["id"])
-                except httpx.HTTPError:
-                    ok = False
+                    kind = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    ok, kind = False, type(exc).__name__
                 latencies.append((time.perf_counter() - started) * 1000)
                 errors += not ok
+                if not ok:
+                    kinds[kind] = kinds.get(kind, 0) + 1
                 i += concurrency
 
         began = time.perf_counter()
         await asyncio.gather(*(one_client(n) for n in range(concurrency)))
         elapsed = time.perf_counter() - began
-    return {"latencies": latencies, "errors": errors, "created": created, "elapsed_s": elapsed}
+    return {"latencies": latencies, "errors": errors, "kinds": kinds, "created": created, "elapsed_s": elapsed}
 
 
 def overhead(service: Service, base: str, key: str, jobs: int, log_dir: Path) -> list[float]:
@@ -316,6 +320,7 @@ def main() -> None:
         "submit_p99_ms": round(percentile(submit_lat, 99), 1),
         "get_p99_ms": round(percentile(reads["latencies"], 99), 1),  # type: ignore[arg-type]
         "errors": int(main_run["errors"]) + int(reads["errors"]),  # type: ignore[call-overload]
+        "error_kinds": {"submit": main_run["kinds"], "get": reads["kinds"]},
         "overhead_p50_ms": round(percentile(over, 50), 1) if over else None,
         "overhead_p95_ms": round(percentile(over, 95), 1) if over else None,
         "overhead_jobs": len(over),
@@ -325,6 +330,7 @@ def main() -> None:
             "submit_rps": round(baseline_rps, 1),
             "submit_p99_ms": round(percentile(base1["latencies"], 99), 1),  # type: ignore[arg-type]
             "errors": base1["errors"],
+            "error_kinds": base1["kinds"],
         },
         "submit_rps_ratio_vs_one_process": round(submit_rps / baseline_rps, 2) if baseline_rps else None,
         "get_requests": len(reads["latencies"]),  # type: ignore[arg-type]

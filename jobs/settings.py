@@ -22,6 +22,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from spec.settings import EngineSettings
 
 DEFAULT_SECRET = "change-me"
+ROUTE_THREADS = 40  # AnyIO's default thread limiter: how many sync route functions run at once
 DEV_DEFAULT_MODEL = "tiny-wan"  # random weights, written on first use: renders noise, fast, on any CPU
 PRODUCTION_DEFAULT_MODEL = "wan2.1-t2v-1.3b"
 
@@ -70,10 +71,12 @@ class Settings(EngineSettings):
     # "*" for any). Empty: none, the client address is the TCP peer's (a header from anyone is ignored).
     trusted_proxies: str = ""
     max_request_body_mb: float = Field(default=16.0, gt=0)  # bigger bodies get 413 before they are read
-    # Requests one API process handles at once; more get 503 + Retry-After at once instead of waiting.
-    api_max_concurrency: int = Field(default=64, ge=1)
-    # Database connections one process may hold; unset = enough for api_max_concurrency plus the
-    # process's own background work (sweeper, relay), so a request never waits for the pool.
+    # Requests one API process accepts at once (running or waiting for a thread); more get 503 +
+    # Retry-After at once instead of queueing until a timeout.
+    api_max_concurrency: int = Field(default=128, ge=1)
+    # Database connections one process may hold; unset = one per request that can run at once (the
+    # smaller of api_max_concurrency and the 40 threads that run route functions) plus the process's
+    # own background work (sweeper, relay), so a running request never waits for the pool.
     db_pool_size: int | None = Field(default=None, ge=1)
     max_streams_per_key: int = Field(default=8, ge=1)  # open event streams (SSE) per API key and process
     stream_max_lifetime_s: float = Field(default=900.0, gt=0)  # a stream ends after this; the client reconnects
@@ -209,7 +212,7 @@ class Settings(EngineSettings):
 
     @property
     def resolved_db_pool_size(self) -> int:
-        return self.db_pool_size or self.api_max_concurrency + 4
+        return self.db_pool_size or min(self.api_max_concurrency, ROUTE_THREADS) + 4
 
     @property
     def resolved_database_url(self) -> str:
