@@ -19,6 +19,7 @@ from api.metrics_middleware import HttpMetricsMiddleware
 from api.openapi import install_openapi
 from api.routes import admin, docs, health, loras, metrics, models, unsupported, video_events, videos, webhooks
 from api.state import AppState
+from jobs.affinity import affinity_router
 from jobs.broker import make_celery
 from jobs.db import make_engine, make_session_factory
 from jobs.dispatch import CeleryPublisher, make_markers, make_sweeper
@@ -47,15 +48,29 @@ def build_state(settings: Settings, celery_app: Celery | None = None) -> AppStat
     app = celery_app or make_celery(settings)
     session_factory = make_session_factory(make_engine(settings))
     storage = make_storage(settings)
+    events = make_event_bus(settings)
+    workers = make_worker_registry(settings)
+    publisher = CeleryPublisher(app, make_markers(settings))  # render messages and webhook deliveries
+    # The process's relay (the state changes its routes commit: webhooks, live messages, render
+    # messages routed to warm workers) and, unless VIDQ_SWEEPER_ENABLED=false, the repairs.
+    sweeper = make_sweeper(
+        settings,
+        app,
+        session_factory,
+        storage,
+        bus=events,
+        route=affinity_router(workers.list, heartbeat_timeout_s=settings.heartbeat_timeout_s),
+        publisher=publisher,
+    )
     return AppState(
         settings=settings,
         session_factory=session_factory,
         storage=storage,
         celery=app,
-        publisher=CeleryPublisher(app, make_markers(settings)),
-        events=make_event_bus(settings),
-        sweeper=make_sweeper(settings, app, session_factory, storage) if settings.sweeper_enabled else None,
-        workers=make_worker_registry(settings),
+        publisher=publisher,
+        events=events,
+        sweeper=sweeper,
+        workers=workers,
         readiness=readiness_probe(session_factory, app, storage),
     )
 
@@ -83,12 +98,10 @@ def create_app(
         state = build_state(settings, celery_app)
         with suppress(Exception):  # /readyz reports an unreachable store; reads still work
             state.storage.ensure_ready()  # creating the bucket is start-up's job, never /readyz's
-        if state.sweeper is not None:
-            state.sweeper.start()
+        state.sweeper.start()
         app.state.vidq = state
         yield
-        if state.sweeper is not None:
-            state.sweeper.stop()
+        state.sweeper.stop()
         state.readiness.close()
 
     app = FastAPI(

@@ -37,8 +37,15 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 
 def get_session(state: StateDep) -> Iterator[Session]:
-    with session_scope(state.session_factory) as session:
+    """The request's session. It never commits: a route that writes commits before it answers
+    (FastAPI runs this teardown after the response is sent, so a commit here would let a client read
+    an answer before its change exists); whatever is left uncommitted is rolled back."""
+    session = state.session_factory()
+    try:
         yield session
+    finally:
+        session.rollback()
+        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

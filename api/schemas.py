@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 
 from jobs.catalog import ModelSpec, format_seconds, gpu_memory_estimate, request_bounds
 from jobs.errors import InvalidParameter
-from jobs.models import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from jobs.public import job_to_public, unix
+from jobs.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from jobs.public import VideoPublic, unix
 from jobs.text import INVALID_TEXT_MESSAGE, first_bad_text
 from jobs.validation import MAX_FLOW_SHIFT, MIN_FLOW_SHIFT, InputReference, JobRequest, LoraChoice
 from jobs.webhooks.outbox import receives
@@ -194,70 +194,6 @@ class VideoCreateForm(VideoCreate):
         description="An image file (image-to-video models only).",
         json_schema_extra={"format": "binary"},
     )
-
-
-class VideoError(BaseModel):
-    code: str
-    message: str
-
-
-class VideoRetry(BaseModel):
-    """Set while a job waits for another attempt after its worker died or a transient fault."""
-
-    attempt: int  # the attempt it waits for
-    reason: str  # what ended the previous attempt
-    not_before: int | None  # Unix seconds; the back-off of a transient fault
-
-
-class VideoPublic(BaseModel):
-    id: str
-    object: Literal["video"] = "video"
-    model: str
-    status: str
-    progress: int
-    stage: str | None
-    current_step: int
-    total_steps: int
-    queue_position: int | None
-    eta_seconds: float | None = Field(description="Seconds of denoising left, from the measured step times.")
-    created_at: int
-    started_at: int | None
-    completed_at: int | None
-    expires_at: int | None
-    prompt: str
-    negative_prompt: str
-    size: str
-    num_frames: int
-    fps: int
-    seconds: str = Field(description='`num_frames` / `fps`, as a string like OpenAI\'s (`"4.062"`).')
-    num_inference_steps: int
-    guidance_scale: float
-    seed: int
-    num_gpus: int = 1
-    attempts: int
-    # The denoising step this attempt resumed after, from a checkpoint of an earlier attempt; None: from the start.
-    resumed_from_step: int | None = None
-    loras: list[dict[str, Any]] = Field(
-        default_factory=list, description='The adapters applied: `[{"id", "name", "scale"}]`.'
-    )
-    flow_shift: float | None = Field(default=None, description="The flow shift used (None: the model's).")
-    retry: VideoRetry | None = None
-    error: VideoError | None
-    stage_timings: dict[str, Any] | None
-    memory: dict[str, Any] | None = None
-    acceleration: dict[str, Any] | None = Field(
-        default=None, description="The fast-mode options this job asked for, resolved (None: lossless)."
-    )
-    acceleration_result: dict[str, Any] | None = Field(
-        default=None,
-        description="What the render did: `steps_computed`, `steps_skipped`, `skipped_steps`, `precision`.",
-    )
-    webhook_url: str | None
-    webhook_events: list[str] | None
-
-    @classmethod
-    def from_job(cls, job: Job, *, queue_position: int | None) -> VideoPublic:
-        return cls.model_validate(job_to_public(job, queue_position=queue_position))
 
 
 class VideoList(BaseModel):

@@ -20,7 +20,7 @@ class AttemptOutcome:
 
 
 def open_attempt(*, session: Session, job: Job, now: datetime | None = None) -> JobAttempt:
-    """Record the run a worker just claimed (call after ``transitions.start``)."""
+    """Record the run a worker just claimed (``jobs.lifecycle.start`` does)."""
     row = JobAttempt(job_id=job.id, attempt=job.attempts, worker_id=job.worker_id or "", started_at=now or utcnow())
     session.add(row)
     return row

@@ -16,11 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from jobs import metrics
-from jobs.attempts import AttemptOutcome, close_attempt
+from jobs import lifecycle
 from jobs.capacity import check_fits_a_worker
 from jobs.db import utcnow
-from jobs.dispatch import add_to_outbox
 from jobs.errors import Conflict, InvalidParameter, NotFound
 from jobs.ids import new_job_id
 from jobs.inputs import prepare_input_reference, store_input_reference
@@ -29,9 +27,8 @@ from jobs.models import ApiKey, Job
 from jobs.pages import SortOrder, keyset_page
 from jobs.states import JobStatus, is_terminal
 from jobs.storage import Storage, checkpoint_key
-from jobs.transitions import cancel
 from jobs.validation import JobRequest, resolve_job_params
-from jobs.webhooks.outbox import add_job_event, check_event_filter
+from jobs.webhooks.outbox import check_event_filter
 from jobs.webhooks.targets import check_target
 from jobs.workers import WorkerStatus
 
@@ -119,7 +116,6 @@ def create_job(
         id=new_job_id(),
         owner_id=owner.id,
         **asdict(params),
-        status=JobStatus.QUEUED.value,
         total_steps=params.num_inference_steps,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
@@ -131,7 +127,6 @@ def create_job(
         assert storage is not None
         job.input_reference_key = store_input_reference(storage, job.id, input_png)
     session.add(job)
-    add_to_outbox(session=session, job=job)
     try:
         session.flush()
     except IntegrityError:
@@ -143,8 +138,7 @@ def create_job(
         if existing is None:
             raise
         return _replay(existing, fingerprint), False
-    add_job_event(session=session, job=job)
-    metrics.after_commit(session, lambda model=job.model: metrics.JOBS_SUBMITTED.labels(model).inc())
+    lifecycle.create(session=session, job=job)
     return job, True
 
 
@@ -184,9 +178,7 @@ def cancel_job(*, session: Session, owner: ApiKey, job_id: str) -> Job:
         return job
     if is_terminal(job.status):
         raise Conflict(f"video {job_id} is already {job.status} and cannot be cancelled", code="not_cancellable")
-    cancel(job)
-    close_attempt(session=session, job=job, outcome=AttemptOutcome.CANCELLED, now=job.completed_at)
-    add_job_event(session=session, job=job)
+    lifecycle.cancel(session=session, job=job)
     return job
 
 

@@ -1,8 +1,9 @@
-"""Getting jobs to workers without losing any: the transactional outbox, its relay, and the sweeper.
+"""Getting jobs to workers without losing any: the broker side of the relay, and the sweeper.
 
-PostgreSQL is the source of truth. A job change that needs a message writes a ``DispatchOutbox`` row
-in the same transaction; the relay publishes pending rows to the broker. The sweeper repairs what
-the broker can lose, deciding from the database alone:
+PostgreSQL is the source of truth. A state change appends a ``JobEvent`` in its transaction; the
+relay (``jobs.relay``) turns a queued job's event into a ``DispatchOutbox`` row and publishes
+pending rows to the broker. The sweeper repairs what the broker can lose, deciding from the
+database alone:
 
 - **claimed or published again**: a job still queued ``VIDQ_REDISPATCH_AFTER_S`` after its last
   publish was not claimed, whatever happened to its message (Redis restarted, a worker took it and
@@ -14,9 +15,10 @@ the broker can lose, deciding from the database alone:
   stopped, or it no longer runs this job) while the job row's heartbeat is a few beats old; without a
   status record, the row heartbeat's ``VIDQ_HEARTBEAT_TIMEOUT_S`` decides.
 
-Duplicate messages are harmless: a worker renders only a job it can move from ``queued`` to
-``in_progress`` under a row lock. Each pass also publishes due webhook deliveries
-(``jobs.webhooks.outbox``) to the ``webhooks`` queue.
+Its state changes go through ``jobs.lifecycle`` like any other, so they reach live streams and
+webhooks. Duplicate messages are harmless: a worker renders only a job it can move from ``queued``
+to ``in_progress`` under a row lock. The ``Sweeper`` thread is also the process's relay: a pass
+after each local commit that appended events, on every kick, and every sweep interval.
 """
 
 from __future__ import annotations
@@ -33,15 +35,17 @@ from celery import Celery
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.attempts import AttemptOutcome, close_attempt
+from jobs import lifecycle
+from jobs.attempts import AttemptOutcome
 from jobs.broker import RENDER_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK, redis_client
 from jobs.db import session_scope, utcnow
-from jobs.models import DispatchOutbox, Job
+from jobs.events import EventBus, NullEventBus, make_event_bus
+from jobs.models import Job
+from jobs.relay import Publisher, Relay, add_to_outbox, run_after_commit
 from jobs.settings import Settings
 from jobs.states import JobStatus
 from jobs.storage import Storage
-from jobs.transitions import fail, requeue
-from jobs.webhooks.outbox import WebhookPublisher, add_job_event, relay_webhooks
+from jobs.webhooks.outbox import WebhookPublisher
 from jobs.workers import WorkerRegistry, WorkerStatus, make_worker_registry
 
 log = logging.getLogger(__name__)
@@ -98,10 +102,6 @@ class MemoryDispatchMarkers:
             return key in self._marked
 
 
-class Publisher(Protocol):
-    def publish(self, job_id: str, queue: str) -> None: ...
-
-
 class CeleryPublisher:
     def __init__(self, app: Celery, markers: DispatchMarkers) -> None:
         self.app = app
@@ -118,59 +118,9 @@ class CeleryPublisher:
         return self.markers.is_marked(f"{delivery_id}#{attempt}")
 
 
-def add_to_outbox(*, session: Session, job: Job) -> DispatchOutbox:
-    """Record that ``job`` needs a message; call inside the transaction that changed the job."""
-    row = DispatchOutbox(job=job, queue=job.queue, created_at=utcnow())
-    session.add(row)
-    return row
-
-
-def relay_outbox(
-    *,
-    session_factory: sessionmaker[Session],
-    publisher: Publisher,
-    batch: int = 100,
-    route: Callable[[Job], str | None] | None = None,
-) -> int:
-    """Publish pending outbox rows; return how many went out. Stops at the first broker error.
-
-    ``route`` may send a job to another queue than its row's (``jobs.affinity``: a worker's own
-    queue); if that worker dies before claiming the job, the sweeper publishes it again after
-    ``VIDQ_REDISPATCH_AFTER_S``, routed afresh.
-    """
-    published = 0
-    with session_scope(session_factory) as session:
-        rows = session.scalars(
-            select(DispatchOutbox)
-            .where(DispatchOutbox.published_at.is_(None))
-            .order_by(DispatchOutbox.id)
-            .limit(batch)
-            .with_for_update(skip_locked=True)  # concurrent relays share the work, never double it
-        ).all()
-        for row in rows:
-            job = session.get(Job, row.job_id)
-            direct = route(job) if route is not None and job is not None else None
-            try:
-                if direct is not None:
-                    publisher.publish(row.job_id, direct)
-                else:
-                    publisher.publish(row.job_id, row.queue)
-            except Exception as exc:  # the broker is down: keep the row, try on the next pass
-                row.publish_attempts += 1
-                row.last_error = f"{type(exc).__name__}: {exc}"[:1000]
-                log.warning("outbox relay could not publish %s: %s", row.job_id, exc)
-                break
-            now = utcnow()
-            row.published_at = now
-            row.publish_attempts += 1
-            if job is not None:
-                job.dispatched_at = now
-            published += 1
-    return published
-
-
 @dataclass
 class SweepReport:
+    events: int = 0  # state changes fanned out by the relay pass
     published: int = 0
     requeued_lost: int = 0
     failed_lost: int = 0
@@ -219,15 +169,27 @@ def _requeue_lost_workers(
         if not (timed_out or _worker_gone(job, records, silent_s, now)):
             continue
         message = f"worker {job.worker_id} stopped responding during attempt {job.attempts}"
-        close_attempt(session=session, job=job, outcome=AttemptOutcome.LOST, error=message, now=now)
         if job.attempts >= settings.max_attempts:
-            fail(job, code="worker_lost", message=f"{message}; no attempts left", now=now)
+            lifecycle.fail(
+                session=session,
+                job=job,
+                code="worker_lost",
+                message=f"{message}; no attempts left",
+                attempt_outcome=AttemptOutcome.LOST,
+                attempt_error=message,
+                now=now,
+            )
             report.failed_lost += 1
         else:
-            requeue(job, reason=f"{message}; retrying")
-            add_to_outbox(session=session, job=job)
+            lifecycle.requeue(
+                session=session,
+                job=job,
+                reason=f"{message}; retrying",
+                attempt_outcome=AttemptOutcome.LOST,
+                attempt_error=message,
+                now=now,
+            )
             report.requeued_lost += 1
-        add_job_event(session=session, job=job, now=now)
         log.warning("job %s: %s", job.id, message)
 
 
@@ -283,10 +245,13 @@ def sweep(
     storage: Storage | None = None,
     webhooks: WebhookPublisher | None = None,
     workers: WorkerRegistry | None = None,
+    bus: EventBus | None = None,
+    route: Callable[[Job], str | None] | None = None,
 ) -> SweepReport:
     """One pass of repairs (and, given storage, deletion of expired results), then one relay pass
-    (and, given a webhook publisher, one pass publishing due webhook deliveries). ``workers`` lets
-    dead workers be noticed from their status records, within a few heartbeats."""
+    (``jobs.relay``: events fanned out, live messages on ``bus``, render messages published and, given
+    a webhook publisher, due webhook deliveries). ``workers`` lets dead workers be noticed from their
+    status records, within a few heartbeats."""
     report = SweepReport()
     now = utcnow()
     with session_scope(session_factory) as session:
@@ -296,16 +261,33 @@ def sweep(
     if storage is not None:
         with session_scope(session_factory) as session:
             _expire_results(session, storage, now, report)
-    report.published = relay_outbox(session_factory=session_factory, publisher=publisher)
-    if webhooks is not None:
-        report.webhooks_published = relay_webhooks(
-            session_factory=session_factory, publisher=webhooks, settings=settings
-        )
+    relay = Relay(
+        session_factory=session_factory,
+        bus=bus or NullEventBus(),
+        publisher=publisher,
+        settings=settings,
+        webhooks=webhooks,
+        route=route,
+    )
+    relayed = relay.run()
+    assert relayed is not None  # run() waits for the fan-out lock
+    report.events, report.published, report.webhooks_published = (
+        relayed.events,
+        relayed.published,
+        relayed.webhooks_published,
+    )
     return report
 
 
 class Sweeper:
-    """Runs :func:`sweep` every ``settings.sweep_interval_s`` on a daemon thread."""
+    """The process's relay and repairs, on a daemon thread.
+
+    A relay pass runs right after every commit in this process that appended job events (in the
+    committing thread; if another pass holds the lock, this thread runs one next), and every
+    ``settings.sweep_interval_s`` the full :func:`sweep` (only the relay pass when ``repairs`` is
+    False: ``VIDQ_SWEEPER_ENABLED=false``), which retries what a broker refused and publishes webhook
+    retries as they fall due.
+    """
 
     def __init__(
         self,
@@ -316,6 +298,9 @@ class Sweeper:
         storage: Storage | None = None,
         webhooks: WebhookPublisher | None = None,
         workers: WorkerRegistry | None = None,
+        bus: EventBus | None = None,
+        route: Callable[[Job], str | None] | None = None,
+        repairs: bool = True,
     ) -> None:
         self._kwargs = dict(
             session_factory=session_factory,
@@ -324,22 +309,54 @@ class Sweeper:
             storage=storage,
             webhooks=webhooks,
             workers=workers,
+            bus=bus,
+            route=route,
         )
+        self.relay = Relay(
+            session_factory=session_factory,
+            bus=bus or NullEventBus(),
+            publisher=publisher,
+            settings=settings,
+            webhooks=webhooks,
+            route=route,
+        )
+        self._repairs = repairs
         self._interval = settings.sweep_interval_s
         self._stop = threading.Event()
+        self._kick = threading.Event()
+        self._unregister: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name="vidq-sweeper", daemon=True)
 
     def start(self) -> None:
+        self._unregister = run_after_commit(self._after_commit)
         self._thread.start()
 
     def stop(self) -> None:
+        if self._unregister is not None:
+            self._unregister()
         self._stop.set()
+        self._kick.set()
         self._thread.join(timeout=10)
 
+    def kick(self) -> None:
+        """Run a relay pass on the sweeper's thread now."""
+        self._kick.set()
+
+    def _after_commit(self) -> None:
+        if self.relay.run(wait=False) is None:  # another pass holds the lock: it may have missed ours
+            self.kick()
+
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
+            kicked = self._kick.wait(self._interval)
+            self._kick.clear()
+            if self._stop.is_set():
+                return
             try:
-                sweep(**self._kwargs)  # type: ignore[arg-type]
+                if kicked or not self._repairs:
+                    self.relay.run()
+                else:
+                    sweep(**self._kwargs)  # type: ignore[arg-type]
             except Exception:  # the database may be restarting; the next pass tries again
                 log.exception("sweep failed")
 
@@ -351,10 +368,17 @@ def make_markers(settings: Settings) -> DispatchMarkers:
 
 
 def make_sweeper(
-    settings: Settings, app: Celery, session_factory: sessionmaker[Session], storage: Storage | None = None
+    settings: Settings,
+    app: Celery,
+    session_factory: sessionmaker[Session],
+    storage: Storage | None = None,
+    *,
+    bus: EventBus | None = None,
+    route: Callable[[Job], str | None] | None = None,
+    publisher: CeleryPublisher | None = None,
 ) -> Sweeper:
-    markers = make_markers(settings)
-    publisher = CeleryPublisher(app, markers)
+    """The process's sweeper and relay; repairs only with ``VIDQ_SWEEPER_ENABLED`` (the default)."""
+    publisher = publisher or CeleryPublisher(app, make_markers(settings))
     return Sweeper(
         session_factory=session_factory,
         publisher=publisher,
@@ -362,4 +386,7 @@ def make_sweeper(
         storage=storage,
         webhooks=publisher,
         workers=make_worker_registry(settings),
+        bus=bus if bus is not None else make_event_bus(settings),
+        route=route,
+        repairs=settings.sweeper_enabled,
     )

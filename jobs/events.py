@@ -1,26 +1,139 @@
-"""Live job events on Redis pub/sub (one channel per job); an in-process bus in embedded mode.
+"""Job events as typed messages, and the live bus that carries them.
 
-Embedded mode (no Redis: API and worker in one process) uses an in-process bus instead.
+A state change is a `StatusEvent` (built from its `JobEvent` row: the job's sequence number and the
+public job); a denoising step or stage is a `ProgressEvent`. Both cross processes as JSON on Redis
+pub/sub (one channel per job), or on an in-process bus in embedded mode (no Redis: API and worker
+in one process).
 
-Events are a best-effort live view: the database row stays the source of truth, so a lost event
-never loses state, and publishing failures are logged, not raised into the render.
+The live bus is best effort: the ``job_events`` table stays the source of truth for state changes
+(streams replay from it; ``jobs.live``), and publishing failures are logged, not raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Protocol
 
 import redis
+from pydantic import BaseModel, Field, TypeAdapter
 
 from jobs.broker import redis_client
+from jobs.models import Job, JobEvent
+from jobs.public import VideoPublic
 from jobs.settings import Settings
+from jobs.states import JobStatus
+from spec.stages import progress_percent
 
 log = logging.getLogger(__name__)
+
+
+class JobEventType(StrEnum):
+    """The type of a state change (a ``JobEvent.type``) and of the webhook that announces it;
+    ``video.progress`` is a webhook only (steps are not stored as events)."""
+
+    QUEUED = "video.queued"
+    STARTED = "video.started"
+    PROGRESS = "video.progress"
+    COMPLETED = "video.completed"
+    FAILED = "video.failed"
+    CANCELLED = "video.cancelled"
+
+
+EVENT_FOR_STATUS: dict[JobStatus, JobEventType] = {
+    JobStatus.QUEUED: JobEventType.QUEUED,
+    JobStatus.IN_PROGRESS: JobEventType.STARTED,
+    JobStatus.COMPLETED: JobEventType.COMPLETED,
+    JobStatus.FAILED: JobEventType.FAILED,
+    JobStatus.CANCELLED: JobEventType.CANCELLED,
+}
+
+
+class StatusEvent(BaseModel):
+    """A committed state change: the job's event number ``seq`` (the SSE event id) and the public
+    job right after the change."""
+
+    type: Literal["status"] = "status"
+    seq: int
+    event: JobEventType
+    job: VideoPublic
+
+    @classmethod
+    def from_row(cls, row: JobEvent) -> StatusEvent:
+        return cls(seq=row.seq, event=JobEventType(row.type), job=VideoPublic.model_validate(row.data))
+
+    def stream_data(self) -> dict[str, Any]:
+        """What an event stream sends: the public job, flat, with ``type`` and ``step``."""
+        return {"type": "status", **self.job.model_dump(mode="json"), "step": self.job.current_step}
+
+
+class ProgressEvent(BaseModel):
+    """Where a running job is: its stage, denoising step and ETA. Published on every step; the row
+    is written less often (``jobs.execution.record_progress``)."""
+
+    type: Literal["progress"] = "progress"
+    id: str
+    status: str = JobStatus.IN_PROGRESS.value
+    stage: str | None
+    step: int
+    total_steps: int
+    progress: int
+    percent: int
+    eta_seconds: float | None = None
+    elapsed_s: float | None = None  # since the render began (live events only)
+    step_elapsed_s: float | None = None  # since the denoising loop began (live events only)
+
+    @classmethod
+    def at(
+        cls,
+        *,
+        job_id: str,
+        stage: str,
+        step: int,
+        total_steps: int,
+        eta_seconds: float | None = None,
+        elapsed_s: float | None = None,
+        step_elapsed_s: float | None = None,
+    ) -> ProgressEvent:
+        """A running render's position (the worker's view)."""
+        progress = progress_percent(stage, step, total_steps)
+        return cls(
+            id=job_id,
+            stage=stage,
+            step=step,
+            total_steps=total_steps,
+            progress=progress,
+            percent=progress,
+            eta_seconds=eta_seconds,
+            elapsed_s=elapsed_s,
+            step_elapsed_s=step_elapsed_s,
+        )
+
+    @classmethod
+    def from_job(cls, job: Job) -> ProgressEvent:
+        """The last position the row recorded (a reconnecting stream's snapshot)."""
+        return cls(
+            id=job.id,
+            status=job.status,
+            stage=job.stage,
+            step=job.current_step,
+            total_steps=job.total_steps,
+            progress=job.progress,
+            percent=job.progress,
+            eta_seconds=job.eta_seconds,
+        )
+
+
+LiveMessage = Annotated[StatusEvent | ProgressEvent, Field(discriminator="type")]
+_LIVE_MESSAGE: TypeAdapter[StatusEvent | ProgressEvent] = TypeAdapter(LiveMessage)
+
+
+def parse_live_message(data: str | bytes) -> StatusEvent | ProgressEvent:
+    """A message as published on the bus; raises ``ValueError`` for anything else."""
+    return _LIVE_MESSAGE.validate_json(data)
 
 
 def job_channel(job_id: str) -> str:
@@ -28,11 +141,11 @@ def job_channel(job_id: str) -> str:
 
 
 class EventBus(Protocol):
-    def publish(self, job_id: str, event: dict[str, Any]) -> None: ...
+    def publish(self, job_id: str, event: StatusEvent | ProgressEvent) -> None: ...
 
 
 class NullEventBus:
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
+    def publish(self, job_id: str, event: StatusEvent | ProgressEvent) -> None:
         return None
 
 
@@ -40,9 +153,9 @@ class RedisEventBus:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
+    def publish(self, job_id: str, event: StatusEvent | ProgressEvent) -> None:
         try:
-            self.client.publish(job_channel(job_id), json.dumps(event, default=str))
+            self.client.publish(job_channel(job_id), event.model_dump_json())
         except redis.RedisError as exc:
             log.warning("could not publish event for %s: %s", job_id, exc)
 
@@ -56,9 +169,9 @@ class LocalEventBus:
         self._lock = threading.Lock()
         self._subscribers: dict[str, list[LocalSubscription]] = {}
 
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
+    def publish(self, job_id: str, event: StatusEvent | ProgressEvent) -> None:
         channel = job_channel(job_id)
-        message = {"type": "message", "channel": channel, "data": json.dumps(event, default=str)}
+        message = {"type": "message", "channel": channel, "data": event.model_dump_json()}
         with self._lock:
             subscribers = list(self._subscribers.get(channel, ()))
         for subscription in subscribers:

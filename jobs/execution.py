@@ -13,13 +13,12 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from jobs.attempts import AttemptOutcome, close_attempt, open_attempt
+from jobs import lifecycle
+from jobs.attempts import AttemptOutcome
 from jobs.db import utcnow
 from jobs.errors import JobCancelled
 from jobs.models import Job
 from jobs.states import JobStatus
-from jobs.transitions import complete, fail, requeue, start
-from jobs.webhooks.outbox import add_job_event
 
 
 def claim_job(*, session: Session, job_id: str, worker_id: str) -> Job | None:
@@ -28,9 +27,7 @@ def claim_job(*, session: Session, job_id: str, worker_id: str) -> Job | None:
     job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
     if job is None or job.status != JobStatus.QUEUED.value:
         return None
-    start(job, worker_id=worker_id)
-    open_attempt(session=session, job=job, now=job.started_at)
-    add_job_event(session=session, job=job)
+    lifecycle.start(session=session, job=job, worker_id=worker_id)
     return job
 
 
@@ -106,8 +103,9 @@ def complete_owned(
     acceleration_result: dict[str, Any] | None = None,
 ) -> Job:
     job = _lock_owned(session, job_id, worker_id)
-    complete(
-        job,
+    lifecycle.complete(
+        session=session,
+        job=job,
         video_key=video_key,
         thumbnail_key=thumbnail_key,
         stage_timings=stage_timings,
@@ -115,8 +113,6 @@ def complete_owned(
         memory=memory,
         acceleration_result=acceleration_result,
     )
-    close_attempt(session=session, job=job, outcome=AttemptOutcome.COMPLETED, now=job.completed_at)
-    add_job_event(session=session, job=job)
     return job
 
 
@@ -129,11 +125,7 @@ def fail_owned(
         job = _lock_owned(session, job_id, worker_id)
     except JobCancelled:
         return None
-    fail(job, code=code, message=message)
-    close_attempt(
-        session=session, job=job, outcome=AttemptOutcome.FAILED, error=message, trace=trace, now=job.completed_at
-    )
-    add_job_event(session=session, job=job)
+    lifecycle.fail(session=session, job=job, code=code, message=message, trace=trace)
     return job
 
 
@@ -163,17 +155,26 @@ def retry_owned(
     except JobCancelled:
         return None
     now = now or utcnow()
-    close_attempt(session=session, job=job, outcome=AttemptOutcome.FAILED, error=message, trace=trace, now=now)
     if job.attempts >= max_attempts:
-        fail(
-            job, code=code, message=f"{message} (gave up after {job.attempts} attempts, each ended by {code})", now=now
+        lifecycle.fail(
+            session=session,
+            job=job,
+            code=code,
+            message=f"{message} (gave up after {job.attempts} attempts, each ended by {code})",
+            attempt_error=message,
+            trace=trace,
+            now=now,
         )
     else:
         delay = retry_delay_s(job.attempts, backoff_s=backoff_s, backoff_max_s=backoff_max_s)
-        requeue(
-            job,
+        lifecycle.requeue(
+            session=session,
+            job=job,
             reason=f"attempt {job.attempts} ended by {code}: {message}; retrying",
             retry_at=now + timedelta(seconds=delay),
+            attempt_outcome=AttemptOutcome.FAILED,
+            attempt_error=message,
+            trace=trace,
+            now=now,
         )
-    add_job_event(session=session, job=job, now=now)
     return job

@@ -1,23 +1,25 @@
-"""A job's live event stream: its current state, then every status change and step until it ends.
+"""A job's live event stream: every state change exactly once, in order, and its steps as they happen.
 
-Fed by Redis pub/sub (the worker publishes each stage, step and status on ``vidq:jobs:<id>``),
-through the process's one shared subscription connection (``jobs.live_hub``).
-The subscription opens before the first database read, so a late subscriber misses nothing: the
-first event is the row as it is now, and later events that the row already covers are dropped.
-Embedded mode (no Redis) subscribes to the in-process bus the same way; if Redis cannot be
-reached, the row itself is polled.
+State changes come from the ``job_events`` table (``jobs.lifecycle`` appends one per change; its
+``seq`` is the SSE event id); the bus (Redis pub/sub, or the in-process bus in embedded mode) only
+says when to look, and carries each denoising step and stage (`ProgressEvent`), which are not
+stored. So a stream that resumes with ``Last-Event-ID: n`` first replays the stored events after
+``n``, then the job's current progress as a snapshot, then continues live; a live message lost or
+reordered costs nothing, because every status message (and every heartbeat) reads the events after
+the last one sent from the table. Redis is read through the process's one shared pub/sub
+connection (``jobs.live_hub``); if it cannot be reached, the table and the row are polled.
 
-Events are ``LiveEvent(event, data)``, ``data`` always carrying ``status`` (and, for steps,
-``step``); ``None`` items are heartbeats. The stream ends after a terminal status.
+The subscription opens before the first read, so nothing falls between the two. Items are
+``LiveEvent(event, data, id)`` — ``id`` set for state changes only — or ``None`` for a heartbeat;
+the stream ends after a terminal status (or when the job is deleted).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
@@ -25,101 +27,149 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.db import session_scope
-from jobs.events import LOCAL_EVENTS, LocalSubscription
+from jobs.events import LOCAL_EVENTS, LocalSubscription, ProgressEvent, StatusEvent, parse_live_message
 from jobs.live_hub import HubSubscription, hub_for
-from jobs.models import Job
-from jobs.public import job_to_public, queue_position
+from jobs.models import Job, JobEvent
+from jobs.public import VideoPublic
 from jobs.states import JobStatus, is_terminal
 from spec.stages import Stage
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.2
+Reader = Callable[[int | None], "JobView"]  # read_view for one job, after a sequence number
 _STAGE_ORDER = {stage.value: index for index, stage in enumerate(Stage)}
 
 
 @dataclass(frozen=True)
 class LiveEvent:
-    event: str  # "state" (the first), "status" or "progress"
+    event: str  # "state" (the first, without Last-Event-ID), "status" or "progress"
     data: dict[str, Any]
+    id: int | None = None  # the job's event sequence number (state and status events)
 
 
-def read_job(session_factory: sessionmaker[Session], job_id: str, owner_id: int) -> dict[str, Any] | None:
-    """The public job with ``step``, or None once it is deleted."""
+@dataclass
+class JobView:
+    """What one read of the database shows: the job (None once deleted), its progress, and its
+    stored state changes after the sequence number asked for."""
+
+    job: VideoPublic | None
+    last_seq: int = 0
+    progress: ProgressEvent | None = None
+    events: list[StatusEvent] = field(default_factory=list)
+
+
+def read_views(
+    session_factory: sessionmaker[Session],
+    job_ids: list[str],
+    owner_id: int | None,
+    *,
+    after_seq: dict[str, int] | None,
+) -> dict[str, JobView]:
+    """One transaction: each job (missing ones are None) and its events with ``seq`` above
+    ``after_seq[job_id]`` (none when ``after_seq`` is None). ``owner_id`` None reads any job (the
+    admin's dashboard, which follows every job of a page with one stream)."""
+    views: dict[str, JobView] = {job_id: JobView(job=None) for job_id in job_ids}
     with session_scope(session_factory) as session:
-        job = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner_id))
-        if job is None:
-            return None
-        data = job_to_public(job, queue_position=queue_position(session=session, job=job))
-        return {**data, "step": job.current_step}
+        query = select(Job).where(Job.id.in_(job_ids))
+        if owner_id is not None:
+            query = query.where(Job.owner_id == owner_id)
+        for job in session.scalars(query):
+            views[job.id] = JobView(
+                job=VideoPublic.read(session=session, job=job),
+                last_seq=job.last_event_seq,
+                progress=ProgressEvent.from_job(job),
+            )
+        if after_seq is not None:
+            wanted = [job_id for job_id, view in views.items() if view.job is not None]
+            lowest = min((after_seq.get(job_id, 0) for job_id in wanted), default=0)
+            rows = session.scalars(
+                select(JobEvent)
+                .where(JobEvent.job_id.in_(wanted), JobEvent.seq > lowest)
+                .order_by(JobEvent.job_id, JobEvent.seq)
+            )
+            for row in rows:
+                if row.seq > after_seq.get(row.job_id, 0):
+                    views[row.job_id].events.append(StatusEvent.from_row(row))
+    return views
 
 
-def _progress_from_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "progress",
-        "id": row["id"],
-        "status": row["status"],
-        "stage": row["stage"],
-        "step": row["step"],
-        "total_steps": row["total_steps"],
-        "progress": row["progress"],
-        "percent": row["progress"],
-        "eta_seconds": row["eta_seconds"],
-    }
+def read_view(
+    session_factory: sessionmaker[Session], job_id: str, owner_id: int | None, *, after_seq: int | None
+) -> JobView:
+    """`read_views` for one job."""
+    after = None if after_seq is None else {job_id: after_seq}
+    return read_views(session_factory, [job_id], owner_id, after_seq=after)[job_id]
 
 
 class _Position:
-    """Where the client's view is (stage, step), so an event the client already has is not sent twice."""
+    """What the client has: the last state change (``seq``, ``status``) and the last step, so nothing
+    is sent twice and a step of an earlier attempt is never sent after a newer state."""
 
-    def __init__(self, row: dict[str, Any]) -> None:
-        self.status = row["status"]
-        self.key = self._key(row)
+    def __init__(self, seq: int, status: str) -> None:
+        self.seq, self.status = seq, status
+        self.step_key = (-1, 0)  # (stage order, step); no stage yet
 
-    @staticmethod
-    def _key(event: dict[str, Any]) -> tuple[int, int]:
-        return (_STAGE_ORDER.get(event.get("stage") or "", -1), int(event.get("step") or 0))
+    def status_event(self, status: StatusEvent) -> LiveEvent | None:
+        if status.seq <= self.seq:
+            return None
+        self.seq, self.status = status.seq, status.job.status
+        self.step_key = (-1, 0)  # a new attempt (or none) starts over
+        return LiveEvent("status", status.stream_data(), id=status.seq)
 
-    def advances(self, event: dict[str, Any]) -> bool:
-        key = self._key(event)
-        if key <= self.key:
-            return False
-        self.key = key
-        return True
-
-    def set_status(self, status: str) -> None:
-        if status != self.status and status == JobStatus.QUEUED.value:
-            self.key = (-1, 0)  # requeued after a lost worker: the next attempt starts over
-        self.status = status
+    def progress_event(self, progress: ProgressEvent) -> LiveEvent | None:
+        if self.status != JobStatus.IN_PROGRESS.value or progress.status != self.status or progress.stage is None:
+            return None
+        key = (_STAGE_ORDER.get(progress.stage or "", -1), progress.step)
+        if key <= self.step_key:
+            return None
+        self.step_key = key
+        return LiveEvent("progress", progress.model_dump(mode="json", exclude_none=True))
 
 
 async def job_events(
     job_id: str,
     *,
-    owner_id: int,
+    owner_id: int | None,
     session_factory: sessionmaker[Session],
     redis_url: str,
     heartbeat_s: float,
+    last_event_id: int | None = None,
     poll_interval_s: float = POLL_INTERVAL_S,
 ) -> AsyncIterator[LiveEvent | None]:
-    """The stream for one job; the caller has checked that ``owner_id`` owns it."""
+    """The stream for one job; the caller has checked that ``owner_id`` owns it. With
+    ``last_event_id`` (SSE's ``Last-Event-ID``), the state changes after it are replayed first and
+    the job's current progress follows as a snapshot; without, the first event is the whole job
+    (``state``)."""
 
-    def read() -> dict[str, Any] | None:
-        return read_job(session_factory, job_id, owner_id)
+    def read(after_seq: int | None) -> JobView:
+        return read_view(session_factory, job_id, owner_id, after_seq=after_seq)
 
     subscription = await _subscribe(redis_url, job_id)
     try:
-        current = await anyio.to_thread.run_sync(read)
-        if current is None:
+        view = await anyio.to_thread.run_sync(read, last_event_id)
+        if view.job is None:
             return
-        yield LiveEvent("state", {"type": "state", **current})
-        if is_terminal(current["status"]):
-            return
-        position = _Position(current)
-        if subscription is not None:
-            events = _from_redis(subscription, read, position, heartbeat_s)
+        if last_event_id is None:
+            state = {"type": "state", **view.job.model_dump(mode="json"), "step": view.job.current_step}
+            yield LiveEvent("state", state, id=view.last_seq)
+            position = _Position(view.last_seq, view.job.status)
         else:
-            events = _from_polling(read, position, heartbeat_s, poll_interval_s)
-        async for item in events:
+            # The replayed events set the status; with none, nothing changed since the client's last.
+            position = _Position(last_event_id, view.job.status)
+            for status in view.events:
+                item = position.status_event(status)
+                if item is not None:
+                    yield item
+            if view.progress is not None and (item := position.progress_event(view.progress)) is not None:
+                yield item
+        if is_terminal(position.status):
+            return
+        if subscription is not None:
+            items = _from_bus(subscription, read, position, heartbeat_s)
+        else:
+            items = _from_polling(read, position, heartbeat_s, poll_interval_s)
+        async for item in items:
             yield item
             if item is not None and item.event == "status" and is_terminal(item.data["status"]):
                 return
@@ -129,77 +179,74 @@ async def job_events(
 
 
 async def _subscribe(redis_url: str, job_id: str) -> HubSubscription | LocalSubscription | None:
-    if not redis_url:  # embedded mode: the worker publishes on the in-process bus
+    if not redis_url:  # embedded mode: the worker and the relay publish on the in-process bus
         return LOCAL_EVENTS.subscribe(job_id)
     try:
         return await hub_for(redis_url).subscribe(job_id)  # the process's one pub/sub connection
-    except Exception as exc:  # live events are best effort: the row is still there to poll
+    except Exception as exc:  # live events are best effort: the table and the row are still there
         log.warning("no live events for %s, polling instead: %s", job_id, exc)
         return None
 
 
-async def _next_message(pubsub: HubSubscription | LocalSubscription, timeout_s: float) -> dict[str, Any] | None:
+async def _next_message(
+    pubsub: HubSubscription | LocalSubscription, timeout_s: float
+) -> StatusEvent | ProgressEvent | None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while (remaining := deadline - loop.time()) > 0:
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
         if message is not None and message["type"] == "message":
-            return json.loads(message["data"])  # type: ignore[no-any-return]
+            try:
+                return parse_live_message(message["data"])
+            except ValueError:
+                log.warning("ignoring a malformed live message for %s", message.get("channel"))
     return None
 
 
-async def _from_redis(
-    pubsub: HubSubscription | LocalSubscription,
-    read: Callable[[], dict[str, Any] | None],
-    position: _Position,
-    heartbeat_s: float,
+async def _from_bus(
+    pubsub: HubSubscription | LocalSubscription, read: Reader, position: _Position, heartbeat_s: float
 ) -> AsyncIterator[LiveEvent | None]:
     while True:
         message = await _next_message(pubsub, heartbeat_s)
+        if isinstance(message, ProgressEvent):
+            item = position.progress_event(message)
+            if item is not None:
+                yield item
+            continue
         if message is None:
-            yield None
-            # Not every change is published (the sweeper failing a lost worker's job is not):
-            # the row is the truth, so look at it once per heartbeat.
-            row = await anyio.to_thread.run_sync(read)
-            if row is None:
-                return
-            if row["status"] != position.status:
-                position.set_status(row["status"])
-                yield LiveEvent("status", {"type": "status", **row})
+            yield None  # a heartbeat; then look for changes whose live message was lost
+        elif message.seq <= position.seq:
             continue
-        if message.get("type") == "progress":
-            if message.get("status") == position.status and position.advances(message):
-                yield LiveEvent("progress", message)
-            continue
-        status = message.get("status")
-        if status is None or status == position.status:
-            continue
-        position.set_status(status)
-        if is_terminal(status):
-            # The full job (timings, error, expiry) from the row, which the worker committed first.
-            row = await anyio.to_thread.run_sync(read)
-            yield LiveEvent("status", {"type": "status", **(row or message), "status": status})
-        else:
-            yield LiveEvent("status", {**message, "type": "status"})
+        view: JobView = await anyio.to_thread.run_sync(read, position.seq)
+        if view.job is None:
+            return
+        for status in view.events:
+            item = position.status_event(status)
+            if item is not None:
+                yield item
 
 
 async def _from_polling(
-    read: Callable[[], dict[str, Any] | None], position: _Position, heartbeat_s: float, poll_interval_s: float
+    read: Reader, position: _Position, heartbeat_s: float, poll_interval_s: float
 ) -> AsyncIterator[LiveEvent | None]:
     loop = asyncio.get_running_loop()
     last_sent = loop.time()
     while True:
         await asyncio.sleep(poll_interval_s)
-        row = await anyio.to_thread.run_sync(read)
-        if row is None:
+        view: JobView = await anyio.to_thread.run_sync(read, position.seq)
+        if view.job is None:
             return
-        if row["status"] != position.status:
-            position.set_status(row["status"])
+        sent = False
+        for status in view.events:
+            item = position.status_event(status)
+            if item is not None:
+                sent = True
+                yield item
+        if view.progress is not None and (item := position.progress_event(view.progress)) is not None:
+            sent = True
+            yield item
+        if sent:
             last_sent = loop.time()
-            yield LiveEvent("status", {"type": "status", **row})
-        elif row["status"] == JobStatus.IN_PROGRESS.value and position.advances(row):
-            last_sent = loop.time()
-            yield LiveEvent("progress", _progress_from_row(row))
         elif loop.time() - last_sent >= heartbeat_s:
             last_sent = loop.time()
             yield None

@@ -110,6 +110,8 @@ class Job(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # last publish
     # Back-off after a transient failure: the requeued job is not published again before this time.
     retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The sequence number of the job's latest `JobEvent` (0: none yet); bumped under the row lock.
+    last_event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     # Results in object storage
@@ -121,6 +123,29 @@ class Job(Base):
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
+
+
+class JobEvent(Base):
+    """One state change of a job, appended by `jobs.lifecycle` in the transaction that made it.
+
+    ``seq`` numbers a job's events 1, 2, ... (the SSE event ids); ``data`` is the public job right
+    after the change. The relay (`jobs.relay`) fans each event out after commit (render message,
+    webhook deliveries, live message) and stamps ``relayed_at`` in the transaction that wrote them.
+    """
+
+    __tablename__ = "job_events"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq", name="uq_job_events_job_id_seq"),
+        Index("ix_job_events_unrelayed", "relayed_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(40))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    relayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class DispatchOutbox(Base):
@@ -190,6 +215,10 @@ class WebhookDelivery(Base):
     url: Mapped[str] = mapped_column(String(2000))
     event_type: Mapped[str] = mapped_column(String(40))
     payload: Mapped[str] = mapped_column(Text)
+    # The state change this delivery announces (None for `video.progress`, which has no event row).
+    event_id: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("job_events.id", ondelete="CASCADE"), nullable=True
+    )
     status: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

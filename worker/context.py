@@ -15,7 +15,6 @@ from jobs.db import make_engine, make_session_factory
 from jobs.events import EventBus, make_event_bus
 from jobs.settings import Settings, get_settings
 from jobs.storage import Storage, make_storage
-from jobs.webhooks.outbox import WebhookPublisher
 from worker.engines import EnginePool
 from worker.loras import LoraFiles
 from worker.status import WorkerActivity
@@ -31,8 +30,6 @@ class WorkerContext:
     events: EventBus
     engines: EnginePool
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    # Publishes a job's webhook deliveries right after its state changes; without one the sweeper does.
-    webhooks: WebhookPublisher | None = None
     activity: WorkerActivity = field(default_factory=WorkerActivity)  # what the status thread publishes
     lora_files: LoraFiles = field(init=False)  # local copies of adapter files
 

@@ -12,7 +12,7 @@ from celery import Celery
 
 from jobs.affinity import worker_queue
 from jobs.broker import WEBHOOK_QUEUE
-from jobs.dispatch import CeleryPublisher, Sweeper, make_markers, make_sweeper
+from jobs.dispatch import Sweeper, make_sweeper
 from jobs.logs import json_line
 from jobs.settings import Settings
 from jobs.workers import make_worker_registry
@@ -28,7 +28,7 @@ WEBHOOK_CONCURRENCY = 8  # a webhook-only worker waits on receivers, not on a GP
 
 def prepare_worker(
     settings: Settings, *, models: list[str] | None = None, queues: list[str] | None = None, app: Celery | None = None
-) -> tuple[Celery, list[str], Sweeper | None]:
+) -> tuple[Celery, list[str], Sweeper]:
     """Build the app, warm the models and start the sweeper; return what ``worker_main`` needs.
 
     ``queues`` defaults to the served models' GPU queues, plus ``webhooks`` only in embedded mode
@@ -45,8 +45,6 @@ def prepare_worker(
     if renders:  # its own queue: jobs whose adapters it holds warm (jobs.affinity)
         queues = [*queues, worker_queue(ctx.worker_id)]
     ctx.engines.served = models if renders else []
-    markers = make_markers(settings)
-    ctx.webhooks = CeleryPublisher(app, markers)
     set_context(ctx)
     if renders:
         for model in models:  # load weights now, not when the first job is already waiting
@@ -64,9 +62,10 @@ def prepare_worker(
     ).start()  # a daemon thread: its heartbeats stop with the process, and the dashboard shows it lost
     if settings.worker_metrics_port:
         serve_metrics(settings.worker_metrics_port, ctx.worker_id)
-    sweeper = make_sweeper(settings, app, ctx.session_factory, ctx.storage) if settings.sweeper_enabled else None
-    if sweeper is not None:
-        sweeper.start()
+    # The process's relay (fans out the state changes this worker commits) and, unless
+    # VIDQ_SWEEPER_ENABLED=false, its repairs.
+    sweeper = make_sweeper(settings, app, ctx.session_factory, ctx.storage, bus=ctx.events)
+    sweeper.start()
     return app, queues, sweeper
 
 
@@ -124,5 +123,4 @@ def run_worker(
             ]
         )
     finally:
-        if sweeper is not None:
-            sweeper.stop()
+        sweeper.stop()

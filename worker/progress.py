@@ -14,8 +14,8 @@ from typing import Any
 
 from jobs import metrics
 from jobs.db import retry_db, session_scope
+from jobs.events import ProgressEvent
 from jobs.execution import ensure_owned, record_progress
-from jobs.states import JobStatus
 from jobs.webhooks.outbox import PROGRESS_EVENT_INTERVAL_S, add_progress_event, progress_subscribed
 from spec.stages import Stage, progress_percent
 from worker.context import WorkerContext
@@ -71,23 +71,18 @@ class ProgressReporter:
             else:
                 ensure_owned(session=session, job_id=self.job_id, worker_id=self.ctx.worker_id)
 
-    def _publish(self, **extra: Any) -> None:
-        progress = progress_percent(self.stage, self.step, self.total_steps)
+    def _publish(self, step_elapsed_s: float | None = None) -> None:
         self.ctx.events.publish(
             self.job_id,
-            {
-                "type": "progress",
-                "id": self.job_id,
-                "status": JobStatus.IN_PROGRESS.value,
-                "stage": self.stage.value,
-                "step": self.step,
-                "total_steps": self.total_steps,
-                "progress": progress,
-                "percent": progress,
-                "elapsed_s": round(time.monotonic() - self._started, 3),
-                "eta_seconds": self.eta_seconds,
-                **extra,
-            },
+            ProgressEvent.at(
+                job_id=self.job_id,
+                stage=self.stage.value,
+                step=self.step,
+                total_steps=self.total_steps,
+                eta_seconds=self.eta_seconds,
+                elapsed_s=round(time.monotonic() - self._started, 3),
+                step_elapsed_s=step_elapsed_s,
+            ),
         )
 
     def on_stage(self, name: str) -> None:

@@ -21,7 +21,6 @@ from jobs.models import Job
 from jobs.states import JobStatus
 from jobs.storage import result_keys
 from jobs.transient import transient_code
-from jobs.webhooks.outbox import relay_webhooks
 from spec.errors import CodedError
 from spec.stages import Stage
 from worker.checkpoints import StorageCheckpointer, checkpoints_enabled, delete_checkpoint
@@ -76,8 +75,6 @@ def _render(job_id: str, ctx: WorkerContext) -> RenderOutcome:
         log.info("job %s is not queued any more; message dropped", job_id)
         return RenderOutcome.SKIPPED
     log.info("job %s: attempt %d on %s", job_id, job.attempts, ctx.worker_id)
-    ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": JobStatus.IN_PROGRESS.value})
-    _relay_webhooks(ctx)
 
     uploaded: list[str] = []
     outcome = _run_claimed(job, ctx, uploaded)
@@ -112,7 +109,6 @@ def _run_claimed(job, ctx: WorkerContext, uploaded: list[str]) -> RenderOutcome:
                 return RenderOutcome.COMPLETED
             log.info("job %s stopped: %s", job_id, exc)
             _remove(ctx, uploaded)  # cancelled or deleted while uploading: leave nothing behind
-            ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": JobStatus.CANCELLED.value})
             return RenderOutcome.CANCELLED
         except Exception as exc:
             _remove(ctx, uploaded)
@@ -132,14 +128,7 @@ def _run_claimed(job, ctx: WorkerContext, uploaded: list[str]) -> RenderOutcome:
                 )
             if recorded is None:
                 return RenderOutcome.CANCELLED
-            ctx.events.publish(
-                job_id,
-                {"type": "status", "id": job_id, "status": JobStatus.FAILED.value, "error": {"code": code}},
-            )
-            _relay_webhooks(ctx)
             return RenderOutcome.FAILED
-    ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": JobStatus.COMPLETED.value})
-    _relay_webhooks(ctx)
     return RenderOutcome.COMPLETED
 
 
@@ -171,8 +160,6 @@ def _retry_later(ctx: WorkerContext, job_id: str, code: str, exc: Exception) -> 
     status = retry_db(record, deadline_s=settings.db_retry_s, what=f"retry of {job_id}")
     if status is None:
         return RenderOutcome.CANCELLED
-    ctx.events.publish(job_id, {"type": "status", "id": job_id, "status": status})
-    _relay_webhooks(ctx)
     return RenderOutcome.FAILED if status == JobStatus.FAILED.value else RenderOutcome.RETRYING
 
 
@@ -184,16 +171,6 @@ def _completed_by_us(ctx: WorkerContext, job_id: str, uploaded: list[str]) -> bo
     with session_scope(ctx.session_factory) as session:
         job = session.get(Job, job_id)
         return job is not None and job.status == JobStatus.COMPLETED.value and job.video_key == uploaded[0]
-
-
-def _relay_webhooks(ctx: WorkerContext) -> None:
-    """Publish the deliveries the last state change wrote, now rather than at the next sweep."""
-    if ctx.webhooks is None:
-        return
-    try:
-        relay_webhooks(session_factory=ctx.session_factory, publisher=ctx.webhooks, settings=ctx.settings)
-    except Exception as exc:  # the sweeper publishes them on its next pass
-        log.warning("could not publish webhook deliveries now: %s", exc)
 
 
 def _generate_and_upload(  # type: ignore[no-untyped-def]

@@ -37,8 +37,10 @@ from jobs.admin.jobs import JobFilter, cancel_jobs, dead_letters, get_any_job, r
 from jobs.attempts import list_attempts
 from jobs.db import session_scope
 from jobs.errors import Conflict, DomainError, InvalidParameter
+from jobs.live import read_views
 from jobs.loras import all_loras
 from jobs.models import ApiKey, Job, WebhookDelivery
+from jobs.public import VideoPublic
 from jobs.states import JobStatus, is_terminal
 from jobs.validation import list_model_names
 from jobs.webhooks.endpoints import list_deliveries, redeliver
@@ -269,51 +271,52 @@ def bulk_action(
         detail={"changed": result.changed, "skipped": result.skipped, "scope": scope},
     )
     session.commit()
-    _after_change(state, result.changed)
     verb = "Cancelled" if action == "cancel" else "Requeued"
     params = {"model": model or "", "key": key or "", "from": since or "", "to": until or "", "q": q or ""}
     return _back("/admin/jobs", f"{verb} {len(result.changed)}, skipped {len(result.skipped)}.", **params)
 
 
-def _after_change(state, job_ids: list[str]) -> None:  # type: ignore[no-untyped-def]
-    """Tell live streams about the new statuses and publish the new messages now (not at the next sweep)."""
-    with session_scope(state.session_factory) as session:
-        for job in session.scalars(select(Job).where(Job.id.in_(job_ids))):
-            state.events.publish(job.id, {"type": "status", "id": job.id, "status": job.status})
-    state.relay_now()
-
-
-def _live_rows(state, ids: list[str]) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
-    with session_scope(state.session_factory) as session:
-        rows = session.execute(
-            select(Job.id, Job.status, Job.progress, Job.stage, Job.current_step, Job.total_steps).where(
-                Job.id.in_(ids)
-            )
-        ).all()
-    return [
-        {"id": r[0], "status": r[1], "progress": r[2], "stage": r[3], "step": r[4], "total_steps": r[5]} for r in rows
-    ]
+def _update(job: VideoPublic) -> dict[str, object]:
+    """What the dashboard's script draws for one job."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "progress": job.progress,
+        "stage": job.stage,
+        "step": job.current_step,
+        "total_steps": job.total_steps,
+    }
 
 
 @router.get("/jobs/live")
 async def live_jobs(request: Request, admin: AdminUser, state: StateDep, ids: str = "") -> StreamingResponse:
     """One Server-Sent Events stream for every job on a page (browsers allow only ~6 streams per host):
     an ``update`` event with ``{id, status, progress, stage, step, total_steps}`` whenever a job
-    changes. Read from the rows, so it works the same with Redis and embedded; ends once all are final."""
+    changes. Read as the clients' streams read it (``jobs.live.read_views``): every state change from
+    the event table, in order, then the row's progress; ends once all are final."""
     wanted = [i for i in ids.split(",") if i][:200]
 
     async def frames() -> AsyncIterator[str]:
+        seqs: dict[str, int] = {}
         last: dict[str, dict[str, object]] = {}
         loop = asyncio.get_running_loop()
         started = last_sent = loop.time()
         while loop.time() - started < LIVE_MAX_S and not await request.is_disconnected():
-            rows = await anyio.to_thread.run_sync(_live_rows, state, wanted)
-            for row in rows:
-                if last.get(str(row["id"])) != row:
-                    last[str(row["id"])] = row
-                    last_sent = loop.time()
-                    yield f"event: update\ndata: {json.dumps(row)}\n\n"
-            if (rows and all(is_terminal(str(r["status"])) for r in rows)) or not rows:
+            after = {job_id: seqs.get(job_id, 0) for job_id in wanted} if seqs else None
+            views = await anyio.to_thread.run_sync(
+                lambda after=after: read_views(state.session_factory, wanted, None, after_seq=after)
+            )
+            found = {job_id: view for job_id, view in views.items() if view.job is not None}
+            for job_id, view in found.items():
+                assert view.job is not None
+                updates = [_update(event.job) for event in view.events] + [_update(view.job)]
+                seqs[job_id] = view.last_seq
+                for update in updates:
+                    if last.get(job_id) != update:
+                        last[job_id] = update
+                        last_sent = loop.time()
+                        yield f"event: update\ndata: {json.dumps(update)}\n\n"
+            if not found or all(view.job is not None and is_terminal(view.job.status) for view in found.values()):
                 yield "event: done\ndata: {}\n\n"
                 return
             if loop.time() - last_sent > state.settings.sse_heartbeat_s:
@@ -366,7 +369,6 @@ def cancel_one(job_id: str, admin: AdminAction, session: SessionDep, state: Stat
         raise Conflict(f"video {job_id} is already finished and cannot be cancelled", code="not_cancellable")
     audit.record(session=session, actor=admin.key, action="job.cancel", target=job_id)
     session.commit()
-    _after_change(state, result.changed)
     return _back(f"/admin/jobs/{job_id}", "Cancelled.")
 
 
@@ -378,7 +380,6 @@ def retry_one(job_id: str, admin: AdminAction, session: SessionDep, state: State
         raise Conflict(f"video {job_id} is not failed; only failed jobs can be retried", code="not_retryable")
     audit.record(session=session, actor=admin.key, action="job.retry", target=job_id)
     session.commit()
-    _after_change(state, result.changed)
     return _back(f"/admin/jobs/{job_id}", "Requeued.")
 
 
@@ -394,7 +395,7 @@ def redeliver_webhook(
         session=session, actor=admin.key, action="webhook.redeliver", target=delivery_id, detail={"job": job_id}
     )
     session.commit()
-    state.relay_now()
+    state.sweeper.kick()  # publish it now, not at the next sweep (a delivery, not a state change)
     return _back(f"/admin/jobs/{job_id}", f"Redelivery of {delivery_id} queued.")
 
 
@@ -476,7 +477,6 @@ def requeue_dead(
         detail={"changed": result.changed, "skipped": result.skipped},
     )
     session.commit()
-    _after_change(state, result.changed)
     return _back("/admin/dead", f"Requeued {len(result.changed)}.")
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header
 from fastapi.responses import StreamingResponse
 
 from api.deps import CallKey, CallSessionDep, StateDep
@@ -22,10 +23,15 @@ SSE_HEADERS = {
 }
 
 
-def sse_frame(item: LiveEvent | None, seq: int) -> str:
+def sse_frame(item: LiveEvent | None) -> str:
+    """One SSE frame. State changes carry their event sequence number as ``id``, so a reconnecting
+    client's ``Last-Event-ID`` resumes after them; progress frames carry none (the browser keeps the
+    last id), and a resumed stream sends the current progress instead of the missed steps."""
     if item is None:
         return ": heartbeat\n\n"  # a comment line: keeps proxies from closing an idle stream
-    return f"id: {seq}\nevent: {item.event}\ndata: {json.dumps(item.data, separators=(',', ':'))}\n\n"
+    data = json.dumps(item.data, separators=(",", ":"))
+    frame_id = f"id: {item.id}\n" if item.id is not None else ""
+    return f"{frame_id}event: {item.event}\ndata: {data}\n\n"
 
 
 @router.get(
@@ -36,14 +42,22 @@ def sse_frame(item: LiveEvent | None, seq: int) -> str:
         **errors(401, 404, 429),
     },
 )
-def stream_video_events(video_id: str, key: CallKey, session: CallSessionDep, state: StateDep) -> StreamingResponse:
+def stream_video_events(
+    video_id: str,
+    key: CallKey,
+    session: CallSessionDep,
+    state: StateDep,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+) -> StreamingResponse:
     """The current state first, then every status change and step; the stream ends after a final status.
 
     A key may hold `VIDQ_MAX_STREAMS_PER_KEY` streams open at once (429 past that), and a stream
-    ends after `VIDQ_STREAM_MAX_LIFETIME_S`: reconnect, the first event is the current state.
+    ends after `VIDQ_STREAM_MAX_LIFETIME_S`: reconnect with `Last-Event-ID` to resume where it stopped.
 
     Each event's `data` is a JSON object with `status` (and, for steps, `step`, `total_steps`,
-    `stage`, `percent`, `elapsed_s`, `eta_seconds`).
+    `stage`, `percent`, `elapsed_s`, `eta_seconds`). State and status events carry the job's event
+    number as their SSE `id`: reconnect with `Last-Event-ID` to get every state change after it
+    exactly once, then the current progress, then the live stream.
     """
     crud.get_job(session=session, owner=key, job_id=video_id)  # 404 for a missing or foreign job
     owner_id = key.id
@@ -52,16 +66,15 @@ def stream_video_events(video_id: str, key: CallKey, session: CallSessionDep, st
 
     async def frames() -> AsyncIterator[str]:
         with state.streams.held(owner_id):  # released however the stream ends (client gone included)
-            seq = 0
             events = job_events(
                 video_id,
                 owner_id=owner_id,
                 session_factory=state.session_factory,
                 redis_url=settings.redis_url,
                 heartbeat_s=settings.sse_heartbeat_s,
+                last_event_id=last_event_id,
             )
             async for item in bounded(events, lifetime_s=settings.stream_max_lifetime_s):
-                seq += item is not None
-                yield sse_frame(item, seq)
+                yield sse_frame(item)
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)

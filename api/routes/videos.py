@@ -66,9 +66,8 @@ def create_video(
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
         storage=state.storage,
     )
-    session.commit()
+    session.commit()  # the relay fans the new job out right after this commit (jobs.relay)
     if created:
-        state.relay_now()
         session.refresh(job)
     return _public(session, job, response)
 
@@ -126,11 +125,9 @@ def download_video(
 
 
 @router.post("/{video_id}/cancel", response_model=VideoPublic, responses=errors(404, 409))
-def cancel_video(video_id: str, key: CurrentKey, session: SessionDep, state: StateDep) -> VideoPublic:
+def cancel_video(video_id: str, key: CurrentKey, session: SessionDep) -> VideoPublic:
     job = crud.cancel_job(session=session, owner=key, job_id=video_id)
     session.commit()
-    state.events.publish(job.id, {"type": "status", "id": job.id, "status": job.status})
-    state.relay_now()
     return _public(session, job)
 
 

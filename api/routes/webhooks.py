@@ -137,6 +137,6 @@ def redeliver_webhook(
     """Send one delivery again now, with the same `webhook-id`."""
     delivery = endpoints.redeliver(session=session, owner=key, job_id=video_id, delivery_id=delivery_id)
     session.commit()
-    state.relay_now()
+    state.sweeper.kick()  # publish it now, not at the next sweep (a delivery, not a state change)
     session.refresh(delivery)
     return WebhookDeliveryPublic.from_delivery(delivery)

@@ -1,7 +1,7 @@
 """Finding jobs across every client (filters, sorting, cursor pages) and acting on many at once.
 
-Every status change goes through ``jobs.transitions`` (so the state machine decides), writes its
-webhook events, and a retry writes an outbox row, all in the caller's transaction.
+Every status change goes through ``jobs.lifecycle`` (so the state machine decides and the change
+is recorded as an event the relay fans out), in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from jobs.attempts import AttemptOutcome, close_attempt
-from jobs.dispatch import add_to_outbox
+from jobs import lifecycle
 from jobs.errors import InvalidParameter, NotFound
 from jobs.models import Job
 from jobs.states import JobStatus, is_terminal
 from jobs.text import is_storable_text
-from jobs.transitions import cancel, requeue
-from jobs.webhooks.outbox import add_job_event
 
 SORT_COLUMNS = {"created": Job.id, "model": Job.model, "status": Job.status, "attempts": Job.attempts}
 MAX_BULK = 1000  # a filtered bulk action touches at most this many jobs per request
@@ -157,9 +154,7 @@ def cancel_jobs(*, session: Session, ids: list[str] | None = None, where: JobFil
         if is_terminal(job.status):
             result.skipped.append(job.id)
             continue
-        cancel(job)
-        close_attempt(session=session, job=job, outcome=AttemptOutcome.CANCELLED, now=job.completed_at)
-        add_job_event(session=session, job=job)
+        lifecycle.cancel(session=session, job=job)
         result.changed.append(job.id)
     return result
 
@@ -172,12 +167,7 @@ def retry_jobs(*, session: Session, ids: list[str] | None = None, where: JobFilt
         if job.status != JobStatus.FAILED.value:
             result.skipped.append(job.id)
             continue
-        requeue(job)
-        job.error_code = None
-        job.error_message = None
-        add_to_outbox(session=session, job=job)
-        session.flush()
-        add_job_event(session=session, job=job)
+        lifecycle.requeue(session=session, job=job)  # clears the error; the relay publishes it
         result.changed.append(job.id)
     return result
 

@@ -1,10 +1,11 @@
-"""Webhook events as outbox rows: written in the transaction that changes the job, published later.
+"""Webhook events as outbox rows: one ``WebhookDelivery`` per interested target, published later.
 
-Every status change calls :func:`add_job_event` inside its own transaction, which writes one
-``WebhookDelivery`` per interested target (the job's ``webhook_url`` and the owner's enabled
-endpoints, each through its event filter). If the process dies right after the commit, the rows
-are still there and :func:`relay_webhooks` (run by the sweeper, and right after a change for low
-latency) publishes them to the ``webhooks`` queue — never a GPU queue.
+The relay (``jobs.relay``) turns each committed state change (a ``JobEvent``) into deliveries with
+:func:`add_deliveries`, in the transaction that marks the event relayed, so each event yields its
+rows exactly once; ``video.progress`` deliveries are written by the render's progress writes
+(:func:`add_progress_event`). Targets are the job's ``webhook_url`` and the owner's enabled
+endpoints, each through its event filter. :func:`relay_webhooks` publishes due rows to the
+``webhooks`` queue — never a GPU queue. :func:`event_body` is the one builder of a webhook body.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.db import session_scope, utcnow
 from jobs.errors import InvalidParameter
+from jobs.events import EVENT_FOR_STATUS, JobEventType
 from jobs.ids import new_ulid
 from jobs.models import Job, WebhookDelivery, WebhookEndpoint
-from jobs.public import job_to_public, queue_position, unix
+from jobs.public import VideoPublic, unix
 from jobs.settings import Settings
-from jobs.states import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +34,8 @@ DELIVERY_ID_PREFIX = "msg_"
 PROGRESS_EVENT_INTERVAL_S = 1.0  # at most one video.progress per second per job
 
 
-class WebhookEvent(StrEnum):
-    QUEUED = "video.queued"
-    STARTED = "video.started"
-    PROGRESS = "video.progress"
-    COMPLETED = "video.completed"
-    FAILED = "video.failed"
-    CANCELLED = "video.cancelled"
-
-
-EVENT_FOR_STATUS: dict[JobStatus, WebhookEvent] = {
-    JobStatus.QUEUED: WebhookEvent.QUEUED,
-    JobStatus.IN_PROGRESS: WebhookEvent.STARTED,
-    JobStatus.COMPLETED: WebhookEvent.COMPLETED,
-    JobStatus.FAILED: WebhookEvent.FAILED,
-    JobStatus.CANCELLED: WebhookEvent.CANCELLED,
-}
+# A webhook announces a job event (`jobs.events.JobEventType`: the state changes and video.progress).
+WebhookEvent = JobEventType
 # With no filter a target gets every state change; progress only when a filter names it.
 DEFAULT_EVENTS = frozenset(EVENT_FOR_STATUS.values())
 
@@ -125,19 +112,19 @@ def event_body(data: dict[str, Any], event: WebhookEvent, *, delivery_id: str, c
     return json.dumps(envelope, separators=(",", ":"))
 
 
-def add_job_event(
-    *, session: Session, job: Job, event: WebhookEvent | None = None, now: datetime | None = None
+def add_deliveries(
+    *,
+    session: Session,
+    job: Job,
+    event: WebhookEvent,
+    data: dict[str, Any],
+    event_id: int | None = None,
+    now: datetime | None = None,
 ) -> list[WebhookDelivery]:
-    """Write the deliveries of ``event`` (default: the one for the job's current status).
-
-    Call inside the transaction that changed the job, after the change, with the job flushed.
-    """
-    event = event or EVENT_FOR_STATUS[JobStatus(job.status)]
+    """Write one delivery of ``event`` per target that wants it; ``data`` is the public job the body
+    carries (a state change's as it was recorded, ``event_id`` its ``JobEvent``)."""
     targets = _targets(session, job, event)
-    if not targets:
-        return []
     now = now or utcnow()
-    data = job_to_public(job, queue_position=queue_position(session=session, job=job))
     rows = []
     for url, endpoint_id in targets:
         delivery_id = DELIVERY_ID_PREFIX + new_ulid()
@@ -149,6 +136,7 @@ def add_job_event(
                 url=url,
                 event_type=event.value,
                 payload=event_body(data, event, delivery_id=delivery_id, created_at=now),
+                event_id=event_id,
                 status=DeliveryStatus.PENDING.value,
                 attempts=0,
                 created_at=now,
@@ -169,7 +157,8 @@ def add_progress_event(*, session: Session, job_id: str) -> list[WebhookDelivery
     job = session.get(Job, job_id)
     if job is None:
         return []
-    return add_job_event(session=session, job=job, event=WebhookEvent.PROGRESS)
+    data = VideoPublic.read(session=session, job=job).model_dump(mode="json")
+    return add_deliveries(session=session, job=job, event=WebhookEvent.PROGRESS, data=data)
 
 
 def relay_webhooks(

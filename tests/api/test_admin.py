@@ -3,14 +3,16 @@ dead-letter requeue and ``/metrics``."""
 
 from __future__ import annotations
 
+import json
+
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from api.app import create_app
 from jobs.db import session_scope
+from jobs.lifecycle import fail, start
 from jobs.models import AuditEntry, DispatchOutbox, Job
-from jobs.transitions import fail, start
 from tests.api.conftest import bearer, csrf_from, login
 
 PAGES = ["/admin", "/admin/jobs", "/admin/workers", "/admin/dead", "/admin/keys", "/admin/audit"]
@@ -31,8 +33,8 @@ def audit_rows(factory, action: str) -> list[AuditEntry]:  # type: ignore[no-unt
 def make_failed(factory, job_id: str) -> None:  # type: ignore[no-untyped-def]
     with session_scope(factory) as session:
         job = session.get(Job, job_id)
-        start(job, worker_id="w1")
-        fail(job, code="render_error", message="boom")
+        start(session=session, job=job, worker_id="w1")
+        fail(session=session, job=job, code="render_error", message="boom")
 
 
 def test_anonymous_visitors_are_sent_to_the_login_page(admin_settings) -> None:
@@ -279,3 +281,18 @@ def test_the_login_throttle_forgets_failures_after_its_window() -> None:
     throttle.failed("10.0.0.1", now=70)
     throttle.succeeded("10.0.0.1")
     assert throttle.retry_after_s("10.0.0.1", now=71) == 0
+
+
+def test_the_dashboards_live_stream_reports_each_jobs_changes_and_ends_when_all_are_final(
+    app_client, new_key, factory
+) -> None:
+    _, client_key = new_key()
+    _, admin_key = new_key("ops", admin=True)
+    failed, cancelled = submit(app_client, client_key), submit(app_client, client_key)
+    make_failed(factory, failed)
+    assert app_client.post(f"/v1/videos/{cancelled}/cancel", headers=bearer(client_key)).status_code == 200
+    response = app_client.get(f"/admin/jobs/live?ids={failed},{cancelled},video_gone", headers=bearer(admin_key))
+    assert response.status_code == 200
+    updates = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith('data: {"')]
+    assert {(u["id"], u["status"]) for u in updates} == {(failed, "failed"), (cancelled, "cancelled")}
+    assert response.text.rstrip().endswith("event: done\ndata: {}")

@@ -19,9 +19,9 @@ from api.app import create_app
 from api.deps import StateDep, get_session
 from api.routes import admin as admin_routes
 from jobs.db import session_scope, utcnow
+from jobs.lifecycle import fail, start
 from jobs.models import ApiKey, AuditEntry, Job, Lora, WebhookDelivery, WebhookEndpoint
 from jobs.settings import Settings
-from jobs.transitions import fail, start
 from tests.api.conftest import bearer, login
 from tests.api.test_loras import adapter_bytes, upload
 
@@ -130,8 +130,8 @@ def test_admin_write_routes_are_committed_before_they_answer(client: TestClient,
         job_id = submit()
         with session_scope(factory) as session:
             job = session.get(Job, job_id)
-            start(job, worker_id="w1")
-            fail(job, code="render_error", message="boom")
+            start(session=session, job=job, worker_id="w1")
+            fail(session=session, job=job, code="render_error", message="boom")
         return job_id
 
     def status_of(job_id: str) -> str:

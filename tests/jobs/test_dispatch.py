@@ -11,10 +11,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.crud import create_job
 from jobs.db import session_scope, utcnow
-from jobs.dispatch import lost_after_s, relay_outbox, sweep
+from jobs.dispatch import lost_after_s, sweep
+from jobs.events import NullEventBus
 from jobs.execution import claim_job, retry_owned
 from jobs.models import ApiKey, DispatchOutbox, Job
-from jobs.public import job_to_public
+from jobs.public import VideoPublic
+from jobs.relay import fan_out, relay_outbox
 from jobs.settings import Settings
 from jobs.validation import JobRequest
 from jobs.workers import MemoryWorkerRegistry, WorkerStatus
@@ -34,9 +36,11 @@ class RecordingPublisher:
 
 
 def submit(session_factory: sessionmaker[Session], owner: ApiKey) -> str:
+    """A new job, fanned out by the relay (its outbox row written) as the API's relay would."""
     with session_scope(session_factory) as session:
         job, _ = create_job(session=session, owner=owner, request=JobRequest(prompt="a cat", model="tiny-wan"))
-        return job.id
+    fan_out(session_factory=session_factory, bus=NullEventBus())
+    return job.id
 
 
 def pending_outbox(session_factory: sessionmaker[Session], job_id: str) -> list[DispatchOutbox]:
@@ -48,10 +52,14 @@ def pending_outbox(session_factory: sessionmaker[Session], job_id: str) -> list[
         )
 
 
-def test_creating_a_job_writes_its_outbox_row_in_the_same_transaction(session_factory, owner) -> None:
-    job_id = submit(session_factory, owner)
-    rows = pending_outbox(session_factory, job_id)
-    assert [(r.job_id, r.queue) for r in rows] == [(job_id, "gpu.wan")]
+def test_a_new_job_gets_one_outbox_row_from_its_queued_event(session_factory, owner) -> None:
+    with session_scope(session_factory) as session:
+        job, _ = create_job(session=session, owner=owner, request=JobRequest(prompt="a cat", model="tiny-wan"))
+    assert pending_outbox(session_factory, job.id) == []  # committed: the event, not yet its fan-out
+    fan_out(session_factory=session_factory, bus=NullEventBus())
+    fan_out(session_factory=session_factory, bus=NullEventBus())
+    rows = pending_outbox(session_factory, job.id)
+    assert [(r.job_id, r.queue) for r in rows] == [(job.id, "gpu.wan")]
 
 
 def test_relay_publishes_each_pending_row_once(session_factory, owner) -> None:
@@ -133,8 +141,8 @@ def test_a_job_backing_off_is_published_when_its_back_off_is_over(session_factor
     assert publisher.published.count((job_id, "gpu.wan")) == 1  # still backing off
     with session_scope(session_factory) as session:
         job = session.get(Job, job_id)
-        assert job_to_public(job, queue_position=1)["retry"]["attempt"] == 2
-        assert "storage_unavailable" in job_to_public(job, queue_position=1)["retry"]["reason"]
+        assert VideoPublic.from_job(job, queue_position=1).retry.attempt == 2
+        assert "storage_unavailable" in VideoPublic.from_job(job, queue_position=1).retry.reason
         job.retry_at = utcnow() - timedelta(seconds=1)
     sweep(session_factory=session_factory, publisher=publisher, settings=db_settings)
     assert publisher.published.count((job_id, "gpu.wan")) == 2
@@ -186,10 +194,10 @@ def test_a_dead_workers_job_is_taken_back_from_its_status_record_before_the_time
     sweep(session_factory=session_factory, publisher=RecordingPublisher(), settings=settings, workers=registry)
     with session_scope(session_factory) as session:
         status = {worker_id: session.get(Job, job_id).status for worker_id, job_id in jobs.items()}
-        retry = job_to_public(session.get(Job, jobs["dead"]), queue_position=1)["retry"]
+        retry = VideoPublic.from_job(session.get(Job, jobs["dead"]), queue_position=1).retry
     # no record for "unknown": only the heartbeat timeout may decide, and it has not passed
     assert status == {"dead": "queued", "alive": "in_progress", "unknown": "in_progress"}
-    assert retry["attempt"] == 2 and "worker dead stopped responding" in retry["reason"]
+    assert retry.attempt == 2 and "worker dead stopped responding" in retry.reason
 
 
 def test_sweeper_requeues_a_job_whose_worker_stopped_heartbeating(session_factory, owner, db_settings) -> None:
@@ -238,8 +246,8 @@ def _stale_heartbeat(session_factory, job_id: str, settings: Settings) -> None: 
 
 
 def test_sweeper_deletes_expired_results(session_factory, owner, db_settings, tmp_path) -> None:
+    from jobs.lifecycle import complete
     from jobs.storage import LocalStorage
-    from jobs.transitions import complete
 
     storage = LocalStorage(tmp_path)
     storage.ensure_ready()
@@ -253,7 +261,7 @@ def test_sweeper_deletes_expired_results(session_factory, owner, db_settings, tm
         with session_scope(session_factory) as session:
             job = session.get(Job, job_id)
             claim_job(session=session, job_id=job_id, worker_id="w")
-            complete(job, video_key=video, thumbnail_key=thumb, stage_timings={}, result_ttl_s=ttl)
+            complete(session=session, job=job, video_key=video, thumbnail_key=thumb, stage_timings={}, result_ttl_s=ttl)
     with session_scope(session_factory) as session:
         session.get(Job, old_id).expires_at = utcnow() - timedelta(seconds=1)
 

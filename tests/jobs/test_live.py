@@ -9,9 +9,10 @@ import time
 
 from jobs.crud import create_job
 from jobs.db import session_scope
-from jobs.events import LOCAL_EVENTS
+from jobs.events import LOCAL_EVENTS, ProgressEvent
 from jobs.execution import claim_job, complete_owned, record_progress
 from jobs.live import LiveEvent, job_events
+from jobs.relay import fan_out
 from jobs.validation import JobRequest
 
 
@@ -91,13 +92,10 @@ def test_embedded_stream_follows_every_stage_and_step_on_the_in_process_bus(sess
         subscribed.wait(10)
         with session_scope(session_factory) as session:
             claim_job(session=session, job_id=job.id, worker_id="w")
-        LOCAL_EVENTS.publish(job.id, {"type": "status", "id": job.id, "status": "in_progress"})
+        fan_out(session_factory=session_factory, bus=LOCAL_EVENTS)  # the relay: the started event, live
         for index, stage in enumerate(stages):
             step = max(0, min(index, 3)) if stage == "denoising" else (3 if index > 3 else 0)
-            LOCAL_EVENTS.publish(
-                job.id,
-                {"type": "progress", "status": "in_progress", "stage": stage, "step": step, "total_steps": 3},
-            )
+            LOCAL_EVENTS.publish(job.id, ProgressEvent.at(job_id=job.id, stage=stage, step=step, total_steps=3))
         with session_scope(session_factory) as session:
             complete_owned(
                 session=session,
@@ -108,7 +106,7 @@ def test_embedded_stream_follows_every_stage_and_step_on_the_in_process_bus(sess
                 stage_timings={"denoising": 0.1},
                 result_ttl_s=3600,
             )
-        LOCAL_EVENTS.publish(job.id, {"type": "status", "id": job.id, "status": "completed"})
+        fan_out(session_factory=session_factory, bus=LOCAL_EVENTS)
 
     async def collect() -> list[LiveEvent]:
         seen: list[LiveEvent] = []

@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.crud import cancel_job, create_job
 from jobs.db import session_scope, utcnow
+from jobs.events import NullEventBus
 from jobs.execution import claim_job
 from jobs.models import ApiKey, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from jobs.relay import fan_out
 from jobs.settings import Settings
 from jobs.validation import JobRequest
 from jobs.webhooks.delivery import AttemptOutcome, deliver
@@ -41,7 +43,14 @@ def submit(session_factory: sessionmaker[Session], owner: ApiKey, **request: obj
             request=JobRequest(prompt="a cat", model="tiny-wan", **request),  # type: ignore[arg-type]
             webhook_allowed_hosts=LOOPBACK,
         )
-        return job.id
+    relay(session_factory)
+    return job.id
+
+
+def relay(session_factory: sessionmaker[Session]) -> None:
+    """What the relay of the process that committed a change does next (twice: it must not repeat)."""
+    for _ in range(2):
+        fan_out(session_factory=session_factory, bus=NullEventBus())
 
 
 def deliveries(session_factory: sessionmaker[Session], job_id: str) -> list[WebhookDelivery]:
@@ -82,7 +91,7 @@ def add_endpoint(session_factory, owner, url: str, events: list[str] | None = No
         return created.endpoint.id, created.secret
 
 
-def test_a_state_change_writes_its_deliveries_in_the_same_transaction(session_factory, owner, receiver) -> None:
+def test_each_committed_state_change_gets_its_deliveries_once(session_factory, owner, receiver) -> None:
     endpoint_id, _ = add_endpoint(session_factory, owner, receiver.url + "/all")
     completed_only, _ = add_endpoint(session_factory, owner, receiver.url + "/done", ["video.completed"])
 
@@ -95,6 +104,7 @@ def test_a_state_change_writes_its_deliveries_in_the_same_transaction(session_fa
         )
         rolled_back = job.id
         raise RuntimeError("the transaction fails after the job was written")
+    relay(session_factory)
     assert deliveries(session_factory, rolled_back) == []  # no job, no event: they commit or vanish together
 
     job_id = submit(session_factory, owner, webhook_url=receiver.url + "/job")
@@ -110,6 +120,7 @@ def test_a_state_change_writes_its_deliveries_in_the_same_transaction(session_fa
         claim_job(session=session, job_id=job_id, worker_id="w")
     with session_scope(session_factory) as session:
         cancel_job(session=session, owner=owner, job_id=job_id)
+    relay(session_factory)
     events = sorted(d.event_type for d in deliveries(session_factory, job_id) if d.endpoint_id == endpoint_id)
     assert events == ["video.cancelled", "video.queued", "video.started"]  # no video.progress unless asked
     assert not [d for d in deliveries(session_factory, job_id) if d.endpoint_id == completed_only]

@@ -85,13 +85,13 @@ def no_backlog(service_settings: Settings) -> None:
     this module's worker does not render them first. Their messages are then dropped on arrival."""
     from sqlalchemy import select
 
+    from jobs.lifecycle import cancel
     from jobs.models import Job
-    from jobs.transitions import cancel
 
     engine = make_engine(service_settings)
     with session_scope(make_session_factory(engine)) as session:
         for job in session.scalars(select(Job).where(Job.status == "queued").with_for_update()):
-            cancel(job)
+            cancel(session=session, job=job)
     engine.dispose()
 
 

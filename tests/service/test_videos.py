@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import imageio.v3 as iio
 import pytest
 import redis
 
-from jobs.events import job_channel
+from jobs.events import ProgressEvent, StatusEvent, job_channel, parse_live_message
 from jobs.settings import Settings
 from tests.service.conftest import auth, finished, wait_for_job
 
@@ -68,11 +67,11 @@ def test_every_step_is_published_live_in_order(api, make_key, service_settings: 
     events = []
     while (message := pubsub.get_message(timeout=1.0)) is not None:
         if message["type"] == "pmessage" and message["channel"].decode() == job_channel(job["id"]):
-            events.append(json.loads(message["data"]))
+            events.append(parse_live_message(message["data"]))  # typed: StatusEvent or ProgressEvent
     pubsub.close()
-    steps = [e["step"] for e in events if e.get("stage") == "denoising" and e.get("step")]
+    steps = [e.step for e in events if isinstance(e, ProgressEvent) and e.stage == "denoising" and e.step]
     assert steps == [1, 2, 3, 4, 5, 6]
-    assert events[-1]["status"] == "completed"
+    assert isinstance(events[-1], StatusEvent) and events[-1].job.status == "completed"
 
 
 def test_cancel_stops_a_running_job_within_a_step(api, make_key, service_settings: Settings) -> None:

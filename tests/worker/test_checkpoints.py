@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from jobs.attempts import AttemptOutcome
 from jobs.crud import create_job
 from jobs.db import session_scope
 from jobs.keys import create_key
+from jobs.lifecycle import requeue
 from jobs.models import Job
 from jobs.settings import Settings
 from jobs.storage import checkpoint_key
-from jobs.transitions import requeue
 from jobs.validation import JobRequest
 from worker.checkpoints import StorageCheckpointer
 from worker.context import WorkerContext, build_context
@@ -78,7 +79,12 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_renders_the_same_video(
     assert ctx.storage.get_bytes(checkpoint_key(job_id)) is not None  # saved after steps 2 and 4
 
     with session_scope(ctx.session_factory) as session:  # what the sweeper does for a lost worker
-        requeue(session.get(Job, job_id), reason="worker stopped responding")
+        requeue(
+            session=session,
+            job=session.get(Job, job_id),
+            reason="worker stopped responding",
+            attempt_outcome=AttemptOutcome.LOST,
+        )
     assert render_job(job_id, ctx=ctx) is RenderOutcome.COMPLETED
 
     with session_scope(ctx.session_factory) as session:

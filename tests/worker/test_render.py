@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from jobs.attempts import AttemptOutcome
 from jobs.crud import create_job
 from jobs.db import session_scope
 from jobs.errors import JobCancelled
 from jobs.execution import claim_job, record_progress
 from jobs.keys import create_key
+from jobs.lifecycle import requeue
 from jobs.models import Job
 from jobs.settings import Settings
-from jobs.transitions import requeue
 from jobs.validation import JobRequest
 from spec.stages import Stage, progress_percent
 from worker.context import WorkerContext, build_context
@@ -61,7 +62,12 @@ def test_a_worker_presumed_lost_cannot_write_over_the_new_owner(ctx: WorkerConte
     with session_scope(ctx.session_factory) as session:
         claim_job(session=session, job_id=job_id, worker_id="slow-worker")
     with session_scope(ctx.session_factory) as session:
-        requeue(session.get(Job, job_id), reason="heartbeat missed")
+        requeue(
+            session=session,
+            job=session.get(Job, job_id),
+            reason="heartbeat missed",
+            attempt_outcome=AttemptOutcome.LOST,
+        )
     with session_scope(ctx.session_factory) as session:
         claim_job(session=session, job_id=job_id, worker_id="new-worker")
 

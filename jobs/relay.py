@@ -1,0 +1,221 @@
+"""The one relay: every committed job event fanned out exactly once, then the outboxes published.
+
+A state change (``jobs.lifecycle``) appends a ``JobEvent`` in the transaction that makes it. One
+relay pass then
+
+1. fans out the unrelayed events, oldest first (:func:`fan_out`): for each, in ONE transaction with
+   stamping ``relayed_at``, a ``DispatchOutbox`` row when it is ``video.queued`` and the job still
+   waits for a worker (not during a back-off: the sweeper publishes it when that ends), and one
+   ``WebhookDelivery`` per target (``jobs.webhooks.outbox.add_deliveries``). After that commit,
+   one live ``StatusEvent`` per event goes on the bus;
+2. publishes pending outbox rows to the broker (:func:`relay_outbox`);
+3. publishes due webhook deliveries to the ``webhooks`` queue (``relay_webhooks``).
+
+A relay killed before its fan-out commits leaves the events unrelayed: the next pass writes their
+rows, once. A relay killed between that commit and the live publish loses only the live message,
+which streams recover from the table (``jobs.live`` replays by sequence number). Passes are
+serialised (a PostgreSQL advisory lock; a process lock for SQLite, whose embedded mode is one
+process), so events go out in order.
+
+Passes run right after any commit that appended events, in the committing thread, for each relay
+running in the process (:func:`run_after_commit`), and on the sweeper's thread on every kick and
+interval (``jobs.dispatch.Sweeper``), so an event committed where no relay runs is still delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import event, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.db import session_scope, utcnow
+from jobs.events import EventBus, JobEventType, StatusEvent
+from jobs.lifecycle import EVENTS_PENDING
+from jobs.models import DispatchOutbox, Job, JobEvent
+from jobs.settings import Settings
+from jobs.states import JobStatus
+from jobs.webhooks.outbox import WebhookPublisher, add_deliveries, relay_webhooks
+
+log = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock key of the fan-out ("vidq" in ASCII): one pass at a time across processes.
+FAN_OUT_LOCK_KEY = 0x76696471
+_PROCESS_LOCK = threading.Lock()  # the same for SQLite (embedded mode: one process)
+
+
+class Publisher(Protocol):
+    def publish(self, job_id: str, queue: str) -> None: ...
+
+
+def add_to_outbox(*, session: Session, job: Job) -> DispatchOutbox:
+    """Record that ``job`` needs a render message; call inside a transaction that holds the job."""
+    row = DispatchOutbox(job=job, queue=job.queue, created_at=utcnow())
+    session.add(row)
+    return row
+
+
+def relay_outbox(
+    *,
+    session_factory: sessionmaker[Session],
+    publisher: Publisher,
+    batch: int = 100,
+    route: Callable[[Job], str | None] | None = None,
+) -> int:
+    """Publish pending outbox rows; return how many went out. Stops at the first broker error.
+
+    ``route`` may send a job to another queue than its row's (``jobs.affinity``: a worker's own
+    queue); if that worker dies before claiming the job, the sweeper publishes it again after
+    ``VIDQ_REDISPATCH_AFTER_S``, routed afresh.
+    """
+    published = 0
+    with session_scope(session_factory) as session:
+        rows = session.scalars(
+            select(DispatchOutbox)
+            .where(DispatchOutbox.published_at.is_(None))
+            .order_by(DispatchOutbox.id)
+            .limit(batch)
+            .with_for_update(skip_locked=True)  # concurrent relays share the work, never double it
+        ).all()
+        for row in rows:
+            job = session.get(Job, row.job_id)
+            direct = route(job) if route is not None and job is not None else None
+            try:
+                publisher.publish(row.job_id, direct if direct is not None else row.queue)
+            except Exception as exc:  # the broker is down: keep the row, try on the next pass
+                row.publish_attempts += 1
+                row.last_error = f"{type(exc).__name__}: {exc}"[:1000]
+                log.warning("outbox relay could not publish %s: %s", row.job_id, exc)
+                break
+            now = utcnow()
+            row.published_at = now
+            row.publish_attempts += 1
+            if job is not None:
+                job.dispatched_at = now
+            published += 1
+    return published
+
+
+@contextlib.contextmanager
+def _fan_out_lock(session: Session, *, wait: bool) -> Iterator[bool]:
+    """Yields whether this pass holds the lock (always, when ``wait``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        if wait:
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FAN_OUT_LOCK_KEY})
+            yield True
+        else:  # released with the transaction
+            yield bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": FAN_OUT_LOCK_KEY}))
+        return
+    held = _PROCESS_LOCK.acquire(blocking=wait)
+    try:
+        yield held
+    finally:
+        if held:
+            _PROCESS_LOCK.release()
+
+
+def _needs_render_message(job: Job, now: datetime) -> bool:
+    return (
+        job.status == JobStatus.QUEUED.value
+        and job.dispatched_at is None
+        and (job.retry_at is None or job.retry_at <= now)
+    )
+
+
+def fan_out(
+    *, session_factory: sessionmaker[Session], bus: EventBus, batch: int = 100, wait: bool = True
+) -> int | None:
+    """Fan out up to ``batch`` unrelayed events (see the module docstring); return how many, or None
+    when another pass holds the lock and ``wait`` is False."""
+    relayed: list[StatusEvent] = []
+    with session_scope(session_factory) as session, _fan_out_lock(session, wait=wait) as held:
+        if not held:
+            return None
+        rows = session.scalars(
+            select(JobEvent).where(JobEvent.relayed_at.is_(None)).order_by(JobEvent.id).limit(batch)
+        ).all()
+        now = utcnow()
+        for row in rows:
+            job = session.get(Job, row.job_id)
+            assert job is not None  # events are deleted with their job
+            kind = JobEventType(row.type)
+            if kind is JobEventType.QUEUED and _needs_render_message(job, now):
+                add_to_outbox(session=session, job=job)
+            add_deliveries(session=session, job=job, event=kind, data=row.data, event_id=row.id, now=now)
+            row.relayed_at = now
+            relayed.append(StatusEvent.from_row(row))
+    for status in relayed:  # after the commit: a stream never sees a change before it is stored
+        bus.publish(status.job.id, status)
+    return len(relayed)
+
+
+@dataclass
+class RelayReport:
+    events: int = 0
+    published: int = 0
+    webhooks_published: int = 0
+
+
+@dataclass
+class Relay:
+    """What one process needs to run relay passes."""
+
+    session_factory: sessionmaker[Session]
+    bus: EventBus
+    publisher: Publisher
+    settings: Settings
+    webhooks: WebhookPublisher | None = None
+    route: Callable[[Job], str | None] | None = None
+
+    def run(self, *, wait: bool = True) -> RelayReport | None:
+        """One pass; None when another pass holds the fan-out lock and ``wait`` is False."""
+        events = fan_out(session_factory=self.session_factory, bus=self.bus, wait=wait)
+        if events is None:
+            return None
+        report = RelayReport(events=events)
+        report.published = relay_outbox(
+            session_factory=self.session_factory, publisher=self.publisher, route=self.route
+        )
+        if self.webhooks is not None:
+            report.webhooks_published = relay_webhooks(
+                session_factory=self.session_factory, publisher=self.webhooks, settings=self.settings
+            )
+        return report
+
+
+# Called after a commit that appended events, in the committing thread (`run_after_commit`).
+_after_commit: list[Callable[[], None]] = []
+_after_commit_lock = threading.Lock()
+
+
+def run_after_commit(callback: Callable[[], None]) -> Callable[[], None]:
+    """Register ``callback`` for every commit in this process that appended job events; returns the
+    function that unregisters it. Exceptions are logged (the sweeper's next pass retries)."""
+    with _after_commit_lock:
+        _after_commit.append(callback)
+
+    def remove() -> None:
+        with _after_commit_lock:
+            if callback in _after_commit:
+                _after_commit.remove(callback)
+
+    return remove
+
+
+@event.listens_for(Session, "after_commit")
+def _relay_committed_events(session: Session) -> None:
+    if not session.info.pop(EVENTS_PENDING, False):
+        return
+    with _after_commit_lock:
+        callbacks = list(_after_commit)
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception as exc:
+            log.warning("relay after commit failed, the sweeper retries: %s", exc)
