@@ -10,6 +10,7 @@ pauses the render at its next write; a longer one ends the attempt with ``databa
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from jobs import metrics
@@ -24,10 +25,22 @@ from worker.context import WorkerContext
 class ProgressReporter:
     """Reports one render's stages and steps: live events every step, throttled row writes, the ETA
     (remaining denoising steps times the mean measured step time), and ``video.progress`` webhooks
-    (at most one per second, and only when a webhook target asked for them)."""
+    (at most one per second, and only when a webhook target asked for them).
 
-    def __init__(self, ctx: WorkerContext, job_id: str, total_steps: int, *, model: str = "") -> None:
+    ``clock`` (monotonic seconds) times the throttles and ``elapsed_s``; tests pass a fake one.
+    """
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        job_id: str,
+        total_steps: int,
+        *,
+        model: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ctx = ctx
+        self.clock = clock
         self.job_id = job_id
         self.model = model
         self.total_steps = total_steps
@@ -38,7 +51,7 @@ class ProgressReporter:
         self._last_write = 0.0
         self._last_progress_event = float("-inf")
         self._progress_subscribed: bool | None = None  # asked once, on the first write
-        self._started = time.monotonic()
+        self._started = clock()
         self._first_step: int | None = None  # the first step this attempt computed (> 1 after a resume)
 
     def _write(self, *, force: bool) -> None:
@@ -49,7 +62,7 @@ class ProgressReporter:
         )
 
     def _write_once(self, *, force: bool) -> None:
-        now = time.monotonic()
+        now = self.clock()
         with session_scope(self.ctx.session_factory) as session:
             if force or now - self._last_write >= self.ctx.settings.progress_write_interval_s:
                 record_progress(
@@ -80,7 +93,7 @@ class ProgressReporter:
                 step=self.step,
                 total_steps=self.total_steps,
                 eta_seconds=self.eta_seconds,
-                elapsed_s=round(time.monotonic() - self._started, 3),
+                elapsed_s=round(self.clock() - self._started, 3),
                 step_elapsed_s=step_elapsed_s,
             ),
         )

@@ -7,7 +7,6 @@ published live and a cancel that stops it within a step, like a Wan job.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import imageio.v3 as iio
 import pytest
 import redis
 
-from jobs.events import job_channel
+from jobs.events import ProgressEvent, StatusEvent, job_channel, parse_live_message
 from jobs.settings import Settings
 from tests.service.conftest import auth, finished, wait_for_job
 
@@ -49,14 +48,14 @@ def test_an_ltx_job_renders_with_every_step_published(
     events = []
     while (message := pubsub.get_message(timeout=1.0)) is not None:
         if message["type"] == "pmessage" and message["channel"].decode() == job_channel(job["id"]):
-            events.append(json.loads(message["data"]))
+            events.append(parse_live_message(message["data"]))  # typed: StatusEvent or ProgressEvent
     pubsub.close()
     assert job["status"] == "completed", job
     assert job["current_step"] == 4 and job["progress"] == 100
     assert {"text_encoding", "denoising", "decoding", "encoding", "uploading"} <= set(job["stage_timings"])
-    steps = [e["step"] for e in events if e.get("stage") == "denoising" and e.get("step")]
+    steps = [e.step for e in events if isinstance(e, ProgressEvent) and e.stage == "denoising" and e.step]
     assert steps == [1, 2, 3, 4]
-    assert events[-1]["status"] == "completed"
+    assert isinstance(events[-1], StatusEvent) and events[-1].job.status == "completed"
 
     response = api.get(f"/v1/videos/{job['id']}/content", headers=auth(key), follow_redirects=False)
     path = tmp_path / "ltx.mp4"
