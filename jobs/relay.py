@@ -173,12 +173,17 @@ class Relay:
     webhooks: WebhookPublisher | None = None
     route: Callable[[Job], str | None] | None = None
 
-    def run(self, *, wait: bool = True) -> RelayReport | None:
-        """One pass; None when another pass holds the fan-out lock and ``wait`` is False."""
-        events = fan_out(session_factory=self.session_factory, bus=self.bus, wait=wait)
-        if events is None:
-            return None
-        report = RelayReport(events=events)
+    def run(self, *, wait: bool = True, batch: int = 100) -> RelayReport | None:
+        """One pass (the fan-out repeated while full batches come back, so a backlog drains); None when
+        another pass holds the fan-out lock and ``wait`` is False."""
+        report = RelayReport()
+        while True:
+            events = fan_out(session_factory=self.session_factory, bus=self.bus, wait=wait, batch=batch)
+            if events is None:
+                return None
+            report.events += events
+            if events < batch:
+                break
         report.published = relay_outbox(
             session_factory=self.session_factory, publisher=self.publisher, route=self.route
         )

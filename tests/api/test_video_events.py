@@ -42,6 +42,7 @@ def stream_settings(database_url: str, redis_url: str, tmp_path_factory: pytest.
         data_dir=tmp_path_factory.mktemp("events-data"),
         sweeper_enabled=False,  # the relay still runs; nothing is repaired behind the test's back
         sse_heartbeat_s=0.3,
+        secret_key="events-test-secret",
     )
 
 

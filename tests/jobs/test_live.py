@@ -88,11 +88,15 @@ def test_embedded_stream_follows_every_stage_and_step_on_the_in_process_bus(sess
     subscribed = threading.Event()
     stages = ["text_encoding", "denoising", "denoising", "denoising", "decoding", "encoding", "uploading"]
 
+    def relay() -> None:  # what the relay does after each commit (draining the module's other events too)
+        while fan_out(session_factory=session_factory, bus=LOCAL_EVENTS):
+            pass
+
     def render() -> None:  # the worker's publishes, with no row write between them: only the bus carries them
         subscribed.wait(10)
         with session_scope(session_factory) as session:
             claim_job(session=session, job_id=job.id, worker_id="w")
-        fan_out(session_factory=session_factory, bus=LOCAL_EVENTS)  # the relay: the started event, live
+        relay()  # the started event, live
         for index, stage in enumerate(stages):
             step = max(0, min(index, 3)) if stage == "denoising" else (3 if index > 3 else 0)
             LOCAL_EVENTS.publish(job.id, ProgressEvent.at(job_id=job.id, stage=stage, step=step, total_steps=3))
@@ -106,7 +110,7 @@ def test_embedded_stream_follows_every_stage_and_step_on_the_in_process_bus(sess
                 stage_timings={"denoising": 0.1},
                 result_ttl_s=3600,
             )
-        fan_out(session_factory=session_factory, bus=LOCAL_EVENTS)
+        relay()
 
     async def collect() -> list[LiveEvent]:
         seen: list[LiveEvent] = []
