@@ -32,7 +32,7 @@ from jobs.validation import JobRequest
 from jobs.webhooks.endpoints import create_endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-LOOPBACK = frozenset({"127.0.0.1"})
+LOOPBACK = frozenset({"127.0.0.1:*"})
 HOOK = "http://127.0.0.1:9/hook"  # never called here: only the rows matter
 
 # A relay process that dies by SIGKILL: "mid-fan-out" after writing the deliveries of two events

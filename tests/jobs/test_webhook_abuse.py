@@ -13,7 +13,9 @@ from sqlalchemy import select
 
 from jobs.crud import create_job
 from jobs.db import session_scope
+from jobs.events import NullEventBus
 from jobs.models import WebhookAttempt, WebhookDelivery
+from jobs.relay import fan_out
 from jobs.settings import Settings
 from jobs.validation import JobRequest
 from jobs.webhooks.delivery import AttemptOutcome, ClientSlots, deliver, send_attempt
@@ -110,6 +112,8 @@ def test_a_client_at_its_cap_is_deferred_and_others_are_not(session_factory, db_
                 webhook_allowed_hosts=LOOPBACK,
             )
             ids[name] = (owner.id, job.id)
+    while fan_out(session_factory=session_factory, bus=NullEventBus()):  # the relay writes the deliveries
+        pass
     with session_scope(session_factory) as session:
         delivery = {
             name: session.scalar(select(WebhookDelivery.id).where(WebhookDelivery.job_id == job_id))
