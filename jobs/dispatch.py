@@ -32,7 +32,7 @@ from typing import Protocol
 
 import redis
 from celery import Celery
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import lifecycle
@@ -144,7 +144,7 @@ def _worker_gone(job: Job, records: dict[str, WorkerStatus], lost_after_s: float
 
 
 def _requeue_lost_workers(
-    session: Session, settings: Settings, now: datetime, report: SweepReport, workers: WorkerRegistry | None
+    session: Session, settings: Settings, now: datetime, report: SweepReport, records: dict[str, WorkerStatus]
 ) -> None:
     stale_before = now - timedelta(seconds=settings.heartbeat_timeout_s)
     silent_s = lost_after_s(settings)
@@ -158,12 +158,6 @@ def _requeue_lost_workers(
     ).all()
     if not candidates:
         return
-    records: dict[str, WorkerStatus] = {}
-    if workers is not None:
-        try:
-            records = {record.worker_id: record for record in workers.list()}
-        except Exception as exc:  # Redis is down: only the row heartbeat can tell
-            log.warning("sweeper: worker status records unavailable: %s", exc)
     for job in candidates:
         timed_out = job.heartbeat_at is not None and job.heartbeat_at < stale_before
         if not (timed_out or _worker_gone(job, records, silent_s, now)):
@@ -193,9 +187,46 @@ def _requeue_lost_workers(
         log.warning("job %s: %s", job.id, message)
 
 
-def _redispatch_unclaimed(session: Session, settings: Settings, now: datetime, report: SweepReport) -> None:
-    """Publish again every queued job nobody claimed within the redispatch interval of its last
-    publish, and every job whose back-off after a transient failure is over."""
+def _claimed_publishes(session: Session, queues: set[str], since: datetime) -> dict[str, datetime]:
+    """Per queue, the latest publish time of a job claimed after ``since`` (from that publish)."""
+    rows = session.execute(
+        select(Job.queue, func.max(Job.dispatched_at))
+        .where(
+            Job.queue.in_(queues),
+            Job.started_at > since,
+            Job.dispatched_at.is_not(None),
+            Job.started_at >= Job.dispatched_at,
+        )
+        .group_by(Job.queue)
+    ).all()
+    return {queue: latest for queue, latest in rows if latest is not None}
+
+
+def _idle_queues(records: dict[str, WorkerStatus], lost_after: float, now: datetime) -> set[str]:
+    """Queues with a live worker that runs nothing: a message waiting there would have been taken."""
+    idle: set[str] = set()
+    for record in records.values():
+        if record.current_job is None and not record.is_lost(timeout_s=lost_after, now=now.timestamp()):
+            idle.update(record.queues)
+    return idle
+
+
+def _redispatch_unclaimed(
+    session: Session,
+    settings: Settings,
+    now: datetime,
+    report: SweepReport,
+    records: dict[str, WorkerStatus] | None,
+) -> None:
+    """Publish again the queued jobs whose message must be gone, and those whose back-off is over.
+
+    A job unclaimed ``VIDQ_REDISPATCH_AFTER_S`` after its last publish is published again when its
+    message cannot still be waiting in the queue: a job of the same queue published after it has
+    been claimed (queues are FIFO, so its message was taken, by a worker that died, or lost), or a
+    live worker of its queue is idle (it would have taken it). A job merely waiting behind a backlog
+    is left alone, so a long queue is not flooded with duplicates. Without worker records
+    (``records`` None) the interval alone decides.
+    """
     published_before = now - timedelta(seconds=settings.redispatch_after_s)
     backoff_over = or_(Job.retry_at.is_(None), Job.retry_at <= now)
     candidates = session.scalars(
@@ -211,8 +242,19 @@ def _redispatch_unclaimed(session: Session, settings: Settings, now: datetime, r
         .limit(SWEEP_BATCH)
         .with_for_update(skip_locked=True)
     ).all()
+    waiting = [job for job in candidates if job.dispatched_at is not None]
+    overtaken: dict[str, datetime] = {}
+    idle: set[str] = set()
+    if waiting and records is not None:
+        oldest = min(job.dispatched_at for job in waiting if job.dispatched_at is not None)
+        overtaken = _claimed_publishes(session, {job.queue for job in waiting}, oldest)
+        idle = _idle_queues(records, lost_after_s(settings), now)
     for job in candidates:
-        if job.dispatched_at is not None:  # its message was lost, or taken by a worker that died
+        if job.dispatched_at is not None:
+            if records is not None and not (
+                job.queue in idle or overtaken.get(job.queue, job.dispatched_at) > job.dispatched_at
+            ):
+                continue  # still waiting its turn behind other messages
             log.warning(
                 "job %s: not claimed %.1fs after its publish; publishing again", job.id, settings.redispatch_after_s
             )
@@ -220,6 +262,17 @@ def _redispatch_unclaimed(session: Session, settings: Settings, now: datetime, r
         job.dispatched_at = None  # pending again until the relay publishes it
         job.retry_at = None
         report.redispatched += 1
+
+
+def _read_records(workers: WorkerRegistry | None) -> dict[str, WorkerStatus] | None:
+    """The workers' status records by id; None when there is no registry or it cannot be read."""
+    if workers is None:
+        return None
+    try:
+        return {record.worker_id: record for record in workers.list()}
+    except Exception as exc:  # Redis is down: only the job rows can tell
+        log.warning("sweeper: worker status records unavailable: %s", exc)
+        return None
 
 
 def _expire_results(session: Session, storage: Storage, now: datetime, report: SweepReport, batch: int = 100) -> None:
@@ -254,10 +307,11 @@ def sweep(
     status records, within a few heartbeats."""
     report = SweepReport()
     now = utcnow()
+    records = _read_records(workers)
     with session_scope(session_factory) as session:
-        _requeue_lost_workers(session, settings, now, report, workers)
+        _requeue_lost_workers(session, settings, now, report, records or {})
     with session_scope(session_factory) as session:
-        _redispatch_unclaimed(session, settings, now, report)
+        _redispatch_unclaimed(session, settings, now, report, records)
     if storage is not None:
         with session_scope(session_factory) as session:
             _expire_results(session, storage, now, report)

@@ -161,7 +161,7 @@ def retry_owned(
             job=job,
             code=code,
             message=f"{message} (gave up after {job.attempts} attempts, each ended by {code})",
-            attempt_error=message,
+            attempt_error=f"{code}: {message}",
             trace=trace,
             now=now,
         )
@@ -173,7 +173,7 @@ def retry_owned(
             reason=f"attempt {job.attempts} ended by {code}: {message}; retrying",
             retry_at=now + timedelta(seconds=delay),
             attempt_outcome=AttemptOutcome.FAILED,
-            attempt_error=message,
+            attempt_error=f"{code}: {message}",
             trace=trace,
             now=now,
         )

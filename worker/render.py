@@ -78,7 +78,7 @@ def _render(job_id: str, ctx: WorkerContext) -> RenderOutcome:
 
     uploaded: list[str] = []
     outcome = _run_claimed(job, ctx, uploaded)
-    if outcome not in (RenderOutcome.SKIPPED, RenderOutcome.RETRYING):
+    if outcome not in (RenderOutcome.SKIPPED, RenderOutcome.RETRYING) and checkpoints_enabled(ctx.settings):
         delete_checkpoint(ctx.storage, job_id)  # the job is over: its checkpoint is of no more use
     return outcome
 
@@ -105,10 +105,12 @@ def _run_claimed(job, ctx: WorkerContext, uploaded: list[str]) -> RenderOutcome:
 
             retry_db(complete, deadline_s=ctx.settings.db_retry_s, what=f"completion of {job_id}")
         except JobCancelled as exc:
-            if _completed_by_us(ctx, job_id, uploaded):  # the commit went through, only its answer was lost
+            completed = _completed_with(ctx, job_id, uploaded)
+            if completed and uploaded:  # our commit went through; only its answer was lost
                 return RenderOutcome.COMPLETED
             log.info("job %s stopped: %s", job_id, exc)
-            _remove(ctx, uploaded)  # cancelled or deleted while uploading: leave nothing behind
+            if not completed:  # cancelled or deleted while uploading: leave nothing behind
+                _remove(ctx, uploaded)
             return RenderOutcome.CANCELLED
         except Exception as exc:
             _remove(ctx, uploaded)
@@ -163,9 +165,10 @@ def _retry_later(ctx: WorkerContext, job_id: str, code: str, exc: Exception) -> 
     return RenderOutcome.FAILED if status == JobStatus.FAILED.value else RenderOutcome.RETRYING
 
 
-def _completed_by_us(ctx: WorkerContext, job_id: str, uploaded: list[str]) -> bool:
-    """Whether the job is completed with the video this attempt uploaded: a completion retried after
-    its connection dropped mid-commit finds the job no longer running, though the first try won."""
+def _completed_with(ctx: WorkerContext, job_id: str, uploaded: list[str]) -> bool:
+    """Whether the job is completed with the objects this attempt uploaded (same keys on every attempt):
+    then they are the job's result and must stay. Either this attempt's completion went through and
+    only its answer was lost, or another worker completed the job after this one was presumed lost."""
     if not uploaded:
         return False
     with session_scope(ctx.session_factory) as session:

@@ -8,6 +8,7 @@ with :class:`~jobs.errors.DependencyUnavailable`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
@@ -50,6 +51,15 @@ def _client(endpoint: str, access_key: str, secret_key: str, region: str, timeou
         region=region,
         http_client=http,
     )
+
+
+def _md5(path: Path) -> str:
+    """The ETag S3 gives a single-part upload of ``path``."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -121,10 +131,24 @@ class S3Storage:
                         log.warning("storage: could not re-create bucket %s: %s", self.bucket, make_exc)
 
     def put_file(self, key: str, path: Path, content_type: str) -> None:
-        self._retrying(
-            f"upload of {key}",
-            lambda: self.client.fput_object(self.bucket, key, str(path), content_type=content_type),
-        )
+        """Upload ``path`` unless ``key`` already holds the same bytes: a render that re-uploads after
+        its worker died mid-upload (result keys are per job) stores its video once."""
+        digest = _md5(path)
+
+        def upload() -> None:
+            if self._etag(key) == digest:
+                return
+            self.client.fput_object(self.bucket, key, str(path), content_type=content_type)
+
+        self._retrying(f"upload of {key}", upload)
+
+    def _etag(self, key: str) -> str | None:
+        try:
+            return (self.client.stat_object(self.bucket, key).etag or "").strip('"') or None
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return None
+            raise
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         self._retrying(

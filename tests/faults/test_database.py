@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import httpx
-import redis
 
 from tests.faults.conftest import Stack, assert_completed_exactly_once, submit, wait_for_log
 
@@ -13,8 +12,9 @@ from tests.faults.conftest import Stack, assert_completed_exactly_once, submit, 
 def test_jobs_delivered_while_postgres_is_stopped_are_all_completed(
     stack: Stack, client: httpx.Client, start_worker
 ) -> None:
-    ids = submit(client, 6)  # no worker yet: six messages wait in the queue
-    assert redis.Redis.from_url(stack.redis.url).llen("gpu.wan") >= 6
+    worker = start_worker()
+    worker.pause()  # holds its broker connection; the six messages wait for it
+    ids = submit(client, 6)
     stack.postgres.stop()
     try:
         # The API says which dependency is down, on the same kept-alive connection, and stays usable.
@@ -25,7 +25,7 @@ def test_jobs_delivered_while_postgres_is_stopped_are_all_completed(
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["error"]["param"] == "database"
 
-        worker = start_worker()  # takes the messages while every claim fails
+        worker.resume()  # takes the messages while every claim fails
         wait_for_log(worker, "database unavailable")
     finally:
         stack.postgres.start()

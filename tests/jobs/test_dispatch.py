@@ -120,6 +120,36 @@ def test_a_job_nobody_claims_is_published_again_once_per_interval(session_factor
     assert publisher.published.count((job_id, "gpu.wan")) == 2  # claimed: nothing to repair
 
 
+def test_a_job_waiting_behind_a_backlog_is_not_published_again(session_factory, owner, db_settings) -> None:
+    """With worker records the sweeper republishes only a message that cannot still be queued: one a
+    later-published job overtook (FIFO), or one an idle worker would have taken."""
+    first, second = submit(session_factory, owner), submit(session_factory, owner)
+    publisher = RecordingPublisher()
+    relay_outbox(session_factory=session_factory, publisher=publisher)
+    registry = MemoryWorkerRegistry(ttl_s=3600)
+    busy = WorkerStatus("busy", "h", 1, heartbeat_at=time.time(), started_at=0, queues=["gpu.wan"], current_job="x")
+    registry.publish(busy)
+    _age_dispatch(session_factory, first, db_settings)
+    _age_dispatch(session_factory, second, db_settings)
+    sweep(session_factory=session_factory, publisher=publisher, settings=db_settings, workers=registry)
+    assert publisher.published.count((first, "gpu.wan")) == 1  # behind the busy worker's backlog: left alone
+
+    # the job published after `first` is claimed: `first`'s message was taken or lost
+    with session_scope(session_factory) as session:
+        session.get(Job, second).dispatched_at = utcnow() - timedelta(seconds=db_settings.redispatch_after_s / 2)
+        claim_job(session=session, job_id=second, worker_id="busy")
+    sweep(session_factory=session_factory, publisher=publisher, settings=db_settings, workers=registry)
+    assert publisher.published.count((first, "gpu.wan")) == 2
+
+    # an idle worker of the queue would have taken a waiting message
+    third = submit(session_factory, owner)
+    relay_outbox(session_factory=session_factory, publisher=publisher)
+    _age_dispatch(session_factory, third, db_settings)
+    registry.publish(WorkerStatus("idle", "h", 2, heartbeat_at=time.time(), started_at=0, queues=["gpu.wan"]))
+    sweep(session_factory=session_factory, publisher=publisher, settings=db_settings, workers=registry)
+    assert publisher.published.count((third, "gpu.wan")) == 2
+
+
 def test_a_job_backing_off_is_published_when_its_back_off_is_over(session_factory, owner, db_settings) -> None:
     job_id = submit(session_factory, owner)
     publisher = RecordingPublisher()

@@ -62,6 +62,13 @@ class WorkerProcess:
             self.proc.wait(timeout=30)
         self._log.close()
 
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its connections but does nothing until ``resume``."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
