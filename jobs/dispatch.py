@@ -202,12 +202,17 @@ def _claimed_publishes(session: Session, queues: set[str], since: datetime) -> d
     return {queue: latest for queue, latest in rows if latest is not None}
 
 
-def _idle_queues(records: dict[str, WorkerStatus], lost_after: float, now: datetime) -> set[str]:
-    """Queues with a live worker that runs nothing: a message waiting there would have been taken."""
-    idle: set[str] = set()
+def _idle_since(records: dict[str, WorkerStatus], lost_after: float, now: datetime) -> dict[str, float]:
+    """Per queue, the earliest time since which a live worker consuming it has run nothing: a message
+    published there before then would have been taken."""
+    idle: dict[str, float] = {}
     for record in records.values():
-        if record.current_job is None and not record.is_lost(timeout_s=lost_after, now=now.timestamp()):
-            idle.update(record.queues)
+        if record.idle_since is None or record.current_job is not None:
+            continue
+        if record.is_lost(timeout_s=lost_after, now=now.timestamp()):
+            continue
+        for queue in record.queues:
+            idle[queue] = min(idle.get(queue, record.idle_since), record.idle_since)
     return idle
 
 
@@ -223,9 +228,9 @@ def _redispatch_unclaimed(
     A job unclaimed ``VIDQ_REDISPATCH_AFTER_S`` after its last publish is published again when its
     message cannot still be waiting in the queue: a job of the same queue published after it has
     been claimed (queues are FIFO, so its message was taken, by a worker that died, or lost), or a
-    live worker of its queue is idle (it would have taken it). A job merely waiting behind a backlog
-    is left alone, so a long queue is not flooded with duplicates. Without worker records
-    (``records`` None) the interval alone decides.
+    live worker of its queue has been idle since before the publish (it would have taken it). A job
+    merely waiting behind a backlog is left alone, so a long queue is not flooded with duplicates.
+    Without worker records (``records`` None) the interval alone decides.
     """
     published_before = now - timedelta(seconds=settings.redispatch_after_s)
     backoff_over = or_(Job.retry_at.is_(None), Job.retry_at <= now)
@@ -244,16 +249,16 @@ def _redispatch_unclaimed(
     ).all()
     waiting = [job for job in candidates if job.dispatched_at is not None]
     overtaken: dict[str, datetime] = {}
-    idle: set[str] = set()
+    idle: dict[str, float] = {}
     if waiting and records is not None:
         oldest = min(job.dispatched_at for job in waiting if job.dispatched_at is not None)
         overtaken = _claimed_publishes(session, {job.queue for job in waiting}, oldest)
-        idle = _idle_queues(records, lost_after_s(settings), now)
+        idle = _idle_since(records, lost_after_s(settings), now)
     for job in candidates:
         if job.dispatched_at is not None:
-            if records is not None and not (
-                job.queue in idle or overtaken.get(job.queue, job.dispatched_at) > job.dispatched_at
-            ):
+            published = job.dispatched_at
+            idle_before = idle.get(job.queue, float("inf")) <= published.timestamp()
+            if records is not None and not (idle_before or overtaken.get(job.queue, published) > published):
                 continue  # still waiting its turn behind other messages
             log.warning(
                 "job %s: not claimed %.1fs after its publish; publishing again", job.id, settings.redispatch_after_s

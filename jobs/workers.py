@@ -47,6 +47,9 @@ class WorkerStatus:
     step: int = 0
     total_steps: int = 0
     jobs_done: int = 0
+    # Since when it consumes its queues and runs nothing (Unix seconds); None while busy or starting up.
+    # A message published to one of its queues before then would have been taken: the sweeper uses it.
+    idle_since: float | None = None
     # LoRA adapter ids held in memory: the dispatcher sends a job with these adapters here when idle.
     warm_loras: list[str] = field(default_factory=list)
 

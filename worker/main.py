@@ -9,6 +9,7 @@ import sys
 from typing import TextIO
 
 from celery import Celery
+from celery.signals import worker_ready
 
 from jobs.affinity import worker_queue
 from jobs.broker import WEBHOOK_QUEUE
@@ -49,6 +50,7 @@ def prepare_worker(
     if renders:
         for model in models:  # load weights now, not when the first job is already waiting
             ctx.engines.get(model)
+    worker_ready.connect(lambda **_: ctx.activity.ready(), weak=False)  # the consumer takes messages now
     StatusPublisher(
         registry=make_worker_registry(settings),
         worker_id=ctx.worker_id,

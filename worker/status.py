@@ -27,11 +27,20 @@ class WorkerActivity:
     step: int = 0
     total_steps: int = 0
     jobs_done: int = 0
+    # Since when the worker takes messages and runs nothing (Unix seconds); None while busy or starting.
+    idle_since: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def begin(self, job_id: str) -> None:
         with self._lock:
             self.job_id, self.stage, self.step, self.total_steps = job_id, None, 0, 0
+            self.idle_since = None
+
+    def ready(self) -> None:
+        """The consumer is up and takes messages: idle from now until the first job."""
+        with self._lock:
+            if self.job_id is None and self.idle_since is None:
+                self.idle_since = time.time()
 
     def update(self, *, stage: str, step: int, total_steps: int) -> None:
         with self._lock:
@@ -40,6 +49,7 @@ class WorkerActivity:
     def end(self) -> None:
         with self._lock:
             self.job_id, self.stage, self.step, self.total_steps = None, None, 0, 0
+            self.idle_since = time.time()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -49,6 +59,7 @@ class WorkerActivity:
                 "step": self.step,
                 "total_steps": self.total_steps,
                 "jobs_done": self.jobs_done,
+                "idle_since": self.idle_since,
             }
 
 

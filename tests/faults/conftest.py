@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import uvicorn
 from minio import Minio
 from minio.versioningconfig import ENABLED, VersioningConfig
@@ -27,6 +28,7 @@ from jobs.db import make_engine, make_session_factory, session_scope
 from jobs.keys import create_key
 from jobs.models import Job, JobAttempt
 from jobs.settings import Settings
+from jobs.transitions import cancel
 from tests.faults.services import OwnPostgres, OwnRedis, OwnS3
 from tests.service.processes import WorkerProcess
 from vidq.embedded import free_port
@@ -110,6 +112,17 @@ def api_url(stack: Stack) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def clean_slate(stack: Stack) -> None:
+    """Each case starts from an empty queue: what an earlier case left unfinished is cancelled (its
+    messages, if any come back, are dropped at the claim) and the broker is emptied."""
+    with session_scope(stack.session_factory) as session:
+        unfinished = select(Job).where(Job.status.in_(("queued", "in_progress"))).with_for_update()
+        for job in session.scalars(unfinished):
+            cancel(job)
+    redis.Redis.from_url(stack.redis.url).flushdb()
 
 
 @pytest.fixture

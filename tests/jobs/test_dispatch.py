@@ -122,7 +122,7 @@ def test_a_job_nobody_claims_is_published_again_once_per_interval(session_factor
 
 def test_a_job_waiting_behind_a_backlog_is_not_published_again(session_factory, owner, db_settings) -> None:
     """With worker records the sweeper republishes only a message that cannot still be queued: one a
-    later-published job overtook (FIFO), or one an idle worker would have taken."""
+    later-published job overtook (FIFO), or one a worker idle since before its publish would have taken."""
     first, second = submit(session_factory, owner), submit(session_factory, owner)
     publisher = RecordingPublisher()
     relay_outbox(session_factory=session_factory, publisher=publisher)
@@ -136,7 +136,8 @@ def test_a_job_waiting_behind_a_backlog_is_not_published_again(session_factory, 
 
     # the job published after `first` is claimed: `first`'s message was taken or lost
     with session_scope(session_factory) as session:
-        session.get(Job, second).dispatched_at = utcnow() - timedelta(seconds=db_settings.redispatch_after_s / 2)
+        first_published = session.get(Job, first).dispatched_at
+        session.get(Job, second).dispatched_at = first_published + timedelta(milliseconds=1)
         claim_job(session=session, job_id=second, worker_id="busy")
     sweep(session_factory=session_factory, publisher=publisher, settings=db_settings, workers=registry)
     assert publisher.published.count((first, "gpu.wan")) == 2
@@ -145,7 +146,14 @@ def test_a_job_waiting_behind_a_backlog_is_not_published_again(session_factory, 
     third = submit(session_factory, owner)
     relay_outbox(session_factory=session_factory, publisher=publisher)
     _age_dispatch(session_factory, third, db_settings)
-    registry.publish(WorkerStatus("idle", "h", 2, heartbeat_at=time.time(), started_at=0, queues=["gpu.wan"]))
+    idle = WorkerStatus(
+        "idle", "h", 2, heartbeat_at=time.time(), started_at=0, queues=["gpu.wan"], idle_since=time.time()
+    )
+    registry.publish(idle)  # idle only since after the publish: it may simply not have been there yet
+    sweep(session_factory=session_factory, publisher=publisher, settings=db_settings, workers=registry)
+    assert publisher.published.count((third, "gpu.wan")) == 1
+    idle.idle_since = time.time() - 60  # idle since before the publish: it would have taken the message
+    registry.publish(idle)
     sweep(session_factory=session_factory, publisher=publisher, settings=db_settings, workers=registry)
     assert publisher.published.count((third, "gpu.wan")) == 2
 
