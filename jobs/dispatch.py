@@ -203,8 +203,8 @@ def _claimed_publishes(session: Session, queues: set[str], since: datetime) -> d
 
 
 def _idle_since(records: dict[str, WorkerStatus], lost_after: float, now: datetime) -> dict[str, float]:
-    """Per queue, the earliest time since which a live worker consuming it has run nothing: a message
-    published there before then would have been taken."""
+    """Per queue, the earliest time since which a live worker consuming it has run nothing (while it
+    is idle, a message waiting in one of its queues is taken within moments)."""
     idle: dict[str, float] = {}
     for record in records.values():
         if record.idle_since is None or record.current_job is not None:
@@ -228,7 +228,7 @@ def _redispatch_unclaimed(
     A job unclaimed ``VIDQ_REDISPATCH_AFTER_S`` after its last publish is published again when its
     message cannot still be waiting in the queue: a job of the same queue published after it has
     been claimed (queues are FIFO, so its message was taken, by a worker that died, or lost), or a
-    live worker of its queue has been idle since before the publish (it would have taken it). A job
+    live worker of its queue has been idle for the whole interval (it would have taken it). A job
     merely waiting behind a backlog is left alone, so a long queue is not flooded with duplicates.
     Without worker records (``records`` None) the interval alone decides.
     """
@@ -257,8 +257,8 @@ def _redispatch_unclaimed(
     for job in candidates:
         if job.dispatched_at is not None:
             published = job.dispatched_at
-            idle_before = idle.get(job.queue, float("inf")) <= published.timestamp()
-            if records is not None and not (idle_before or overtaken.get(job.queue, published) > published):
+            idle_all_interval = idle.get(job.queue, float("inf")) <= published_before.timestamp()
+            if records is not None and not (idle_all_interval or overtaken.get(job.queue, published) > published):
                 continue  # still waiting its turn behind other messages
             log.warning(
                 "job %s: not claimed %.1fs after its publish; publishing again", job.id, settings.redispatch_after_s

@@ -48,7 +48,7 @@ class WorkerStatus:
     total_steps: int = 0
     jobs_done: int = 0
     # Since when it consumes its queues and runs nothing (Unix seconds); None while busy or starting up.
-    # A message published to one of its queues before then would have been taken: the sweeper uses it.
+    # While it is idle a waiting message is taken at once: the sweeper uses it to tell a lost message.
     idle_since: float | None = None
     # LoRA adapter ids held in memory: the dispatcher sends a job with these adapters here when idle.
     warm_loras: list[str] = field(default_factory=list)

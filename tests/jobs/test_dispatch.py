@@ -122,7 +122,7 @@ def test_a_job_nobody_claims_is_published_again_once_per_interval(session_factor
 
 def test_a_job_waiting_behind_a_backlog_is_not_published_again(session_factory, owner, db_settings) -> None:
     """With worker records the sweeper republishes only a message that cannot still be queued: one a
-    later-published job overtook (FIFO), or one a worker idle since before its publish would have taken."""
+    later-published job overtook (FIFO), or one a worker idle for the whole interval would have taken."""
     first, second = submit(session_factory, owner), submit(session_factory, owner)
     publisher = RecordingPublisher()
     relay_outbox(session_factory=session_factory, publisher=publisher)
@@ -149,10 +149,10 @@ def test_a_job_waiting_behind_a_backlog_is_not_published_again(session_factory, 
     idle = WorkerStatus(
         "idle", "h", 2, heartbeat_at=time.time(), started_at=0, queues=["gpu.wan"], idle_since=time.time()
     )
-    registry.publish(idle)  # idle only since after the publish: it may simply not have been there yet
+    registry.publish(idle)  # idle only for a moment: it may be about to take the message
     sweep(session_factory=session_factory, publisher=publisher, settings=db_settings, workers=registry)
     assert publisher.published.count((third, "gpu.wan")) == 1
-    idle.idle_since = time.time() - 60  # idle since before the publish: it would have taken the message
+    idle.idle_since = time.time() - 60  # idle for the whole interval: it would have taken the message
     registry.publish(idle)
     sweep(session_factory=session_factory, publisher=publisher, settings=db_settings, workers=registry)
     assert publisher.published.count((third, "gpu.wan")) == 2
