@@ -50,7 +50,7 @@ def test_a_soak_with_random_worker_kills_and_a_redis_restart(stack: Stack, clien
     chaos_thread = threading.Thread(target=chaos, daemon=True)
     chaos_thread.start()
     try:
-        assert_completed_exactly_once(stack, ids, timeout_s=240)
+        assert_completed_exactly_once(stack, ids, timeout_s=280)
     finally:
         stop.set()
         chaos_thread.join(timeout=30)
