@@ -22,13 +22,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
-from jobs import migrate
+from jobs import lifecycle, migrate
 from jobs.attempts import AttemptOutcome
 from jobs.db import make_engine, make_session_factory, session_scope
 from jobs.keys import create_key
 from jobs.models import Job, JobAttempt
 from jobs.settings import Settings
-from jobs.transitions import cancel
 from tests.faults.services import OwnPostgres, OwnRedis, OwnS3
 from tests.service.processes import WorkerProcess
 from vidq.embedded import free_port
@@ -121,7 +120,7 @@ def clean_slate(stack: Stack) -> None:
     with session_scope(stack.session_factory) as session:
         unfinished = select(Job).where(Job.status.in_(("queued", "in_progress"))).with_for_update()
         for job in session.scalars(unfinished):
-            cancel(job)
+            lifecycle.cancel(session=session, job=job)
     redis.Redis.from_url(stack.redis.url).flushdb()
 
 
