@@ -1,13 +1,71 @@
-"""The REST contract: authentication, isolation between clients, idempotency, validation and listing.
-These need no worker: jobs stay queued, which is what the queue-position checks rely on."""
+"""The REST contract of `/v1/videos`: authentication, isolation between clients, idempotency,
+validation and listing, against the real PostgreSQL, Redis and S3 (moto).
+
+These need no worker: jobs stay queued, which is what the queue-position checks rely on. The module
+has a database of its own, so no other test module's jobs change what it sees (order-independent).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import pytest
+from fastapi.testclient import TestClient
 
-from tests.service.conftest import auth
+from api.app import create_app
+from jobs import migrate
+from jobs.db import make_engine, make_session_factory, session_scope
+from jobs.keys import create_key
+from jobs.settings import Settings
+from tests.conftest import create_database, drop_database, sqlalchemy_url
 
-pytestmark = pytest.mark.integration
+
+@pytest.fixture(scope="module")
+def service_settings(
+    redis_url: str, s3_endpoint: str, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """The API's settings, on a database created and migrated for this module alone."""
+    name = create_database()
+    url = sqlalchemy_url(name)
+    migrate.upgrade(Settings(database_url=url))
+    yield Settings(
+        database_url=url,
+        redis_url=redis_url,
+        s3_endpoint=s3_endpoint,
+        s3_access_key="testing",
+        s3_secret_key="testing",
+        s3_bucket="vidq-contract",
+        models_dir=models_dir,
+        data_dir=tmp_path_factory.mktemp("contract-data"),
+        secret_key="contract-test-secret",
+        sweeper_enabled=False,  # no worker here: nothing to repair
+    )
+    drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def api(service_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(service_settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def make_key(service_settings: Settings) -> Iterator[Callable[..., str]]:
+    engine = make_engine(service_settings)
+    factory = make_session_factory(engine)
+
+    def _make(name: str = "client", admin: bool = False) -> str:
+        with session_scope(factory) as session:
+            return create_key(session=session, name=name, is_admin=admin).plaintext
+
+    yield _make
+    engine.dispose()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
 
 BODY = {"prompt": "a lighthouse in a storm", "model": "tiny-wan"}
 
