@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 from jobs.crud import create_job
 from jobs.db import session_scope
@@ -21,14 +20,14 @@ def test_when_redis_cannot_be_reached_the_stream_polls_the_row_until_the_job_end
         job, _ = create_job(
             session=session, owner=owner, request=JobRequest(prompt="a cat", model="tiny-wan", num_inference_steps=3)
         )
-    first_event = threading.Event()
+    seen = threading.Semaphore(0)  # released once per event the stream yields
 
-    def render() -> None:  # what a worker does, slow enough for each write to be seen
-        first_event.wait(10)
+    def render() -> None:  # what a worker does, one write per event the stream has shown (no sleeps)
+        seen.acquire(timeout=10)  # the current state
         with session_scope(session_factory) as session:
             claim_job(session=session, job_id=job.id, worker_id="w")
+        seen.acquire(timeout=10)  # in_progress
         for step in (1, 2, 3):
-            time.sleep(0.15)
             with session_scope(session_factory) as session:
                 record_progress(
                     session=session,
@@ -40,7 +39,7 @@ def test_when_redis_cannot_be_reached_the_stream_polls_the_row_until_the_job_end
                     progress=5 + 28 * step,
                     eta_seconds=0.15 * (3 - step),
                 )
-        time.sleep(0.15)
+            seen.acquire(timeout=10)
         with session_scope(session_factory) as session:
             complete_owned(
                 session=session,
@@ -53,7 +52,7 @@ def test_when_redis_cannot_be_reached_the_stream_polls_the_row_until_the_job_end
             )
 
     async def collect() -> list[LiveEvent]:
-        seen: list[LiveEvent] = []
+        events: list[LiveEvent] = []
         stream = job_events(
             job.id,
             owner_id=owner.id,
@@ -64,9 +63,9 @@ def test_when_redis_cannot_be_reached_the_stream_polls_the_row_until_the_job_end
         )
         async for item in stream:
             if item is not None:
-                seen.append(item)
-                first_event.set()
-        return seen
+                events.append(item)
+                seen.release()
+        return events
 
     worker = threading.Thread(target=render)
     worker.start()
