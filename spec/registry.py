@@ -373,7 +373,8 @@ TINY_COGVIDEOX_I2V = ModelSpec(
     default_guidance=6.0,
     image_input="required",
     description="Random-weight CogVideoX image-to-video (5B-I2V layout) for tests and CI.",
-    **_TINY_DIFFUSERS,
+    # Learned position embeddings (as in 5B-I2V) fix the size to the checkpoint's sample size.
+    **(_TINY_DIFFUSERS | {"sizes": ("64x64",)}),
 )
 
 _COGVIDEOX = {

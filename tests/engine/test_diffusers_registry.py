@@ -99,3 +99,10 @@ def test_planner_offloads_or_refuses_the_big_models() -> None:
     ltx = get_spec("ltx-video").footprint
     assert plan_memory(ltx, small, 24 * GIB).offload == "none"  # T5-XXL (9.1 GiB) + the 2B DiT (3.6 GiB)
     assert plan_memory(ltx, small, 12 * GIB).offload == "model"
+
+
+def test_cogvideox_image_to_video_serves_only_its_sample_size() -> None:
+    """5B-I2V's learned position embeddings are built for 720x480 (the tiny one for 64x64): diffusers
+    refuses other sizes mid-render, so the registry refuses them at submission."""
+    assert get_spec("cogvideox-5b-i2v").sizes == ("720x480",)
+    assert get_spec("tiny-cogvideox-i2v").sizes == ("64x64",)
