@@ -1,9 +1,9 @@
 """Every write route commits before it answers: right after the response, a separate database session
 (another API replica, a worker) already sees the change.
 
-The request session here rolls back whatever is left uncommitted when the request ends, so a route
-that relied on the dependency's teardown to commit loses its write and fails these tests, however
-the teardown is scheduled relative to the response."""
+The app's request session (``api.deps.get_session``) rolls back whatever is left uncommitted when
+the request ends, so a route that relied on the dependency's teardown to commit loses its write and
+fails these tests, however the teardown is scheduled relative to the response."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
-from api.deps import StateDep, get_session
 from api.routes import admin as admin_routes
 from jobs.db import session_scope, utcnow
 from jobs.lifecycle import fail, start
@@ -29,20 +28,9 @@ TINY = {"prompt": "a kite over a beach", "model": "tiny-wan", "size": "96x64", "
 HOOK = "http://127.0.0.1:9/hook"  # loopback is allowed below; nothing is delivered (no worker)
 
 
-def rollback_on_exit(state: StateDep) -> Iterator[Session]:
-    """The request session under the transaction rule: teardown never commits."""
-    session = state.session_factory()
-    try:
-        yield session
-    finally:
-        session.rollback()
-        session.close()
-
-
 @pytest.fixture(scope="module")
 def client(admin_settings: Settings) -> Iterator[TestClient]:
     app = create_app(admin_settings.model_copy(update={"webhook_allowed_hosts": "127.0.0.1:*"}))
-    app.dependency_overrides[get_session] = rollback_on_exit
     with TestClient(app) as test_client:
         yield test_client
 
