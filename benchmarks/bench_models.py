@@ -11,8 +11,9 @@ Wan2.2-I2V-A14B) at its registry default size and frame count, with CFG at its d
    random VAE and a synthetic first frame;
 2. vidq's image-conditioning and denoising stages on the very same weights, embeddings, image and
    noise (fused projections, GELU epilogue, compiled blocks, batched CFG; compile time excluded).
-Seconds per step are measured between the end of the first and of the last step (so the first
-step's one-off costs are excluded for both); `parity_rel_err` is the relative L2 error of vidq's
+diffusers' seconds per step are measured between the end of its first and last steps; vidq's as
+the whole synchronized denoising loop less its compile warm-up, over every step (so vidq pays its
+first step, diffusers does not); `parity_rel_err` is the relative L2 error of vidq's
 final latents against diffusers'. For two-expert models the run covers steps of both experts, and
 the cost of one expert swap (pinned host -> GPU copy of one 14B expert, what the planner's "swap"
 placement pays at the boundary on an 80 GB GPU) is measured after it.
@@ -208,22 +209,29 @@ def bench_model(name: str, bench: Bench, device: torch.device, dtype: torch.dtyp
         device, ours[0], dict(scheduler.config), transformer_2=ours[1] if two else None,
         boundary_ratio=bench.boundary_ratio, expand_timesteps=bench.expand_timesteps,
     )  # fmt: skip
-    reported: list[float] = []
-    state = PipelineState(request=request, on_step=lambda info: reported.append(info.elapsed_s))
+    # Timed as a whole, synchronized before and after, with the one-off compile warm-up (timed by the
+    # stage itself) taken out: every step counts, the first one included, so this errs against vidq.
+    # Per-step progress reports are not used: a report is made once the NEXT step is queued, so
+    # whenever the host waits inside a step the reported times shift by a step (an earlier version
+    # of this script divided N-2 steps of time by N-1 and printed half the true time at 3 steps).
+    state = PipelineState(request=request)
     state.prompt_embeds, state.negative_prompt_embeds, state.image_embeds = prompt, negative, image_embeds
     state.latents = noise.clone()
     with torch.inference_mode():
         if bench.image and (config.in_channels != config.out_channels or bench.expand_timesteps):
             ImageConditioningStage(device, vae, bench.expand_timesteps)(state)
+        sync(device)
+        started = time.perf_counter()
         denoise(state)
-    vidq_s = (reported[-1] - reported[0]) / (len(reported) - 1)
+        sync(device)
+    vidq_s = (time.perf_counter() - started - state.stage_timings_s.get("compile", 0.0)) / bench.steps
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else 0.0
     parity = relative_error(state.latents, expected)
     print(f"{name}: vidq {vidq_s:.3f} s/step, parity {parity:.2e}, peak {peak:.1f} GiB", flush=True)
     details.update(
         compile_s=round(state.stage_timings_s.get("compile", 0.0), 2),
         attention_backend=ours[0].blocks[0].attn1.backend,
-        steps_timed=len(reported) - 1,
+        steps_timed=bench.steps,
     )
 
     if two:  # the swap the planner's "swap" placement pays at the boundary, and its plan on 80 GB
