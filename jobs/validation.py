@@ -154,6 +154,12 @@ def resolve_job_params(request: JobRequest) -> JobParams:
         raise InvalidParameter(
             f"num_gpus must be one of {', '.join(map(str, GPU_GROUP_SIZES))}, got {num_gpus}", param="num_gpus"
         )
+    if num_gpus > spec.max_gpus:
+        raise InvalidParameter(
+            f"{spec.name} runs on at most {spec.max_gpus} GPU{'s' if spec.max_gpus > 1 else ''}, "
+            f"got num_gpus={num_gpus}",
+            param="num_gpus",
+        )
 
     check_flow_shift(request.flow_shift)
     try:

@@ -113,6 +113,9 @@ class ModelSpec:
     # methods and "fp8". MagCache only where a calibrated schedule exists (`engine.acceleration.calibration`).
     acceleration: tuple[str, ...] = ()
     default_guidance_2: float | None = None
+    # The most GPUs one job may span (`num_gpus`); a job asking for more would wait for a rank group
+    # that can never load the model, so it is refused at submission instead.
+    max_gpus: int = 8
 
     def __post_init__(self) -> None:
         # A spec that contradicts itself is a programming error: fail at import, not per request.
@@ -321,6 +324,7 @@ _TINY_DIFFUSERS = {
 TINY_LTX_VIDEO = ModelSpec(
     name="tiny-ltx-video",
     family="ltx",
+    max_gpus=1,  # diffusers\' own pipeline: one GPU (sequence/CFG parallelism is native Wan only)
     min_frames=9,
     max_frames=33,
     default_frames=9,
@@ -336,6 +340,7 @@ LTX_VIDEO = ModelSpec(
     name="ltx-video",
     footprint=DIFFUSERS_FOOTPRINTS["ltx-video"],
     family="ltx",
+    max_gpus=1,  # diffusers\' own pipeline: one GPU (sequence/CFG parallelism is native Wan only)
     hub_id="Lightricks/LTX-Video",
     sizes=("704x512", "512x704", "704x480", "480x704", "768x512", "512x768", "1216x704", "704x1216"),
     default_size="704x512",
@@ -356,6 +361,7 @@ LTX_VIDEO = ModelSpec(
 TINY_COGVIDEOX = ModelSpec(
     name="tiny-cogvideox",
     family="cogvideox",
+    max_gpus=1,  # diffusers\' own pipeline: one GPU (sequence/CFG parallelism is native Wan only)
     min_frames=5,
     max_frames=33,
     default_frames=9,
@@ -367,6 +373,7 @@ TINY_COGVIDEOX = ModelSpec(
 TINY_COGVIDEOX_I2V = ModelSpec(
     name="tiny-cogvideox-i2v",
     family="cogvideox",
+    max_gpus=1,  # diffusers\' own pipeline: one GPU (sequence/CFG parallelism is native Wan only)
     min_frames=5,
     max_frames=33,
     default_frames=9,
@@ -417,6 +424,7 @@ COGVIDEOX_5B_I2V = ModelSpec(
 TINY_MOCHI = ModelSpec(
     name="tiny-mochi",
     family="mochi",
+    max_gpus=1,  # diffusers\' own pipeline: one GPU (sequence/CFG parallelism is native Wan only)
     min_frames=7,
     max_frames=31,
     default_frames=7,
@@ -430,6 +438,7 @@ MOCHI_1 = ModelSpec(
     name="mochi-1",
     footprint=DIFFUSERS_FOOTPRINTS["mochi-1"],
     family="mochi",
+    max_gpus=1,  # diffusers\' own pipeline: one GPU (sequence/CFG parallelism is native Wan only)
     hub_id="genmo/mochi-1-preview",
     sizes=("848x480", "480x848"),
     default_size="848x480",
@@ -448,6 +457,7 @@ MOCHI_1 = ModelSpec(
 TINY_HUNYUANVIDEO = ModelSpec(
     name="tiny-hunyuanvideo",
     family="hunyuanvideo",
+    max_gpus=1,  # diffusers\' own pipeline: one GPU (sequence/CFG parallelism is native Wan only)
     min_frames=5,
     max_frames=33,
     default_frames=9,
@@ -460,6 +470,7 @@ HUNYUANVIDEO = ModelSpec(
     name="hunyuanvideo",
     footprint=DIFFUSERS_FOOTPRINTS["hunyuanvideo"],
     family="hunyuanvideo",
+    max_gpus=1,  # diffusers\' own pipeline: one GPU (sequence/CFG parallelism is native Wan only)
     hub_id="hunyuanvideo-community/HunyuanVideo",
     sizes=("1280x720", "720x1280", "960x544", "544x960", "848x480", "480x848"),
     default_size="1280x720",

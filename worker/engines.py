@@ -21,12 +21,19 @@ log = logging.getLogger(__name__)
 def served_models(settings: Settings) -> list[str]:
     """What this worker serves: ``VIDQ_WORKER_MODELS`` if set, else every installed model
     (`engine.models.locate.installed_models`: every complete checkpoint, plus outside production the
-    built-in random model; in production it is served only when ``VIDQ_WORKER_MODELS`` names it)."""
+    built-in random model; in production it is served only when ``VIDQ_WORKER_MODELS`` names it)
+    that a job may span ``VIDQ_WORKER_GPUS`` GPUs of."""
     if settings.worker_model_names:
         return settings.worker_model_names
     from engine.models.locate import installed_models  # the Hugging Face cache lookup needs the engine
 
-    return installed_models(settings.resolved_models_dir, builtin=settings.environment != "production")
+    installed = installed_models(settings.resolved_models_dir, builtin=settings.environment != "production")
+    # A rank group of N GPUs serves only the models one job can span N GPUs of; the others are left
+    # to one-GPU workers (naming one in VIDQ_WORKER_MODELS still makes the group try, and fail clearly).
+    spannable = [name for name in installed if get_spec(name).max_gpus >= settings.worker_gpus]
+    if skipped := sorted(set(installed) - set(spannable)):
+        log.info("not serving %s on %d GPUs (one-GPU models)", ", ".join(skipped), settings.worker_gpus)
+    return spannable
 
 
 def queues_for_models(models: list[str], gpus: int = 1) -> list[str]:

@@ -58,3 +58,11 @@ def test_jobs_route_to_the_queue_of_their_gpu_group_size() -> None:
     assert resolve_job_params(request()).queue == "gpu.wan"
     two = resolve_job_params(request(num_gpus=2))
     assert (two.queue, two.num_gpus) == ("gpu.wan.x2", 2)
+
+
+def test_a_one_gpu_model_refuses_a_multi_gpu_job_instead_of_queueing_it_forever() -> None:
+    assert resolve_job_params(request(model="tiny-ltx-video", num_frames=9)).queue == "gpu.ltx"
+    with pytest.raises(InvalidParameter) as excinfo:
+        resolve_job_params(request(model="tiny-ltx-video", num_frames=9, num_gpus=2))
+    assert excinfo.value.param == "num_gpus"
+    assert "at most 1 GPU" in excinfo.value.message
