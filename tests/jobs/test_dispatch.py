@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.crud import create_job
@@ -20,6 +22,17 @@ from jobs.relay import fan_out, relay_outbox
 from jobs.settings import Settings
 from jobs.validation import JobRequest
 from jobs.workers import MemoryWorkerRegistry, WorkerStatus
+
+
+@pytest.fixture(autouse=True)
+def no_other_jobs(session_factory: sessionmaker[Session]) -> Iterator[None]:
+    """A sweep acts on every job of the database, which the whole session's tests share: jobs other
+    tests claimed or completed moments ago would read as later publishes that were claimed (so a
+    job whose publish a test dates back looks overtaken) or as results to expire. Each test here
+    starts from no jobs (their events, outbox rows, attempts and deliveries go with them)."""
+    with session_scope(session_factory) as session:
+        session.execute(text("TRUNCATE jobs CASCADE"))
+    yield
 
 
 class RecordingPublisher:
