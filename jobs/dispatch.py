@@ -36,6 +36,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import lifecycle
+from jobs.affinity import affinity_router
 from jobs.attempts import AttemptOutcome
 from jobs.broker import RENDER_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK, redis_client
 from jobs.db import session_scope, utcnow
@@ -436,15 +437,23 @@ def make_sweeper(
     route: Callable[[Job], str | None] | None = None,
     publisher: CeleryPublisher | None = None,
 ) -> Sweeper:
-    """The process's sweeper and relay; repairs only with ``VIDQ_SWEEPER_ENABLED`` (the default)."""
+    """The process's sweeper and relay; repairs only with ``VIDQ_SWEEPER_ENABLED`` (the default).
+
+    Every process's relay (API or worker) may be the one that publishes a job, so each routes by
+    adapter affinity (``jobs.affinity``) unless given another ``route``: a relay without it would send
+    a LoRA job to the shared queue whenever its pass wins the fan-out race.
+    """
     publisher = publisher or CeleryPublisher(app, make_markers(settings))
+    workers = make_worker_registry(settings)
+    if route is None:
+        route = affinity_router(workers.list, heartbeat_timeout_s=settings.heartbeat_timeout_s)
     return Sweeper(
         session_factory=session_factory,
         publisher=publisher,
         settings=settings,
         storage=storage,
         webhooks=publisher,
-        workers=make_worker_registry(settings),
+        workers=workers,
         bus=bus if bus is not None else make_event_bus(settings),
         route=route,
         repairs=settings.sweeper_enabled,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -155,19 +156,29 @@ def test_adapters_render_and_a_warm_idle_worker_gets_the_next_job_on_its_own_que
         time.sleep(0.1)
     (warm,) = [w for w in registry.list() if lora_id in w.warm_loras]
 
-    publisher = api.app.state.vidq.publisher  # the API's immediate relay: record where it publishes
-    published: list[tuple[str, str]] = []
-    publish = publisher.publish
+    # Any process's relay (the API's after its commit, or the worker's on its own pass) may publish the
+    # job, possibly after the submit returns: watch the broker itself for the render message's push.
+    pushes: list[str] = []
+    watching = threading.Event()
+    watching.set()
 
-    def recording(job_id: str, queue: str) -> None:
-        published.append((job_id, queue))
-        publish(job_id, queue)
+    def watch() -> None:
+        with redis.Redis.from_url(service_settings.redis_url).monitor() as monitor:
+            while watching.is_set():
+                command = monitor.next_command()["command"]
+                if command.upper().startswith("LPUSH"):
+                    pushes.append(command)
 
-    publisher.publish = recording
-    try:
-        second = submit(api, key, num_frames=5, loras=[{"id": lora_id}])
-    finally:
-        del publisher.publish
-    assert published[0] == (second["id"], worker_queue(warm.worker_id))
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(0.5)  # MONITOR subscribed before the job exists (not a timed assertion)
+    second = submit(api, key, num_frames=5, loras=[{"id": lora_id}])
+    deadline = time.monotonic() + 30
+    while not [p for p in pushes if second["id"] in p]:
+        assert time.monotonic() < deadline, pushes
+        time.sleep(0.1)
+    watching.clear()
+    (push,) = [p for p in pushes if second["id"] in p]  # published once, to the warm worker's own queue
+    assert push.split()[1] == worker_queue(warm.worker_id), push
     second = wait_for_job(api, key, second["id"], finished)
     assert second["status"] == "completed", second  # the worker consumes its own queue
