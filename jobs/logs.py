@@ -118,11 +118,15 @@ def configure_logging(*, level: str = "WARNING", fmt: str = "text", service: boo
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for name in OWN_HANDLER_LOGGERS:
+    # Whatever set these loggers up before (uvicorn.Config(log_level=...) sets uvicorn's levels, the
+    # libraries stop propagation, logging.config disables loggers): they follow the root's level again.
+    for name in (*OWN_HANDLER_LOGGERS, "uvicorn.asgi"):
         lib = logging.getLogger(name)
         for old in list(lib.handlers):
             lib.removeHandler(old)
         lib.propagate = True
+        lib.disabled = False
+        lib.setLevel(logging.NOTSET)
     quiet = max(logging.WARNING, root.level)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(quiet)

@@ -51,3 +51,20 @@ def test_every_library_logs_json_with_the_job_id(capsys, restore_logging) -> Non
     assert (access["method"], access["path"], access["status"]) == ("GET", "/x", 200)
     assert transformers.utils.logging.is_progress_bar_enabled() is False  # services draw no library bars
     assert diffusers.utils.logging.is_progress_bar_enabled() is False
+
+
+def test_the_set_up_wins_over_what_uvicorn_and_the_libraries_configured_before(capsys, restore_logging) -> None:
+    """Earlier code in the process (a test server's ``uvicorn.Config(log_level="warning")`` with its own
+    handlers, a library that stopped propagation) must not keep its lines out of the one set-up."""
+    import uvicorn
+
+    uvicorn.Config(lambda scope, receive, send: None, log_level="warning")  # its handlers, WARNING levels
+    logging.getLogger("diffusers").propagate = False
+    assert logging.getLogger("uvicorn.access").level == logging.WARNING
+
+    configure_logging(level="INFO", fmt="json")
+    logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", "/y", "1.1", 204)
+    logging.getLogger("uvicorn.error").info("Started server process")
+    logging.getLogger("diffusers.models").warning("a diffusers notice")
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert {r["logger"] for r in records} == {"uvicorn.access", "uvicorn.error", "diffusers.models"}
