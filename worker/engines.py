@@ -21,19 +21,32 @@ log = logging.getLogger(__name__)
 def served_models(settings: Settings) -> list[str]:
     """What this worker serves: ``VIDQ_WORKER_MODELS`` if set, else every installed model
     (`engine.models.locate.installed_models`: every complete checkpoint, plus outside production the
-    built-in random model; in production it is served only when ``VIDQ_WORKER_MODELS`` names it)
-    that a job may span ``VIDQ_WORKER_GPUS`` GPUs of."""
+    built-in random model; in production it is served only when ``VIDQ_WORKER_MODELS`` names it).
+
+    A worker of ``VIDQ_WORKER_GPUS`` > 1 is one rank group, and a process holds one group (one
+    torch.distributed world): it serves exactly one model a job may span its GPUs of — the one
+    named, or by default ``VIDQ_DEFAULT_MODEL`` when it can, else the first such installed model.
+    """
     if settings.worker_model_names:
+        if settings.worker_gpus > 1 and len(settings.worker_model_names) > 1:
+            raise ValueError(
+                f"a worker of {settings.worker_gpus} GPUs runs one rank group and serves one model: "
+                "set VIDQ_WORKER_MODELS to a single name (start one group per model)"
+            )
         return settings.worker_model_names
     from engine.models.locate import installed_models  # the Hugging Face cache lookup needs the engine
 
     installed = installed_models(settings.resolved_models_dir, builtin=settings.environment != "production")
-    # A rank group of N GPUs serves only the models one job can span N GPUs of; the others are left
-    # to one-GPU workers (naming one in VIDQ_WORKER_MODELS still makes the group try, and fail clearly).
+    if settings.worker_gpus == 1:
+        return installed
     spannable = [name for name in installed if get_spec(name).max_gpus >= settings.worker_gpus]
-    if skipped := sorted(set(installed) - set(spannable)):
-        log.info("not serving %s on %d GPUs (one-GPU models)", ", ".join(skipped), settings.worker_gpus)
-    return spannable
+    if not spannable:
+        return []
+    chosen = settings.default_model if settings.default_model in spannable else spannable[0]
+    log.info(
+        "a rank group of %d GPUs serves one model: %s (set VIDQ_WORKER_MODELS to choose)", settings.worker_gpus, chosen
+    )
+    return [chosen]
 
 
 def queues_for_models(models: list[str], gpus: int = 1) -> list[str]:
