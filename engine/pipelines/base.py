@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from engine.stages.base import Stage
 from engine.stages.state import PipelineState
+from spec.request import GenerationResult
 
 
 class Pipeline:
@@ -29,3 +30,22 @@ class Pipeline:
             if stage.enabled(state):
                 stage(state)
         return state
+
+
+def result_of(state: PipelineState) -> GenerationResult:
+    """What a finished run hands its caller: the one mapping from pipeline state to result, shared by
+    the native and the diffusers-backed pipelines."""
+    peaks = state.stage_peak_memory_bytes
+    return GenerationResult(
+        frames=state.frames,
+        stage_timings_s=state.stage_timings_s,
+        peak_memory_bytes=max(peaks.values()) if peaks else None,
+        seed=state.request.seed,
+        latents=state.latents,
+        video_path=state.video_path,
+        thumbnail_path=state.thumbnail_path,
+        stage_peak_memory_bytes=peaks,
+        memory_plan=state.memory_plan,
+        resumed_from_step=state.resumed_from_step,
+        acceleration=state.acceleration,
+    )

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 
 from engine.checkpoint import Checkpointer
-from engine.pipelines.base import Pipeline
+from engine.pipelines.base import Pipeline, result_of
 from engine.pipelines.diffusers_families import DiffusersFamily, Pipe
 from engine.stages.base import Stage
 from engine.stages.decoding import to_uint8_frames
@@ -268,15 +268,4 @@ class DiffusersPipeline(Pipeline):
                 generator=torch.Generator("cpu").manual_seed(request.seed),
             )
         )
-        peaks = state.stage_peak_memory_bytes
-        return GenerationResult(
-            frames=state.frames,
-            stage_timings_s=state.stage_timings_s,
-            peak_memory_bytes=max(peaks.values()) if peaks else None,
-            seed=request.seed,
-            latents=state.latents,
-            video_path=state.video_path,
-            thumbnail_path=state.thumbnail_path,
-            stage_peak_memory_bytes=peaks,
-            memory_plan=memory_plan,
-        )
+        return result_of(state)

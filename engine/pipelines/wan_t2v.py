@@ -18,7 +18,7 @@ from engine.acceleration.calibration import StepCacheCalibration
 from engine.cache import LRUCache
 from engine.checkpoint import Checkpointer, request_fingerprint
 from engine.models.components import WanComponents
-from engine.pipelines.base import Pipeline
+from engine.pipelines.base import Pipeline, result_of
 from engine.stages.decoding import DecodingStage
 from engine.stages.denoising import DenoisingStage
 from engine.stages.encoding import EncodingStage
@@ -128,17 +128,4 @@ class WanT2VPipeline(Pipeline):
                 checkpoint_fingerprint=request_fingerprint(self.model_id, request) if checkpointer else "",
             )
         )
-        peaks = state.stage_peak_memory_bytes
-        return GenerationResult(
-            frames=state.frames,
-            stage_timings_s=state.stage_timings_s,
-            peak_memory_bytes=max(peaks.values()) if peaks else None,
-            seed=request.seed,
-            latents=state.latents,
-            video_path=state.video_path,
-            thumbnail_path=state.thumbnail_path,
-            stage_peak_memory_bytes=peaks,
-            memory_plan=memory_plan,
-            resumed_from_step=state.resumed_from_step,
-            acceleration=state.acceleration,
-        )
+        return result_of(state)
