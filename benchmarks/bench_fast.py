@@ -1,10 +1,10 @@
 """Fast modes against the lossless engine, in one process, on the same random weights.
 
     python benchmarks/bench_fast.py                        # Wan2.1-T2V-1.3B, 832x480x81, 50 steps, CFG; FP8 at 14B
-    python benchmarks/bench_fast.py --config tiny-wan --size 64x64 --frames 9 --steps 8 \\
-        --budget-frames 9 --fp8-config tiny-wan --no-fp32-floor       # a CPU smoke run (FP8 emulated)
+    python benchmarks/bench_fast.py --config tiny-wan --size 64x64 --frames 9 --steps 8 --budget-frames 9 \\
+        --fp8-config tiny-wan --latent-steps 4 --dtype bfloat16 --out /tmp/fast.json  # CPU smoke (FP8 emulated)
 
-Measures, in order:
+Measures:
 1. Each preset end to end (denoising + VAE decoding; the text encoder is left out, see below)
    against the lossless run of the same seed: `fast_e2e_s`, `speedup`, steps computed, the final
    latents' relative L2 error and the decoded frames' PSNR against the lossless ones, peak memory.
@@ -20,6 +20,19 @@ Measures, in order:
    configuration at the same shape, compiled, bf16 against FP8 block linears, plus the FP8 output's
    error against bf16; and (`fp8_noise_floor`) at the preset model, one forward in float32 (TF32
    off), bf16 and FP8, so FP8's error is judged against the bf16 noise floor of the same run.
+4. FP8's final-latent error (`fp8_latent_error`, issue 14's criterion): whole denoising runs of the
+   preset model at --budget-frames, --latent-steps steps with CFG, same seed, noise and embeddings,
+   in float32 (TF32 off in matmuls and cuDNN, eager, the bf16-rounded weights), bf16 and bf16 with
+   FP8 linears: `fp8_latent_rel_err` (FP8 vs bf16), `bf16_vs_fp32_latent_rel_err`, their ratio
+   (target <= 3) and the decoded frames' PSNR between them.
+
+Only what the arguments ask for runs: without presets there is no headline lossless run; the
+budget rows, noise floor and latent error share one runner at --budget-frames (whose lossless run
+is made only for the budget rows). The results file (--out, else named by model, GPU and date in
+--out-dir) is merged into when it exists (--no-merge overwrites): preset rows are replaced by
+preset name, budget rows by (cache, budget), sections (`fp8_*`) whole; the rest stays, and the run
+is appended to `updates` (its commit, argv, settings and what it replaced). New budget rows carry
+their own commit, date, frames and steps.
 
 Left out: the text encoder (a random UMT5-XXL is 11 GB to build; prompts are random embeddings,
 and the engine's embedding cache makes repeated prompts free anyway). Its time would be added to
@@ -35,6 +48,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,20 +123,30 @@ class Runner:
         """Two steps (and a decode): compiles this shape and precision, picks cuDNN/cuBLAS plans."""
         return self.run(options, decode=decode, steps=2)["compile_s"]
 
-    def run(self, options: AccelerationOptions, *, decode: bool = True, steps: int | None = None) -> dict:
+    def run(
+        self,
+        options: AccelerationOptions,
+        *,
+        decode: bool = True,
+        steps: int | None = None,
+        denoise: DenoisingStage | None = None,
+    ) -> dict:
         """Denoise (and decode) once; the compile of a new shape/precision happens in a warm-up
-        inside the denoising stage and is excluded from its timing, so it is subtracted here."""
+        inside the denoising stage and is excluded from its timing, so it is subtracted here.
+        `denoise`: another model's stage (the float32 copy) on the same noise and embeddings."""
+        denoise = denoise or self.denoise
         if options.fp8:
             self.enable_fp8()
+        dtype = denoise.transformer.proj_out.weight.dtype
         state = PipelineState(request=self.request(options, steps), on_step=lambda info: None)
-        state.prompt_embeds = self.prompt_embeds.to(self.model.proj_out.weight.dtype)
-        state.negative_prompt_embeds = self.negative_embeds.to(self.model.proj_out.weight.dtype)
+        state.prompt_embeds = self.prompt_embeds.to(dtype)
+        state.negative_prompt_embeds = self.negative_embeds.to(dtype)
         state.latents = self.noise.clone()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         sync(self.device)
         started = time.perf_counter()
-        self.denoise(state)
+        denoise(state)
         if decode:
             self.decode(state)
         sync(self.device)
@@ -237,6 +262,29 @@ def fp8_per_step(config_name: str, args: argparse.Namespace, device: torch.devic
     return record
 
 
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """Float32 that really is float32: no TF32 in matmuls or cuDNN convolutions (restored after)."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    precision = torch.get_float32_matmul_precision()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+        torch.set_float32_matmul_precision(precision)
+
+
+def float32_copy(runner: Runner) -> WanTransformer3DModel:
+    """The runner's model with the same (bf16-rounded) weights in float32, eager, plain SDPA."""
+    with torch.device("meta"):
+        reference = WanTransformer3DModel(CONFIGS[runner.args.config]).fuse_projections()
+    weights = {name: tensor.float() for name, tensor in runner.model.state_dict().items()}
+    reference.load_state_dict(weights, strict=True, assign=True)
+    return reference.to(runner.device).eval().requires_grad_(False)
+
+
 def fp8_noise_floor(runner: Runner) -> dict:
     """One forward (batch 1) in float32 (TF32 off), bf16 and FP8 on the same inputs and weights."""
     model, device = runner.model, runner.device
@@ -246,19 +294,12 @@ def fp8_noise_floor(runner: Runner) -> dict:
     dtype = model.proj_out.weight.dtype
     with torch.inference_mode():
         bf16 = model(latents.to(dtype), timestep, text.to(dtype)).float()
+        reference = float32_copy(runner)  # before FP8 adds its buffers to the model
         runner.enable_fp8()
         with runner.denoise.fp8.enabled():  # type: ignore[union-attr]
             fp8 = model(latents.to(dtype), timestep, text.to(dtype)).float()
-        allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        with torch.device("meta"):
-            reference = WanTransformer3DModel(CONFIGS[runner.args.config]).fuse_projections()
-        weights = {name: tensor.float() for name, tensor in model.state_dict().items()}  # the bf16 values
-        reference.load_state_dict(weights, strict=True, assign=True)
-        reference = reference.to(device).eval()
-        fp32 = reference(latents, timestep, text).float()
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-        torch.backends.cudnn.allow_tf32 = True
+        with exact_float32():
+            fp32 = reference(latents, timestep, text).float()
         del reference
     floor = relative_error(bf16, fp32)
     fp8_err = relative_error(fp8, bf16)
@@ -270,8 +311,80 @@ def fp8_noise_floor(runner: Runner) -> dict:
     }
 
 
+def fp8_latent_error(runner: Runner, steps: int, *, decode: bool) -> dict:
+    """Whole denoising runs (same seed, noise, embeddings, CFG, `steps` steps) in float32 (TF32
+    off, eager), in the model's dtype (bf16) and in bf16 with FP8 linears: FP8's final-latent error
+    against bf16, judged against bf16's own against float32 (issue 14: at most 3x)."""
+    low = str(runner.model.proj_out.weight.dtype).removeprefix("torch.")
+    fp8_options = AccelerationOptions(fp8=True)
+    with torch.inference_mode():
+        bf16 = runner.run(PRESETS["none"], steps=steps, decode=decode)  # the runner's shape is warm
+        reference = float32_copy(runner)
+        stage = DenoisingStage(runner.device, reference, runner.denoise.scheduler_config, runner.denoise.calibration)
+        with exact_float32():
+            fp32 = runner.run(PRESETS["none"], steps=steps, decode=decode, denoise=stage)
+        del stage, reference
+        gc.collect()
+        if runner.device.type == "cuda":
+            torch.cuda.empty_cache()
+        runner.enable_fp8()
+        runner.warm_up(fp8_options, decode=False)  # compiles the FP8 graph outside the timed run
+        fp8 = runner.run(fp8_options, steps=steps, decode=decode)
+    floor = relative_error(bf16["latents"], fp32["latents"])
+    fp8_err = relative_error(fp8["latents"], bf16["latents"])
+    record = {
+        "model": runner.args.config, "size": runner.args.size, "num_frames": runner.frames, "steps": steps,
+        "guidance_scale": 5.0, "dtype": low, "fp8_precision": fp8["report"]["precision"],
+        "float32": "TF32 off (matmul and cuDNN), eager, same bf16-rounded weights",
+        "fp8_latent_rel_err": fp8_err, "bf16_vs_fp32_latent_rel_err": floor,
+        "fp8_latent_err_over_floor": round(fp8_err / floor, 3) if floor else None,
+        "target_over_floor": 3.0, "fp8_vs_fp32_latent_rel_err": relative_error(fp8["latents"], fp32["latents"]),
+        "e2e_s": {"float32": round(fp32["e2e_s"], 3), "bf16": round(bf16["e2e_s"], 3), "fp8": round(fp8["e2e_s"], 3)},
+    }  # fmt: skip
+    if decode:
+        record["frames_psnr_db"] = {
+            "fp8_vs_bf16": psnr_db(fp8["frames"], bf16["frames"]),
+            "bf16_vs_fp32": psnr_db(bf16["frames"], fp32["frames"]),
+            "fp8_vs_fp32": psnr_db(fp8["frames"], fp32["frames"]),
+        }
+    return record
+
+
 def tag_of(device_name: str) -> str:
     return device_name.split()[1].lower() if device_name.startswith("NVIDIA") else device_name.split()[0].lower()
+
+
+# Sections of the results file that are one object each; a run replaces those it produced.
+SECTIONS = ("lossless_peak_vram_gb", "fp8_noise_floor", "fp8_latent_error", "fp8_per_step")
+
+
+def merged(previous: dict, results: dict, update: dict) -> dict:
+    """`previous` (the results file as it was) with what this run produced put in: preset rows
+    replaced by preset name, budget rows by (cache, skip budget), sections whole; everything else
+    (its header, settings, the rows this run did not produce) kept. The run is listed in `updates`."""
+    if not previous:
+        return results
+    out = dict(previous)
+
+    def rows(key: str, identity: tuple[str, ...]) -> None:  # a replaced row keeps its place
+        new = {tuple(row.get(k) for k in identity): row for row in results.get(key) or []}
+        kept = [new.pop(tuple(row.get(k) for k in identity), row) for row in previous.get(key, [])]
+        if kept or new:
+            out[key] = kept + list(new.values())
+
+    rows("presets", ("preset",))
+    rows("skip_budgets", ("cache", "skip_budget"))
+    produced = [key for key in SECTIONS if key in results]
+    out.update({key: results[key] for key in produced})
+    errors = {k: v for k, v in previous.get("errors", {}).items() if k not in produced}
+    errors.update(results.get("errors", {}))
+    out.pop("errors", None)
+    if errors:
+        out["errors"] = errors
+    replaced = [f"presets/{row['preset']}" for row in results.get("presets", [])]
+    replaced += [f"skip_budgets/{row['cache']}@{row['skip_budget']}" for row in results.get("skip_budgets", [])]
+    out["updates"] = [*previous.get("updates", []), {**update, "replaced": replaced + produced}]
+    return out
 
 
 def main() -> None:
@@ -280,7 +393,9 @@ def main() -> None:
     parser.add_argument("--size", default="832x480")
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--presets", default="balanced,fast")
+    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                        help="the model's dtype (auto: bfloat16 on CUDA, float32 on the CPU)")  # fmt: skip
+    parser.add_argument("--presets", default="balanced,fast", help="empty: no presets and no headline lossless run")
     parser.add_argument("--budgets", default="0.3,0.5", help="shares of steps skipped (empty: none)")
     parser.add_argument("--budget-methods", default="teacache,magcache,fbcache")
     parser.add_argument("--budget-frames", type=int, default=None, help="frames of the budget runs (default --frames)")
@@ -288,12 +403,20 @@ def main() -> None:
     parser.add_argument("--fp8-config", default="wan2.1-t2v-14b", help="model of the FP8 per-step run ('' skips)")
     parser.add_argument("--fp8-iters", type=int, default=2)
     parser.add_argument("--fp32-floor", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--latent-steps", type=int, default=20,
+                        help="steps of the whole float32 / bf16 / FP8 runs at --budget-frames (0 skips)")  # fmt: skip
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=None, help="results file (default: in --out-dir, named by run)")
+    parser.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
+                        help="into an existing results file: replace only what this run produced")  # fmt: skip
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, args.dtype)
     if args.compile is None:
         args.compile = device.type == "cuda"
     if device.type == "cuda":
@@ -301,76 +424,84 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     header = {"device": device_name, "date": datetime.now(UTC).date().isoformat(), "commit": commit()}
     results: dict = {"bench": "fast_mode", **header}
+    budget_frames = args.budget_frames or args.frames
+    preset_names = [name for name in args.presets.split(",") if name]
+    budgets = [float(b) for b in args.budgets.split(",") if b]
+    methods = [method for method in args.budget_methods.split(",") if method] if budgets else []
     settings = {
         "model": args.config, "size": args.size, "num_frames": args.frames, "steps": args.steps,
         "guidance_scale": 5.0, "dtype": str(dtype).removeprefix("torch."), "compiled": args.compile,
         "weights": "random", "e2e": "denoising + VAE decoding; text encoding left out (random prompt embeddings)",
-        "budget_options": BUDGET_OPTIONS, "budget_num_frames": args.budget_frames or args.frames,
+        "budget_options": BUDGET_OPTIONS, "budget_num_frames": budget_frames,
         "budget_decode": args.budget_decode, "torch": torch.__version__,
     }  # fmt: skip
     results["settings"] = settings
 
-    path = args.out_dir / f"fast_mode-{args.config}-{tag_of(device_name)}-{header['date']}.json"
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out or args.out_dir / f"fast_mode-{args.config}-{tag_of(device_name)}-{header['date']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text()) if args.merge and path.exists() else {}
+    update = {**header, "argv": sys.argv[1:], "settings": settings}
 
     def save() -> None:  # after every section, so a run cut short still leaves its numbers
-        path.write_text(json.dumps(results, indent=2, default=lambda v: None) + "\n")
+        out = merged(previous, results, update)
+        path.write_text(json.dumps(out, indent=2, default=lambda v: None) + "\n")
 
     began = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - began:6.1f} s] {message}", flush=True)
 
-    # 1. Presets against the lossless run, at the headline shape.
-    runner = Runner(args, device, dtype, args.frames)
+    runner: Runner | None = None
+    lossless: dict | None = None
     with torch.inference_mode():
-        settings["compile_s"] = runner.warm_up(PRESETS["none"], decode=True)
-        lossless = runner.run(PRESETS["none"])
-        log(f"lossless: {lossless['e2e_s']:.2f} s end to end")
-        presets = []
-        results["presets"] = presets
-        results["lossless_peak_vram_gb"] = round(lossless["peak_vram_gb"], 2)
-        for name in filter(None, args.presets.split(",")):
-            options = PRESETS[name]
-            try:
-                if options.fp8:  # compile the FP8 graph outside the timed run
-                    runner.enable_fp8()
-                    runner.warm_up(replace(options, cache=None), decode=False)
-                run = runner.run(options)
-            except Exception as exc:  # record and go on: the other measurements still count
-                results.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
-                log(f"{name} failed: {exc}")
-                continue
-            presets.append({
-                "bench": "fast_mode", **header, "model": args.config, "size": args.size,
-                "num_frames": args.frames, "steps": args.steps, "preset": name,
-                "lossless_e2e_s": round(lossless["e2e_s"], 3), "fast_e2e_s": round(run["e2e_s"], 3),
-                "speedup": round(lossless["e2e_s"] / run["e2e_s"], 3),
-                "steps_computed": run["report"]["steps_computed"], "fp8": options.fp8,
-                **deviation(run, lossless), "peak_vram_gb": round(run["peak_vram_gb"], 2),
-            })  # fmt: skip
-            log(f"{name}: {presets[-1]}")
-        save()
+        # 1. Presets against the lossless run, at the headline shape (skipped without presets).
+        if preset_names:
+            runner = Runner(args, device, dtype, args.frames)
+            settings["compile_s"] = runner.warm_up(PRESETS["none"], decode=True)
+            lossless = runner.run(PRESETS["none"])
+            log(f"lossless: {lossless['e2e_s']:.2f} s end to end")
+            presets: list[dict] = []
+            results["presets"] = presets
+            results["lossless_peak_vram_gb"] = round(lossless["peak_vram_gb"], 2)
+            for name in preset_names:
+                options = PRESETS[name]
+                try:
+                    if options.fp8:  # compile the FP8 graph outside the timed run
+                        runner.enable_fp8()
+                        runner.warm_up(replace(options, cache=None), decode=False)
+                    run = runner.run(options)
+                except Exception as exc:  # record and go on: the other measurements still count
+                    results.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+                    log(f"{name} failed: {exc}")
+                    continue
+                presets.append({
+                    "bench": "fast_mode", **header, "model": args.config, "size": args.size,
+                    "num_frames": args.frames, "steps": args.steps, "preset": name,
+                    "lossless_e2e_s": round(lossless["e2e_s"], 3), "fast_e2e_s": round(run["e2e_s"], 3),
+                    "speedup": round(lossless["e2e_s"] / run["e2e_s"], 3),
+                    "steps_computed": run["report"]["steps_computed"], "fp8": options.fp8,
+                    **deviation(run, lossless), "peak_vram_gb": round(run["peak_vram_gb"], 2),
+                })  # fmt: skip
+                log(f"{name}: {presets[-1]}")
+            save()
 
-        # 2. Fixed skip budgets per method (their own shape when --budget-frames differs), and
-        # the FP8 noise floor on that runner.
-        budgets = [float(b) for b in args.budgets.split(",") if b]
-        rows: list[dict] = []
-        results["skip_budgets"] = rows
-        if (args.budget_frames or args.frames) != args.frames:
-            del runner, lossless
-            gc.collect()
-            runner = Runner(args, device, dtype, args.budget_frames)
-            runner.warm_up(PRESETS["none"], decode=args.budget_decode)
-            lossless = runner.run(PRESETS["none"], decode=args.budget_decode)
-            log(f"budget shape lossless: {lossless['e2e_s']:.2f} s")
-        if args.fp32_floor:
-            try:
-                results["fp8_noise_floor"] = {"num_frames": runner.frames, **fp8_noise_floor(runner)}
-            except Exception as exc:
-                results.setdefault("errors", {})["fp8_noise_floor"] = f"{type(exc).__name__}: {exc}"
-            log(f"fp8 noise floor: {results.get('fp8_noise_floor')}")
-        for method in filter(None, args.budget_methods.split(",")) if budgets else ():
+        # 2. At --budget-frames: fixed skip budgets per method (against their own lossless run),
+        # the FP8 noise floor (one forward) and FP8's final-latent error (whole runs).
+        decode = args.budget_decode or args.latent_steps > 0
+        if methods or args.fp32_floor or args.latent_steps:
+            if runner is None or budget_frames != args.frames:
+                del runner, lossless
+                gc.collect()
+                runner, lossless = Runner(args, device, dtype, budget_frames), None
+                runner.warm_up(PRESETS["none"], decode=decode)
+            if methods and lossless is None:
+                lossless = runner.run(PRESETS["none"], decode=args.budget_decode)
+                log(f"budget shape lossless: {lossless['e2e_s']:.2f} s")
+        if methods:
+            rows: list[dict] = []
+            results["skip_budgets"] = rows
+        for method in methods:
+            assert runner is not None and lossless is not None
             for budget in budgets:
                 calibration = runner.denoise.calibration
                 if method == "teacache":
@@ -393,9 +524,28 @@ def main() -> None:
                     "planned_matches_run": planned == run["report"]["skipped_steps"],
                     "lossless_s": round(lossless["e2e_s"], 3), "fast_s": round(run["e2e_s"], 3),
                     "speedup": round(lossless["e2e_s"] / run["e2e_s"], 3), **deviation(run, lossless),
+                    "num_frames": budget_frames, "steps": args.steps, "commit": header["commit"],
+                    "date": header["date"],
                 })  # fmt: skip
                 log(f"budget {method} {budget}: {rows[-1]}")
-        save()
+            save()
+        if args.fp32_floor:
+            assert runner is not None
+            try:
+                results["fp8_noise_floor"] = {"num_frames": runner.frames, **fp8_noise_floor(runner)}
+            except Exception as exc:
+                results.setdefault("errors", {})["fp8_noise_floor"] = f"{type(exc).__name__}: {exc}"
+            log(f"fp8 noise floor: {results.get('fp8_noise_floor')}")
+            save()
+        if args.latent_steps:
+            assert runner is not None
+            try:
+                record = fp8_latent_error(runner, args.latent_steps, decode=decode)
+                results["fp8_latent_error"] = {**header, **record}
+            except Exception as exc:
+                results.setdefault("errors", {})["fp8_latent_error"] = f"{type(exc).__name__}: {exc}"
+            log(f"fp8 final-latent error: {results.get('fp8_latent_error')}")
+            save()
         del runner, lossless
         gc.collect()
         if device.type == "cuda":
@@ -410,28 +560,47 @@ def main() -> None:
         log(f"fp8 per step: {results.get('fp8_per_step')}")
         save()
 
+    print_table(results)
+    save()
+    print(f"wrote {path}" + (" (merged into the existing file)" if previous else ""))
+
+
+def print_table(results: dict) -> None:
+    """What this run measured."""
     print()
-    print(f"{'preset':10}{'e2e s':>10}{'speedup':>9}{'computed':>10}{'latent err':>12}{'PSNR dB':>9}")
-    for row in results["presets"]:
+    if results.get("presets"):
+        print(f"{'preset':10}{'e2e s':>10}{'speedup':>9}{'computed':>10}{'latent err':>12}{'PSNR dB':>9}")
+        for row in results["presets"]:
+            print(
+                f"{row['preset']:10}{row['fast_e2e_s']:>10.2f}{row['speedup']:>8.2f}x{row['steps_computed']:>10}"
+                f"{row['latent_rel_err']:>12.2e}{row['frames_psnr_db'] or 0:>9.1f}"
+            )
+        print(f"{'lossless':10}{results['presets'][0]['lossless_e2e_s']:>10.2f}")
+    for row in results.get("skip_budgets", []):
+        psnr = f"{row['frames_psnr_db']:.1f} dB" if row["frames_psnr_db"] is not None else "-"
         print(
-            f"{row['preset']:10}{row['fast_e2e_s']:>10.2f}{row['speedup']:>8.2f}x{row['steps_computed']:>10}"
-            f"{row['latent_rel_err']:>12.2e}{row['frames_psnr_db'] or 0:>9.1f}"
+            f"  {row['cache']:9} budget {row['skip_budget']:.0%}: skipped {row['steps_skipped']}"
+            f" (threshold {row['threshold']}), {row['lossless_s']:.2f} -> {row['fast_s']:.2f} s,"
+            f" {row['speedup']:.2f}x, latent err {row['latent_rel_err']:.2e}, PSNR {psnr}"
         )
-    print(f"{'lossless':10}{results['presets'][0]['lossless_e2e_s'] if results['presets'] else 0:>10.2f}")
-    for row in results["skip_budgets"]:
+    if "fp8_noise_floor" in results:
+        row = results["fp8_noise_floor"]
+        floor, fp8 = row["bf16_vs_fp32_rel_err"], row["fp8_vs_bf16_rel_err"]
+        print(f"FP8 one forward: FP8 vs bf16 {fp8:.2e}, bf16 vs float32 {floor:.2e}")
+    if "fp8_latent_error" in results:
+        row = results["fp8_latent_error"]
         print(
-            f"  {row['cache']:9} budget {row['skip_budget']:.0%}: skipped {row['steps_skipped']}, "
-            f"{row['speedup']:.2f}x, latent err {row['latent_rel_err']:.2e}, PSNR {row['frames_psnr_db']}"
+            f"FP8 final latents ({row['size']}x{row['num_frames']}, {row['steps']} steps, CFG): "
+            f"FP8 vs {row['dtype']} {row['fp8_latent_rel_err']:.2e}, {row['dtype']} vs float32 "
+            f"{row['bf16_vs_fp32_latent_rel_err']:.2e}, ratio {row['fp8_latent_err_over_floor']} (target <= 3)"
         )
-    for name, error in results.get("errors", {}).items():
-        print(f"ERROR {name}: {error}")
+        print(f"  e2e s: {row['e2e_s']}; frames PSNR dB: {row.get('frames_psnr_db')}")
     if "fp8_per_step" in results:
         row = results["fp8_per_step"]
         print(f"FP8 alone, {row['model']}: {row['bf16_step_s']:.3f} -> {row['fp8_step_s']:.3f} s/step")
         print(f"  {row['speedup']:.2f}x, FP8 vs bf16 {row['fp8_vs_bf16_rel_err']:.2e}")
-
-    save()
-    print(f"wrote {path}")
+    for name, error in results.get("errors", {}).items():
+        print(f"ERROR {name}: {error}")
 
 
 if __name__ == "__main__":
