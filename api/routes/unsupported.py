@@ -3,7 +3,9 @@ what is missing, instead of a bare 404 or a misleading 405 from a neighbouring r
 
 from __future__ import annotations
 
+import inspect
 import re
+from collections.abc import Callable
 
 from fastapi import APIRouter
 
@@ -11,6 +13,7 @@ from api.openapi import errors
 from jobs.errors import NotFound
 
 router = APIRouter(tags=["not supported"], responses=errors(404))
+_PARAM = re.compile(r"{(\w+)}")
 
 # (method, path, what is not supported, what to do instead)
 UNSUPPORTED: list[tuple[str, str, str, str]] = [
@@ -34,17 +37,23 @@ UNSUPPORTED: list[tuple[str, str, str, str]] = [
 ]
 
 
-def _refuse(what: str, instead: str):  # type: ignore[no-untyped-def]
-    def endpoint() -> None:
+def _refuse(path: str, what: str, instead: str) -> Callable[..., None]:
+    """The route function: it takes the path's parameters (so the OpenAPI schema declares them, and
+    clients and fuzzers see a well-formed operation) and refuses whatever they are."""
+
+    def endpoint(**_path_params: str) -> None:
         raise NotFound(f"vidq does not support {what}; {instead}", code="unsupported_endpoint")
 
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=str) for name in _PARAM.findall(path)]
+    )
     return endpoint
 
 
 for method, path, what, instead in UNSUPPORTED:
     router.add_api_route(
         path,
-        _refuse(what, instead),
+        _refuse(path, what, instead),
         methods=[method],
         summary=f"Not supported: {what}",
         description=f"Always 404 `unsupported_endpoint`: vidq does not support {what}; {instead}.",
