@@ -15,6 +15,7 @@ from jobs.db import make_engine, make_session_factory
 from jobs.events import EventBus, make_event_bus
 from jobs.settings import Settings, get_settings
 from jobs.storage import Storage, make_storage
+from jobs.webhooks.slots import ClientSlots, MemoryClientSlots, make_client_slots
 from worker.engines import EnginePool
 from worker.loras import LoraFiles
 from worker.status import WorkerActivity
@@ -32,6 +33,8 @@ class WorkerContext:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     activity: WorkerActivity = field(default_factory=WorkerActivity)  # what the status thread publishes
     lora_files: LoraFiles = field(init=False)  # local copies of adapter files
+    # Webhook attempts in flight per client, shared by every sender (Redis) or this process's own.
+    webhook_slots: ClientSlots = field(default_factory=MemoryClientSlots)
 
     def __post_init__(self) -> None:
         self.lora_files = LoraFiles(self.storage, self.settings.lora_files_dir, self.settings.lora_files_kept)
@@ -50,6 +53,7 @@ def build_context(settings: Settings) -> WorkerContext:
         storage=storage,
         events=events,
         engines=EnginePool(settings),
+        webhook_slots=make_client_slots(settings),
     )
 
 

@@ -31,4 +31,10 @@ def render(job_id: str) -> str:
 @shared_task(name=WEBHOOK_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deliver_webhook(delivery_id: str) -> str:
     ctx = get_context()
-    return deliver(delivery_id, session_factory=ctx.session_factory, settings=ctx.settings, storage=ctx.storage).value
+    return deliver(
+        delivery_id,
+        session_factory=ctx.session_factory,
+        settings=ctx.settings,
+        storage=ctx.storage,
+        slots=ctx.webhook_slots,
+    ).value

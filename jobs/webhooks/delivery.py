@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import random
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +40,7 @@ from jobs.webhooks.endpoints import (
 )
 from jobs.webhooks.outbox import DeliveryStatus, WebhookEvent
 from jobs.webhooks.signing import webhook_headers
+from jobs.webhooks.slots import ClientSlots, MemoryClientSlots
 from jobs.webhooks.targets import Target, TargetRefused, check_target
 
 log = logging.getLogger(__name__)
@@ -59,35 +59,8 @@ class AttemptOutcome(StrEnum):
     DEFERRED = "deferred"  # its client had its cap of attempts in flight: tried again shortly, not counted
 
 
-class ClientSlots:
-    """Attempts in flight per client (API key) in this sender process, at most ``limit`` each: a
-    client whose receivers are slow fills its own slots, never every sender thread."""
-
-    def __init__(self) -> None:
-        self._in_flight: dict[int, int] = {}
-        self._lock = threading.Lock()
-
-    def acquire(self, client: int, limit: int) -> bool:
-        with self._lock:
-            if self._in_flight.get(client, 0) >= limit:
-                return False
-            self._in_flight[client] = self._in_flight.get(client, 0) + 1
-            return True
-
-    def release(self, client: int) -> None:
-        with self._lock:
-            left = self._in_flight.get(client, 0) - 1
-            if left > 0:
-                self._in_flight[client] = left
-            else:
-                self._in_flight.pop(client, None)
-
-    def in_flight(self, client: int) -> int:
-        with self._lock:
-            return self._in_flight.get(client, 0)
-
-
-CLIENT_SLOTS = ClientSlots()
+# Embedded mode and direct calls: this process alone sends (a worker passes its shared slots).
+LOCAL_SLOTS = MemoryClientSlots()
 DEFER_S = 1.0  # a deferred delivery is due again after this (the relay republishes it)
 
 
@@ -323,14 +296,16 @@ def deliver(
     session_factory: sessionmaker[Session],
     settings: Settings,
     storage: Storage | None = None,
-    slots: ClientSlots = CLIENT_SLOTS,
+    slots: ClientSlots = LOCAL_SLOTS,
 ) -> AttemptOutcome:
-    """Make one attempt of a delivery (what the ``vidq.deliver_webhook`` task runs)."""
+    """Make one attempt of a delivery (what the ``vidq.deliver_webhook`` task runs). ``slots`` caps
+    the attempts in flight per client (``jobs.webhooks.slots``): at the cap it is deferred."""
     with session_scope(session_factory) as session:
         prepared = claim_attempt(session=session, delivery_id=delivery_id, settings=settings, storage=storage)
     if prepared is None:
         return AttemptOutcome.SKIPPED
-    if not slots.acquire(prepared.owner_id, settings.webhook_client_concurrency):
+    lease = slots.acquire(prepared.owner_id, settings.webhook_client_concurrency)
+    if lease is None:
         with session_scope(session_factory) as session:
             defer(session=session, delivery_id=delivery_id)
         return AttemptOutcome.DEFERRED
@@ -338,7 +313,7 @@ def deliver(
         with job_context(prepared.job_id):
             return _attempt(prepared, session_factory=session_factory, settings=settings)
     finally:
-        slots.release(prepared.owner_id)
+        slots.release(prepared.owner_id, lease)
 
 
 def defer(*, session: Session, delivery_id: str) -> None:

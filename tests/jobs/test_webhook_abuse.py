@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
+from jobs.broker import redis_client
 from jobs.crud import create_job
 from jobs.db import session_scope
 from jobs.events import NullEventBus
@@ -18,7 +19,8 @@ from jobs.models import WebhookAttempt, WebhookDelivery
 from jobs.relay import fan_out
 from jobs.settings import Settings
 from jobs.validation import JobRequest
-from jobs.webhooks.delivery import AttemptOutcome, ClientSlots, deliver, send_attempt
+from jobs.webhooks.delivery import AttemptOutcome, deliver, send_attempt
+from jobs.webhooks.slots import RedisClientSlots
 from jobs.webhooks.targets import Target
 from tests.receiver import Answer, Receiver
 
@@ -97,7 +99,9 @@ def receiver() -> Iterator[Receiver]:
         server.stop()
 
 
-def test_a_client_at_its_cap_is_deferred_and_others_are_not(session_factory, db_settings: Settings, receiver) -> None:
+def test_a_client_at_its_cap_in_another_sender_is_deferred_and_others_are_not(
+    session_factory, db_settings: Settings, receiver, redis_url: str
+) -> None:
     from jobs.keys import create_key
 
     settings = db_settings.model_copy(update={"webhook_allowed_hosts": "127.0.0.1:*", "webhook_client_concurrency": 2})
@@ -119,10 +123,12 @@ def test_a_client_at_its_cap_is_deferred_and_others_are_not(session_factory, db_
             name: session.scalar(select(WebhookDelivery.id).where(WebhookDelivery.job_id == job_id))
             for name, (_, job_id) in ids.items()
         }
-    slots = ClientSlots()
+    # Two sender processes' views of the same Redis: the other sender has two slow attempts in flight.
+    other_sender = RedisClientSlots(redis_client(redis_url), lease_s=60)
+    slots = RedisClientSlots(redis_client(redis_url), lease_s=60)
     busy_owner = ids["busy"][0]
-    assert slots.acquire(busy_owner, 2) and slots.acquire(busy_owner, 2)  # two slow attempts in flight
-    assert not slots.acquire(busy_owner, 2)
+    assert other_sender.acquire(busy_owner, 2) and other_sender.acquire(busy_owner, 2)
+    assert slots.acquire(busy_owner, 2) is None
 
     outcome = deliver(delivery["busy"], session_factory=session_factory, settings=settings, slots=slots)
     assert outcome is AttemptOutcome.DEFERRED
@@ -134,3 +140,19 @@ def test_a_client_at_its_cap_is_deferred_and_others_are_not(session_factory, db_
     calm = deliver(delivery["calm"], session_factory=session_factory, settings=settings, slots=slots)
     assert calm is AttemptOutcome.SUCCEEDED
     assert slots.in_flight(ids["calm"][0]) == 0 and slots.in_flight(busy_owner) == 2
+
+
+def test_a_crashed_senders_slot_lease_runs_out_and_a_finished_attempt_gives_its_slot_back(redis_url: str) -> None:
+    now = [1_000_000.0]
+    crashed = RedisClientSlots(redis_client(redis_url), lease_s=45, clock=lambda: now[0])
+    alive = RedisClientSlots(redis_client(redis_url), lease_s=45, clock=lambda: now[0])
+    client = 990_001  # no real key: the slots are keyed by id alone
+    assert crashed.acquire(client, 1) is not None  # ...and the sender dies without releasing
+    assert alive.acquire(client, 1) is None and alive.in_flight(client) == 1
+
+    now[0] += 45.5  # past the lease (the attempt's deadline plus margin): the slot is free again
+    assert alive.in_flight(client) == 0
+    lease = alive.acquire(client, 1)
+    assert lease is not None and crashed.acquire(client, 1) is None
+    alive.release(client, lease)
+    assert alive.in_flight(client) == 0 and crashed.acquire(client, 1) is not None
