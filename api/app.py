@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
+import anyio.to_thread
 from celery import Celery
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -24,6 +25,7 @@ from jobs.broker import make_celery
 from jobs.db import make_engine, make_session_factory
 from jobs.dispatch import CeleryPublisher, make_markers, make_sweeper
 from jobs.events import make_event_bus
+from jobs.keys import KeyCache
 from jobs.readiness import ReadinessProbe
 from jobs.settings import Settings, get_settings
 from jobs.storage import Storage, make_storage
@@ -72,6 +74,7 @@ def build_state(settings: Settings, celery_app: Celery | None = None) -> AppStat
         sweeper=sweeper,
         workers=workers,
         readiness=readiness_probe(session_factory, app, storage),
+        key_cache=KeyCache(settings.api_key_cache_s),
     )
 
 
@@ -95,6 +98,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The route threads (AnyIO's default limiter runs sync routes and dependencies), FIFO.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         state = build_state(settings, celery_app)
         with suppress(Exception):  # /readyz reports an unreachable store; reads still work
             state.storage.ensure_ready()  # creating the bucket is start-up's job, never /readyz's

@@ -1,13 +1,21 @@
-"""Request dependencies as typed aliases: the DB session, the settings, storage and the caller's key."""
+"""Request dependencies as typed aliases: the DB session, the settings, storage and the caller's key.
+
+The ones that do no I/O are ``async``: FastAPI runs a plain ``def`` dependency on a worker thread,
+and each such hop costs more than the dependency itself. The route functions (which query the
+database) stay on threads; a key found in the key cache needs none either.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.admin_auth import (
     CSRF_FIELD,
@@ -23,78 +31,110 @@ from jobs.db import session_scope
 from jobs.errors import Forbidden, Unauthenticated
 from jobs.keys import authenticate
 from jobs.models import ApiKey
-from jobs.settings import Settings
+from jobs.settings import TEARDOWN_THREADS, Settings
 from jobs.storage import Storage
 
 _bearer = HTTPBearer(auto_error=False, description="An API key created with `vidq keys create`.")
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     return request.app.state.vidq  # type: ignore[no-any-return]
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_session(state: StateDep) -> Iterator[Session]:
+async def get_session(state: StateDep) -> AsyncIterator[Session]:
     """The request's session. It never commits: a route that writes commits before it answers
     (FastAPI runs this teardown after the response is sent, so a commit here would let a client read
-    an answer before its change exists); whatever is left uncommitted is rolled back."""
+    an answer before its change exists); whatever is left uncommitted is rolled back.
+
+    Creating a session does no I/O (it connects on first use); the teardown talks to the database
+    only if a transaction is still open (a read), and then does so on a worker thread."""
     session = state.session_factory()
     try:
         yield session
     finally:
-        session.rollback()
+        await _end(session)
+
+
+# Its own threads: a finished request's connection goes back to the pool without waiting behind the
+# requests queued for a route thread (which may be waiting for that connection).
+_TEARDOWN = anyio.CapacityLimiter(TEARDOWN_THREADS)
+
+
+async def _end(session: Session) -> None:
+    if session.in_transaction():
+        await anyio.to_thread.run_sync(_roll_back_and_close, session, limiter=_TEARDOWN)
+    else:
         session.close()
+
+
+def _roll_back_and_close(session: Session) -> None:
+    session.rollback()
+    session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_settings_dep(state: StateDep) -> Settings:
+async def get_settings_dep(state: StateDep) -> Settings:
     return state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def get_storage(state: StateDep) -> Storage:
+async def get_storage(state: StateDep) -> Storage:
     return state.storage
 
 
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
-def get_current_key(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+async def get_current_key(
+    session: SessionDep, state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> ApiKey:
     if credentials is None:
         raise Unauthenticated("send your API key as 'Authorization: Bearer <key>'", code="missing_api_key")
-    return authenticate(session=session, plaintext=credentials.credentials)
+    cached = state.key_cache.known(credentials.credentials, session=session)  # no I/O
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(_authenticate, session, state, credentials.credentials)
+
+
+def _authenticate(session: Session, state: AppState, plaintext: str) -> ApiKey:
+    return authenticate(session=session, plaintext=plaintext, cache=state.key_cache)
 
 
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
 
 
-def get_call_session(state: StateDep) -> Iterator[Session]:
+async def get_call_session(state: StateDep) -> AsyncIterator[Session]:
     """A session closed when the route function returns, not when the response ends: for streams
     that stay open for minutes and must not hold a pooled connection all that time."""
-    yield from get_session(state)
+    session = state.session_factory()
+    try:
+        yield session
+    finally:
+        await _end(session)
 
 
 CallSessionDep = Annotated[Session, Depends(get_call_session, scope="function")]
 
 
-def get_call_key(
-    session: CallSessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+async def get_call_key(
+    session: CallSessionDep,
+    state: StateDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
-    return get_current_key(session, credentials)
+    return await get_current_key(session, state, credentials)
 
 
 CallKey = Annotated[ApiKey, Depends(get_call_key, scope="function")]
 
 
-def get_admin_key(key: CurrentKey) -> ApiKey:
+async def get_admin_key(key: CurrentKey) -> ApiKey:
     if not key.is_admin:
         raise Forbidden("this needs an admin key")
     return key

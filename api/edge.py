@@ -10,8 +10,9 @@ Three checks, in one pure ASGI middleware (no buffering, no thread hop):
   (path: no such resource can exist) or a 422 naming the parameter (query), never a database error.
 - **Concurrency** (503 + ``Retry-After``): at most ``VIDQ_API_MAX_CONCURRENCY`` requests run at once
   in this process; one more is answered at once instead of queueing for a pool connection until it
-  times out. Event streams (``.../events``) are not counted: they hold no database connection
-  while open, and ``VIDQ_MAX_STREAMS_PER_KEY`` bounds them instead.
+  times out. Event streams (``.../events`` and the dashboard's ``/admin/jobs/live``) are not
+  counted: they hold no database connection while open, and ``VIDQ_MAX_STREAMS_PER_KEY`` bounds
+  them instead.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from jobs.text import is_storable_text
 
 OVERLOAD_RETRY_AFTER_S = 1  # a full process frees a slot within a request's time
 UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics")  # probes answer even when the process is full
+ADMIN_LIVE_PATH = "/admin/jobs/live"  # the dashboard's event stream: capped per key like the others
 
 
 class BodyTooLarge(Exception):
@@ -101,7 +103,7 @@ class EdgeMiddleware:
             await _too_large(send, limit)
             return
         path = scope.get("path", "")
-        counted = path not in UNLIMITED_PATHS and not path.endswith("/events")
+        counted = path not in UNLIMITED_PATHS and not path.endswith("/events") and path != ADMIN_LIVE_PATH
         if counted and self.in_flight >= self.max_concurrency:
             await _answer(
                 send,

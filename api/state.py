@@ -12,6 +12,7 @@ from api.login_throttle import LoginThrottle
 from api.streams import StreamSlots
 from jobs.dispatch import CeleryPublisher, Sweeper
 from jobs.events import EventBus
+from jobs.keys import KeyCache
 from jobs.readiness import ReadinessProbe
 from jobs.settings import Settings
 from jobs.storage import Storage
@@ -33,3 +34,5 @@ class AppState:
     readiness: ReadinessProbe  # /readyz: database, broker and storage, each checked within a deadline
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)  # admin login failures per client
     streams: StreamSlots = field(default_factory=StreamSlots)  # open event streams per API key
+    admin_streams: StreamSlots = field(default_factory=StreamSlots)  # open dashboard live streams per admin key
+    key_cache: KeyCache = field(default_factory=lambda: KeyCache(0))  # keys seen lately (VIDQ_API_KEY_CACHE_S)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -154,46 +156,164 @@ def wait_http(url: str, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"{url} did not start")
 
 
+class RawHttpError(Exception):
+    """The connection broke or the server answered with something that is not HTTP/1.1."""
+
+
+class RawClient:
+    """One keep-alive HTTP/1.1 connection speaking just enough of the protocol for this benchmark:
+    requests with a fixed header block, answers read by ``Content-Length``.
+
+    The load generator shares the machine's cores with the service it measures, so it must cost as
+    little as possible: an httpx request costs several times the CPU of this (its per-request
+    objects, header models and connection pool), CPU the server then lacks. A connection the server
+    closed (``Connection: close``, e.g. a 503) is reopened for the next request.
+    """
+
+    def __init__(self, host: str, port: int, key: str) -> None:
+        self.host, self.port = host, port
+        self.auth = f"Authorization: Bearer {key}\r\n".encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n".encode() + self.auth
+        if body:
+            head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        self.writer.write(head + b"\r\n" + body)
+        try:
+            status_line, _, rest = (await self.reader.readuntil(b"\r\n\r\n")).partition(b"\r\n")
+            parts = status_line.split(b" ", 2)
+            length, close = 0, False
+            for line in rest.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection" and value.strip().lower() == b"close":
+                    close = True
+            payload = await self.reader.readexactly(length) if length else b""
+            status = int(parts[1])
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as exc:
+            await self.close()
+            raise RawHttpError(type(exc).__name__) from exc
+        if close:
+            await self.close()
+        return status, payload
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+def _cpu_ticks_by_group() -> dict[str, int]:
+    """CPU time (clock ticks, user + system) of every process on the machine, summed by what it is:
+    PostgreSQL, Redis, each process group (``pg:<id>``) and the rest; Linux only (empty elsewhere)."""
+    totals: dict[str, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime
+        group = "postgres" if comm == "postgres" else "redis" if comm.startswith("redis-server") else f"pg:{fields[2]}"
+        totals[group] = totals.get(group, 0) + ticks
+    return totals
+
+
+def _machine_ticks() -> int:
+    """All CPU time the machine spent (every core, idle excluded), in clock ticks."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return sum(values) - values[3] - values[4]  # minus idle and iowait
+
+
+class CpuMeter:
+    """Where the CPU went during a phase: the API processes, PostgreSQL (every database: other work
+    on the machine included), Redis, this load generator, and everything else, in CPU seconds."""
+
+    def __init__(self, api_group: int) -> None:
+        self.api_group = f"pg:{api_group}"
+        self.started = _cpu_ticks_by_group() if Path("/proc/stat").exists() else {}
+        self.machine = _machine_ticks() if self.started else 0
+        self.client = os.times()
+
+    def read(self) -> dict[str, float]:
+        if not self.started:
+            return {}
+        hz = os.sysconf("SC_CLK_TCK")
+        now = _cpu_ticks_by_group()
+        spent = {group: now.get(group, 0) - self.started.get(group, 0) for group in now}
+        client_times = os.times()
+        client = client_times.user + client_times.system - self.client.user - self.client.system
+        api = spent.get(self.api_group, 0) / hz
+        postgres, redis_s = spent.get("postgres", 0) / hz, spent.get("redis", 0) / hz
+        machine = (_machine_ticks() - self.machine) / hz
+        return {
+            "api_s": round(api, 2),
+            "postgres_s": round(postgres, 2),
+            "redis_s": round(redis_s, 2),
+            "client_s": round(client, 2),
+            "other_s": round(max(0.0, machine - api - postgres - redis_s - client), 2),
+            "machine_s": round(machine, 2),
+        }
+
+
 async def load(
-    base: str, key: str, *, concurrency: int, duration_s: float, read_ids: list[str] | None = None
+    base: str,
+    key: str,
+    *,
+    concurrency: int,
+    duration_s: float,
+    read_ids: list[str] | None = None,
 ) -> dict[str, object]:
-    """``concurrency`` clients, each sending one request after the other for ``duration_s``:
-    submits, or reads of ``read_ids`` when given."""
+    """``concurrency`` clients, each on its own keep-alive connection sending one request after the
+    other for ``duration_s``: submits, or reads of ``read_ids`` when given."""
     latencies: list[float] = []
     errors = 0
     kinds: dict[str, int] = {}  # what the errors were: HTTP status or exception class
     created: list[str] = []
-    headers = {"Authorization": f"Bearer {key}"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60, limits=limits) as client:
-        deadline = time.perf_counter() + duration_s
+    split = urlsplit(base)
+    body = json.dumps(BODY).encode()
+    clients = [RawClient(split.hostname or "127.0.0.1", split.port or 80, key) for _ in range(concurrency)]
+    deadline = time.perf_counter() + duration_s
 
-        async def one_client(n: int) -> None:
-            nonlocal errors
-            i = n
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                try:
-                    if read_ids:
-                        response = await client.get(f"/v1/videos/{read_ids[i % len(read_ids)]}")
-                        ok = response.status_code == 200
-                    else:
-                        response = await client.post("/v1/videos", json=BODY)
-                        ok = response.status_code == 202
-                        if ok:
-                            created.append(response.json()["id"])
-                    kind = str(response.status_code)
-                except httpx.HTTPError as exc:
-                    ok, kind = False, type(exc).__name__
-                latencies.append((time.perf_counter() - started) * 1000)
-                errors += not ok
-                if not ok:
-                    kinds[kind] = kinds.get(kind, 0) + 1
-                i += concurrency
+    async def one_client(n: int) -> None:
+        nonlocal errors
+        client, i = clients[n], n
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                if read_ids:
+                    status, _ = await client.request("GET", f"/v1/videos/{read_ids[i % len(read_ids)]}")
+                    ok = status == 200
+                else:
+                    status, payload = await client.request("POST", "/v1/videos", body)
+                    ok = status == 202
+                    if ok:
+                        created.append(json.loads(payload)["id"])
+                kind = str(status)
+            except RawHttpError as exc:
+                ok, kind = False, str(exc)
+            latencies.append((time.perf_counter() - started) * 1000)
+            errors += not ok
+            if not ok:
+                kinds[kind] = kinds.get(kind, 0) + 1
+            i += concurrency
 
-        began = time.perf_counter()
-        await asyncio.gather(*(one_client(n) for n in range(concurrency)))
-        elapsed = time.perf_counter() - began
+    began = time.perf_counter()
+    await asyncio.gather(*(one_client(n) for n in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    for client in clients:
+        await client.close()
     return {"latencies": latencies, "errors": errors, "kinds": kinds, "created": created, "elapsed_s": elapsed}
 
 
@@ -286,7 +406,9 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         wait_http(base)
         load_avg_before = os.getloadavg()
+        meter = CpuMeter(api_group=many.pid)  # the API processes: the session `vidq api` leads
         main_run = asyncio.run(load(base, key, concurrency=args.concurrency, duration_s=args.duration))
+        cpu = meter.read()
         load_avg_during = os.getloadavg()
         reads = asyncio.run(
             load(
@@ -336,7 +458,18 @@ def main() -> None:
         "get_requests": len(reads["latencies"]),  # type: ignore[arg-type]
         "loadavg_before": [round(x, 2) for x in load_avg_before],
         "loadavg_during": [round(x, 2) for x in load_avg_during],
-        "settings": {"body": BODY, "load_generator": "httpx.AsyncClient on the same machine"},
+        # CPU seconds spent during the load phase, and per successful submit in ms (PostgreSQL and
+        # "other" include whatever else ran on the machine meanwhile).
+        "cpu_load_phase_s": cpu,
+        "cpu_per_submit_ms": {
+            name.removesuffix("_s"): round(seconds * 1000 / submits_ok, 2) for name, seconds in cpu.items()
+        }
+        if submits_ok
+        else {},
+        "settings": {
+            "body": BODY,
+            "load_generator": "raw asyncio HTTP/1.1 keep-alive connections (RawClient), one per client, same machine",
+        },
     }
     print(f"{'phase':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     print(
@@ -358,6 +491,7 @@ def main() -> None:
     print(
         f"ratio vs one process: {result['submit_rps_ratio_vs_one_process']}  loadavg during: {result['loadavg_during']}"
     )
+    print(f"CPU ms per submit: {result['cpu_per_submit_ms']}")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"service-{datetime.now(UTC):%Y-%m-%d}-{result['commit']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -25,6 +25,7 @@ from jobs.inputs import prepare_input_reference, store_input_reference
 from jobs.loras import resolve_job_loras
 from jobs.models import ApiKey, Job
 from jobs.pages import SortOrder, keyset_page
+from jobs.public import VideoPublic
 from jobs.states import JobStatus, is_terminal
 from jobs.storage import Storage, checkpoint_key
 from jobs.validation import JobRequest, resolve_job_params
@@ -74,7 +75,35 @@ def create_job(
     heartbeat_timeout_s: float = 60.0,
     storage: Storage | None = None,
 ) -> tuple[Job, bool]:
-    """Validate, store and enqueue a job in one transaction. Returns (job, created).
+    """:func:`submit_job` without the public view: (job, created)."""
+    job, _, created = submit_job(
+        session=session,
+        owner=owner,
+        request=request,
+        idempotency_key=idempotency_key,
+        webhook_allowed_hosts=webhook_allowed_hosts,
+        workers=workers,
+        heartbeat_timeout_s=heartbeat_timeout_s,
+        storage=storage,
+    )
+    return job, created
+
+
+def submit_job(
+    *,
+    session: Session,
+    owner: ApiKey,
+    request: JobRequest,
+    idempotency_key: str | None = None,
+    webhook_allowed_hosts: frozenset[str] = frozenset(),
+    workers: Callable[[], list[WorkerStatus]] | None = None,
+    heartbeat_timeout_s: float = 60.0,
+    storage: Storage | None = None,
+) -> tuple[Job, VideoPublic, bool]:
+    """Validate, store and enqueue a job in one transaction. Returns (job, its public view, created).
+
+    The view of a new job is the one its ``video.queued`` event recorded (queue position included),
+    so answering costs no further query; an idempotent replay's is read now.
 
     The job's outbox row and its ``video.queued`` webhook deliveries are written in the same
     transaction; ``webhook_allowed_hosts`` exempts hosts from the webhook target check. An input
@@ -86,7 +115,7 @@ def create_job(
     if idempotency_key is not None:
         existing = _find_idempotent(session, owner, idempotency_key)
         if existing is not None:
-            return _replay(existing, fingerprint), False
+            return _replayed(session, existing, fingerprint)
 
     loras: list[dict[str, object]] = []
     if request.loras:  # the adapters' recommended settings fill what the request left out
@@ -128,7 +157,7 @@ def create_job(
         job.input_reference_key = store_input_reference(storage, job.id, input_png)
     session.add(job)
     try:
-        session.flush()
+        event = lifecycle.create(session=session, job=job)  # flushes the row: a duplicate key fails here
     except IntegrityError:
         # Two requests raced with the same Idempotency-Key: the other one won, answer with its job.
         session.rollback()
@@ -137,9 +166,13 @@ def create_job(
         existing = _find_idempotent(session, owner, idempotency_key) if idempotency_key else None
         if existing is None:
             raise
-        return _replay(existing, fingerprint), False
-    lifecycle.create(session=session, job=job)
-    return job, True
+        return _replayed(session, existing, fingerprint)
+    return job, VideoPublic.model_validate(event.data), True
+
+
+def _replayed(session: Session, existing: Job, fingerprint: str) -> tuple[Job, VideoPublic, bool]:
+    job = _replay(existing, fingerprint)
+    return job, VideoPublic.read(session=session, job=job), False
 
 
 def get_job(*, session: Session, owner: ApiKey, job_id: str, for_update: bool = False) -> Job:

@@ -17,8 +17,9 @@ database alone:
 
 Its state changes go through ``jobs.lifecycle`` like any other, so they reach live streams and
 webhooks. Duplicate messages are harmless: a worker renders only a job it can move from ``queued``
-to ``in_progress`` under a row lock. The ``Sweeper`` thread is also the process's relay: a pass
-after each local commit that appended events, on every kick, and every sweep interval.
+to ``in_progress`` under a row lock. The ``Sweeper`` also runs the process's relay, on a thread of
+its own: a pass woken by each local commit that appended events, on every kick, and every sweep
+interval.
 """
 
 from __future__ import annotations
@@ -296,6 +297,29 @@ def _expire_results(session: Session, storage: Storage, now: datetime, report: S
         report.expired += 1
 
 
+def repair(
+    *,
+    session_factory: sessionmaker[Session],
+    settings: Settings,
+    storage: Storage | None = None,
+    workers: WorkerRegistry | None = None,
+) -> SweepReport:
+    """One pass of repairs: jobs of dead workers taken back, unclaimed jobs published again (as
+    outbox rows: the relay sends them) and, given storage, expired results deleted. ``workers``
+    lets dead workers be noticed from their status records, within a few heartbeats."""
+    report = SweepReport()
+    now = utcnow()
+    records = _read_records(workers)
+    with session_scope(session_factory) as session:
+        _requeue_lost_workers(session, settings, now, report, records or {})
+    with session_scope(session_factory) as session:
+        _redispatch_unclaimed(session, settings, now, report, records)
+    if storage is not None:
+        with session_scope(session_factory) as session:
+            _expire_results(session, storage, now, report)
+    return report
+
+
 def sweep(
     *,
     session_factory: sessionmaker[Session],
@@ -307,20 +331,9 @@ def sweep(
     bus: EventBus | None = None,
     route: Callable[[Job], str | None] | None = None,
 ) -> SweepReport:
-    """One pass of repairs (and, given storage, deletion of expired results), then one relay pass
-    (``jobs.relay``: events fanned out, live messages on ``bus``, render messages published and, given
-    a webhook publisher, due webhook deliveries). ``workers`` lets dead workers be noticed from their
-    status records, within a few heartbeats."""
-    report = SweepReport()
-    now = utcnow()
-    records = _read_records(workers)
-    with session_scope(session_factory) as session:
-        _requeue_lost_workers(session, settings, now, report, records or {})
-    with session_scope(session_factory) as session:
-        _redispatch_unclaimed(session, settings, now, report, records)
-    if storage is not None:
-        with session_scope(session_factory) as session:
-            _expire_results(session, storage, now, report)
+    """:func:`repair`, then one relay pass (``jobs.relay``: events fanned out, live messages on
+    ``bus``, render messages published and, given a webhook publisher, due webhook deliveries)."""
+    report = repair(session_factory=session_factory, settings=settings, storage=storage, workers=workers)
     relay = Relay(
         session_factory=session_factory,
         bus=bus or NullEventBus(),
@@ -339,14 +352,20 @@ def sweep(
     return report
 
 
-class Sweeper:
-    """The process's relay and repairs, on a daemon thread.
+RELAY_FAILURE_PAUSE_S = 0.5  # after a failed pass (database restarting): no busy loop of failing passes
 
-    A relay pass runs right after every commit in this process that appended job events (in the
-    committing thread; if another pass holds the lock, this thread runs one next), and every
-    ``settings.sweep_interval_s`` the full :func:`sweep` (only the relay pass when ``repairs`` is
-    False: ``VIDQ_SWEEPER_ENABLED=false``), which retries what a broker refused and publishes webhook
-    retries as they fall due.
+
+class Sweeper:
+    """The process's relay and repairs, on two daemon threads.
+
+    The relay thread (``vidq-relay``) runs a pass whenever a commit in this process appended job
+    events (the commit only wakes it: the committing request or render never waits for the fan-out),
+    when kicked, and every ``settings.sweep_interval_s`` (which retries what a broker refused and
+    publishes webhook retries as they fall due). Wake-ups that arrive during a pass are coalesced
+    into one more pass, which drains everything committed meanwhile: under load, a pass carries
+    many events for a fixed number of queries. The sweeper thread (``vidq-sweeper``) runs the
+    repairs every interval, unless ``repairs`` is False (``VIDQ_SWEEPER_ENABLED=false``), and then
+    wakes the relay for what they queued.
     """
 
     def __init__(
@@ -362,16 +381,10 @@ class Sweeper:
         route: Callable[[Job], str | None] | None = None,
         repairs: bool = True,
     ) -> None:
-        self._kwargs = dict(
-            session_factory=session_factory,
-            publisher=publisher,
-            settings=settings,
-            storage=storage,
-            webhooks=webhooks,
-            workers=workers,
-            bus=bus,
-            route=route,
-        )
+        self._session_factory = session_factory
+        self._settings = settings
+        self._storage = storage
+        self._workers = workers
         self.relay = Relay(
             session_factory=session_factory,
             bus=bus or NullEventBus(),
@@ -383,42 +396,54 @@ class Sweeper:
         self._repairs = repairs
         self._interval = settings.sweep_interval_s
         self._stop = threading.Event()
-        self._kick = threading.Event()
+        self._wake = threading.Event()
         self._unregister: Callable[[], None] | None = None
-        self._thread = threading.Thread(target=self._run, name="vidq-sweeper", daemon=True)
+        self._relay_thread = threading.Thread(target=self._relay_loop, name="vidq-relay", daemon=True)
+        self._sweep_thread = threading.Thread(target=self._sweep_loop, name="vidq-sweeper", daemon=True)
 
     def start(self) -> None:
-        self._unregister = run_after_commit(self._after_commit)
-        self._thread.start()
+        self._unregister = run_after_commit(self.kick)
+        self._relay_thread.start()
+        if self._repairs:
+            self._sweep_thread.start()
 
     def stop(self) -> None:
         if self._unregister is not None:
             self._unregister()
         self._stop.set()
-        self._kick.set()
-        self._thread.join(timeout=10)
+        self._wake.set()
+        for thread in (self._relay_thread, self._sweep_thread):
+            if thread.is_alive():
+                thread.join(timeout=10)
 
     def kick(self) -> None:
-        """Run a relay pass on the sweeper's thread now."""
-        self._kick.set()
+        """Run a relay pass on the relay thread now (or right after the one in progress)."""
+        self._wake.set()
 
-    def _after_commit(self) -> None:
-        if self.relay.run(wait=False) is None:  # another pass holds the lock: it may have missed ours
-            self.kick()
-
-    def _run(self) -> None:
+    def _relay_loop(self) -> None:
         while True:
-            kicked = self._kick.wait(self._interval)
-            self._kick.clear()
+            self._wake.wait(self._interval)
+            self._wake.clear()  # before the pass: a commit during it wakes the next one
             if self._stop.is_set():
                 return
             try:
-                if kicked or not self._repairs:
-                    self.relay.run()
-                else:
-                    sweep(**self._kwargs)  # type: ignore[arg-type]
+                self.relay.run()
+            except Exception:  # the database may be restarting; the next pass tries again
+                log.exception("relay pass failed")
+                self._stop.wait(RELAY_FAILURE_PAUSE_S)
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                repair(
+                    session_factory=self._session_factory,
+                    settings=self._settings,
+                    storage=self._storage,
+                    workers=self._workers,
+                )
             except Exception:  # the database may be restarting; the next pass tries again
                 log.exception("sweep failed")
+            self.kick()  # publish what the repairs queued
 
 
 def make_markers(settings: Settings) -> DispatchMarkers:

@@ -66,9 +66,10 @@ def _set_status(job: Job, target: JobStatus) -> None:
 
 
 def _append_event(session: Session, job: Job, now: datetime) -> JobEvent:
-    """The job's next event, built from the row as it is now (flushed, so defaults are filled)."""
-    session.flush()
+    """The job's next event, built from the row as it is now (flushed, so defaults are filled; the
+    sequence number is set first, so it goes out in the same INSERT or UPDATE as the change)."""
     job.last_event_seq = (job.last_event_seq or 0) + 1
+    session.flush()
     row = JobEvent(
         job_id=job.id,
         seq=job.last_event_seq,

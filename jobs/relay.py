@@ -17,9 +17,14 @@ which streams recover from the table (``jobs.live`` replays by sequence number).
 serialised (a PostgreSQL advisory lock; a process lock for SQLite, whose embedded mode is one
 process), so events go out in order.
 
-Passes run right after any commit that appended events, in the committing thread, for each relay
-running in the process (:func:`run_after_commit`), and on the sweeper's thread on every kick and
-interval (``jobs.dispatch.Sweeper``), so an event committed where no relay runs is still delivered.
+A pass costs a bounded number of statements whatever its size: the events, their jobs and their
+owners' endpoints are read with one query each, so a burst of commits is drained by few passes.
+
+Passes run on each process's relay thread (``jobs.dispatch.Sweeper``), never in the thread that
+committed: a commit that appended events only wakes it (:func:`run_after_commit`), so a request
+answers without waiting for the fan-out, and commits that arrive while a pass runs are taken by the
+next one (the wake-ups are coalesced). The thread also runs a pass every sweep interval, so an event
+committed where no relay runs is still delivered.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -41,7 +46,7 @@ from jobs.lifecycle import EVENTS_PENDING
 from jobs.models import DispatchOutbox, Job, JobEvent
 from jobs.settings import Settings
 from jobs.states import JobStatus
-from jobs.webhooks.outbox import WebhookPublisher, add_deliveries, relay_webhooks
+from jobs.webhooks.outbox import WebhookPublisher, add_deliveries, endpoints_of, relay_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +73,8 @@ def relay_outbox(
     batch: int = 100,
     route: Callable[[Job], str | None] | None = None,
 ) -> int:
-    """Publish pending outbox rows; return how many went out. Stops at the first broker error.
+    """Publish up to ``batch`` pending outbox rows; return how many went out. Stops at the first
+    broker error.
 
     ``route`` may send a job to another queue than its row's (``jobs.affinity``: a worker's own
     queue); if that worker dies before claiming the job, the sweeper publishes it again after
@@ -83,8 +89,11 @@ def relay_outbox(
             .limit(batch)
             .with_for_update(skip_locked=True)  # concurrent relays share the work, never double it
         ).all()
+        if not rows:
+            return 0
+        jobs = _jobs_by_id(session, {row.job_id for row in rows})
         for row in rows:
-            job = session.get(Job, row.job_id)
+            job = jobs.get(row.job_id)
             direct = route(job) if route is not None and job is not None else None
             try:
                 publisher.publish(row.job_id, direct if direct is not None else row.queue)
@@ -100,6 +109,11 @@ def relay_outbox(
                 job.dispatched_at = now
             published += 1
     return published
+
+
+def _jobs_by_id(session: Session, ids: set[str]) -> dict[str, Job]:
+    """The jobs ``ids`` in one query (those deleted meanwhile are absent)."""
+    return {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
 
 
 @contextlib.contextmanager
@@ -140,14 +154,25 @@ def fan_out(
         rows = session.scalars(
             select(JobEvent).where(JobEvent.relayed_at.is_(None)).order_by(JobEvent.id).limit(batch)
         ).all()
+        if not rows:
+            return 0
+        jobs = _jobs_by_id(session, {row.job_id for row in rows})
+        endpoints = endpoints_of(session, {job.owner_id for job in jobs.values()})
         now = utcnow()
         for row in rows:
-            job = session.get(Job, row.job_id)
-            assert job is not None  # events are deleted with their job
+            job = jobs[row.job_id]  # events are deleted with their job
             kind = JobEventType(row.type)
             if kind is JobEventType.QUEUED and _needs_render_message(job, now):
                 add_to_outbox(session=session, job=job)
-            add_deliveries(session=session, job=job, event=kind, data=row.data, event_id=row.id, now=now)
+            add_deliveries(
+                session=session,
+                job=job,
+                event=kind,
+                data=row.data,
+                event_id=row.id,
+                now=now,
+                endpoints=endpoints.get(job.owner_id, []),
+            )
             row.relayed_at = now
             relayed.append(StatusEvent.from_row(row))
     for status in relayed:  # after the commit: a stream never sees a change before it is stored
@@ -172,10 +197,22 @@ class Relay:
     settings: Settings
     webhooks: WebhookPublisher | None = None
     route: Callable[[Job], str | None] | None = None
+    # One pass at a time per relay: a caller's pass (tests, ``sweep``) that returns after the relay
+    # thread's has finished has seen everything committed before it, published included.
+    _passes: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def run(self, *, wait: bool = True, batch: int = 100) -> RelayReport | None:
-        """One pass (the fan-out repeated while full batches come back, so a backlog drains); None when
-        another pass holds the fan-out lock and ``wait`` is False."""
+        """One pass (the fan-out, then the outbox, each repeated while full batches come back, so a
+        backlog drains in one pass); None when another pass holds the fan-out lock and ``wait`` is
+        False."""
+        if not self._passes.acquire(blocking=wait):
+            return None
+        try:
+            return self._run(wait=wait, batch=batch)
+        finally:
+            self._passes.release()
+
+    def _run(self, *, wait: bool, batch: int) -> RelayReport | None:
         report = RelayReport()
         while True:
             events = fan_out(session_factory=self.session_factory, bus=self.bus, wait=wait, batch=batch)
@@ -184,9 +221,13 @@ class Relay:
             report.events += events
             if events < batch:
                 break
-        report.published = relay_outbox(
-            session_factory=self.session_factory, publisher=self.publisher, route=self.route
-        )
+        while True:
+            published = relay_outbox(
+                session_factory=self.session_factory, publisher=self.publisher, route=self.route, batch=batch
+            )
+            report.published += published
+            if published < batch:
+                break
         if self.webhooks is not None:
             report.webhooks_published = relay_webhooks(
                 session_factory=self.session_factory, publisher=self.webhooks, settings=self.settings
@@ -194,14 +235,16 @@ class Relay:
         return report
 
 
-# Called after a commit that appended events, in the committing thread (`run_after_commit`).
+# Called after a commit that appended events, in the committing thread (`run_after_commit`): they
+# must be quick (a relay only wakes its thread).
 _after_commit: list[Callable[[], None]] = []
 _after_commit_lock = threading.Lock()
 
 
 def run_after_commit(callback: Callable[[], None]) -> Callable[[], None]:
     """Register ``callback`` for every commit in this process that appended job events; returns the
-    function that unregisters it. Exceptions are logged (the sweeper's next pass retries)."""
+    function that unregisters it. It runs in the committing thread, so it must only hand the work
+    on (wake a thread); exceptions are logged (the relay's next interval pass retries)."""
     with _after_commit_lock:
         _after_commit.append(callback)
 

@@ -22,7 +22,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from spec.settings import EngineSettings
 
 DEFAULT_SECRET = "change-me"
-ROUTE_THREADS = 40  # AnyIO's default thread limiter: how many sync route functions run at once
+TEARDOWN_THREADS = 4  # threads that end read requests' transactions (api.deps), apart from the route threads
 DEV_DEFAULT_MODEL = "tiny-wan"  # random weights, written on first use: renders noise, fast, on any CPU
 PRODUCTION_DEFAULT_MODEL = "wan2.1-t2v-1.3b"
 
@@ -74,10 +74,17 @@ class Settings(EngineSettings):
     # Requests one API process accepts at once (running or waiting for a thread); more get 503 +
     # Retry-After at once instead of queueing until a timeout.
     api_max_concurrency: int = Field(default=128, ge=1)
-    # Database connections one process may hold; unset = one per request that can run at once (the
-    # smaller of api_max_concurrency and the 40 threads that run route functions) plus the process's
-    # own background work (sweeper, relay), so a running request never waits for the pool.
+    # Threads that run route functions in one API process (the rest of the requests wait their turn,
+    # first come first served). A route spends most of its time holding the GIL, so a few threads keep
+    # a core busy; many threads only fight over the GIL, which serves them in no particular order.
+    api_threads: int = Field(default=8, ge=1, le=200)
+    # Database connections one process may hold; unset = one per route thread, plus the threads that
+    # end read requests' transactions and the process's own background work (sweeper, relay), so a
+    # running request never waits for the pool.
     db_pool_size: int | None = Field(default=None, ge=1)
+    # How long an API process keeps a key it authenticated (one key query per interval instead of one
+    # per request); a revocation reaches the other API processes within it. 0: no cache.
+    api_key_cache_s: float = Field(default=1.0, ge=0, le=60)
     max_streams_per_key: int = Field(default=8, ge=1)  # open event streams (SSE) per API key and process
     stream_max_lifetime_s: float = Field(default=900.0, gt=0)  # a stream ends after this; the client reconnects
 
@@ -212,7 +219,7 @@ class Settings(EngineSettings):
 
     @property
     def resolved_db_pool_size(self) -> int:
-        return self.db_pool_size or min(self.api_max_concurrency, ROUTE_THREADS) + 4
+        return self.db_pool_size or min(self.api_max_concurrency, self.api_threads) + TEARDOWN_THREADS + 4
 
     @property
     def resolved_database_url(self) -> str:

@@ -11,6 +11,7 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from urllib.parse import urlencode
@@ -31,6 +32,7 @@ from api.admin_pages import render, templates
 from api.content import Variant, content_response, input_reference_response
 from api.deps import AdminAction, AdminUser, SessionDep, SettingsDep, StateDep, StorageDep
 from api.routes.video_events import SSE_HEADERS
+from api.state import AppState
 from jobs import keys as api_keys
 from jobs.admin import audit, stats
 from jobs.admin.jobs import JobFilter, cancel_jobs, dead_letters, get_any_job, retry_jobs, search_jobs
@@ -293,38 +295,52 @@ async def live_jobs(request: Request, admin: AdminUser, state: StateDep, ids: st
     """One Server-Sent Events stream for every job on a page (browsers allow only ~6 streams per host):
     an ``update`` event with ``{id, status, progress, stage, step, total_steps}`` whenever a job
     changes. Read as the clients' streams read it (``jobs.live.read_views``): every state change from
-    the event table, in order, then the row's progress; ends once all are final."""
+    the event table, in order, then the row's progress; ends once all are final.
+
+    An admin key holds at most `VIDQ_MAX_STREAMS_PER_KEY` of these open at once (429 past that),
+    counted apart from its `/v1/videos/{id}/events` streams."""
     wanted = [i for i in ids.split(",") if i][:200]
+    key_id = admin.key.id
+    state.admin_streams.acquire(key_id, state.settings.max_streams_per_key)  # 429 past the cap
 
     async def frames() -> AsyncIterator[str]:
-        seqs: dict[str, int] = {}
-        last: dict[str, dict[str, object]] = {}
-        loop = asyncio.get_running_loop()
-        started = last_sent = loop.time()
-        while loop.time() - started < LIVE_MAX_S and not await request.is_disconnected():
-            after = {job_id: seqs.get(job_id, 0) for job_id in wanted} if seqs else None
-            views = await anyio.to_thread.run_sync(
-                lambda after=after: read_views(state.session_factory, wanted, None, after_seq=after)
-            )
-            found = {job_id: view for job_id, view in views.items() if view.job is not None}
-            for job_id, view in found.items():
-                assert view.job is not None
-                updates = [_update(event.job) for event in view.events] + [_update(view.job)]
-                seqs[job_id] = view.last_seq
-                for update in updates:
-                    if last.get(job_id) != update:
-                        last[job_id] = update
-                        last_sent = loop.time()
-                        yield f"event: update\ndata: {json.dumps(update)}\n\n"
-            if not found or all(view.job is not None and is_terminal(view.job.status) for view in found.values()):
-                yield "event: done\ndata: {}\n\n"
-                return
-            if loop.time() - last_sent > state.settings.sse_heartbeat_s:
-                last_sent = loop.time()
-                yield ": heartbeat\n\n"
-            await asyncio.sleep(LIVE_POLL_S)
+        # released however the stream ends (client gone included)
+        with state.admin_streams.held(key_id):
+            async with aclosing(_live_frames(request, state, wanted)) as live:
+                async for frame in live:
+                    yield frame
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _live_frames(request: Request, state: AppState, wanted: list[str]) -> AsyncIterator[str]:
+    """The frames of :func:`live_jobs` until its jobs are final, the client leaves or ``LIVE_MAX_S``."""
+    seqs: dict[str, int] = {}
+    last: dict[str, dict[str, object]] = {}
+    loop = asyncio.get_running_loop()
+    started = last_sent = loop.time()
+    while loop.time() - started < LIVE_MAX_S and not await request.is_disconnected():
+        after = {job_id: seqs.get(job_id, 0) for job_id in wanted} if seqs else None
+        views = await anyio.to_thread.run_sync(
+            lambda after=after: read_views(state.session_factory, wanted, None, after_seq=after)
+        )
+        found = {job_id: view for job_id, view in views.items() if view.job is not None}
+        for job_id, view in found.items():
+            assert view.job is not None
+            updates = [_update(event.job) for event in view.events] + [_update(view.job)]
+            seqs[job_id] = view.last_seq
+            for update in updates:
+                if last.get(job_id) != update:
+                    last[job_id] = update
+                    last_sent = loop.time()
+                    yield f"event: update\ndata: {json.dumps(update)}\n\n"
+        if not found or all(view.job is not None and is_terminal(view.job.status) for view in found.values()):
+            yield "event: done\ndata: {}\n\n"
+            return
+        if loop.time() - last_sent > state.settings.sse_heartbeat_s:
+            last_sent = loop.time()
+            yield ": heartbeat\n\n"
+        await asyncio.sleep(LIVE_POLL_S)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)

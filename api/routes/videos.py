@@ -31,11 +31,17 @@ def _public(
 ) -> VideoPublic:
     """The job as clients see it; on a job still running, the header that tells OpenAI's SDK when to
     poll again. ``positions``: the page's queue positions, read at once (``queue_positions``)."""
-    wait_ms = poll_after_ms(job)
-    if response is not None and wait_ms is not None:
-        response.headers[POLL_AFTER_HEADER] = str(wait_ms)
+    if response is not None:
+        _poll_header(job, response)
     position = positions.get(job.id) if positions is not None else queue_position(session=session, job=job)
     return VideoPublic.from_job(job, queue_position=position)
+
+
+def _poll_header(job: Job, response: Response) -> None:
+    """On a job still running, the header that tells OpenAI's SDK when to poll again."""
+    wait_ms = poll_after_ms(job)
+    if wait_ms is not None:
+        response.headers[POLL_AFTER_HEADER] = str(wait_ms)
 
 
 @router.post(
@@ -56,7 +62,7 @@ def create_video(
 ) -> VideoPublic:
     """Queue a video. The body is JSON or multipart/form-data (OpenAI's SDK) with the same fields."""
     body, input_reference = create
-    job, created = crud.create_job(
+    job, view, _ = crud.submit_job(
         session=session,
         owner=key,
         request=body.to_request(settings.default_model, input_reference),
@@ -67,9 +73,8 @@ def create_video(
         storage=state.storage,
     )
     session.commit()  # the relay fans the new job out right after this commit (jobs.relay)
-    if created:
-        session.refresh(job)
-    return _public(session, job, response)
+    _poll_header(job, response)
+    return view
 
 
 @router.get("", response_model=VideoList, responses=errors(422))

@@ -79,19 +79,36 @@ def wants(events: list[str] | None, event: WebhookEvent) -> bool:
     return event in DEFAULT_EVENTS if events is None else event.value in events
 
 
-def _targets(session: Session, job: Job, event: WebhookEvent) -> list[tuple[str, str | None]]:
-    """(url, endpoint id) of everyone who wants ``event`` of ``job``; endpoint id None is the job's URL."""
+def endpoints_of(session: Session, owner_ids: set[int]) -> dict[int, list[WebhookEndpoint]]:
+    """The enabled endpoints of each owner in ``owner_ids`` (one query), oldest first.
+
+    Locked FOR KEY SHARE: an endpoint being deleted is waited for (and then skipped), so a delivery
+    row never references an endpoint deleted meanwhile (a foreign-key error in a job's transaction).
+    """
+    by_owner: dict[int, list[WebhookEndpoint]] = {}
+    if not owner_ids:
+        return by_owner
+    endpoints = session.scalars(
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.owner_id.in_(owner_ids), WebhookEndpoint.disabled_at.is_(None))
+        .order_by(WebhookEndpoint.id)
+        .with_for_update(key_share=True)
+    )
+    for endpoint in endpoints:
+        by_owner.setdefault(endpoint.owner_id, []).append(endpoint)
+    return by_owner
+
+
+def _targets(
+    session: Session, job: Job, event: WebhookEvent, endpoints: list[WebhookEndpoint] | None = None
+) -> list[tuple[str, str | None]]:
+    """(url, endpoint id) of everyone who wants ``event`` of ``job``; endpoint id None is the job's URL.
+    ``endpoints``: the owner's, already read with :func:`endpoints_of` (else they are read here)."""
     targets: list[tuple[str, str | None]] = []
     if job.webhook_url and wants(job.webhook_events, event):
         targets.append((job.webhook_url, None))
-    endpoints = session.scalars(
-        select(WebhookEndpoint)
-        .where(WebhookEndpoint.owner_id == job.owner_id, WebhookEndpoint.disabled_at.is_(None))
-        .order_by(WebhookEndpoint.id)
-        # FOR KEY SHARE: an endpoint being deleted is waited for (and then skipped), so a delivery row
-        # never references an endpoint deleted meanwhile (a foreign-key error in a job's transaction).
-        .with_for_update(key_share=True)
-    )
+    if endpoints is None:
+        endpoints = endpoints_of(session, {job.owner_id}).get(job.owner_id, [])
     targets.extend((e.url, e.id) for e in endpoints if wants(e.events, event))
     return targets
 
@@ -120,10 +137,12 @@ def add_deliveries(
     data: dict[str, Any],
     event_id: int | None = None,
     now: datetime | None = None,
+    endpoints: list[WebhookEndpoint] | None = None,
 ) -> list[WebhookDelivery]:
     """Write one delivery of ``event`` per target that wants it; ``data`` is the public job the body
-    carries (a state change's as it was recorded, ``event_id`` its ``JobEvent``)."""
-    targets = _targets(session, job, event)
+    carries (a state change's as it was recorded, ``event_id`` its ``JobEvent``). ``endpoints``: the
+    owner's enabled endpoints when the caller read them for many jobs at once (:func:`endpoints_of`)."""
+    targets = _targets(session, job, event, endpoints)
     now = now or utcnow()
     rows = []
     for url, endpoint_id in targets:

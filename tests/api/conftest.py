@@ -47,6 +47,12 @@ def new_key(factory: sessionmaker[Session]) -> Callable[..., tuple[int, str]]:
     return _make
 
 
+def relay_now(client: TestClient) -> None:
+    """Run the app's relay pass now (the relay thread runs it soon after each commit, on its own
+    schedule): the webhook deliveries and outbox rows of every change committed so far exist after it."""
+    assert client.app.state.vidq.sweeper.relay.run() is not None  # type: ignore[attr-defined]
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

@@ -7,23 +7,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import threading
 from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from api.app import create_app
 from api.edge import EdgeMiddleware
 from api.streams import bounded
-from jobs.db import make_engine, session_scope
-from jobs.keys import create_key
+from jobs.db import make_engine, session_scope, utcnow
+from jobs.errors import Unauthenticated
+from jobs.keys import KeyCache, authenticate, create_key
 from jobs.models import ApiKey, Job, WebhookDelivery, WebhookEndpoint
 from jobs.settings import MissingSecretKey, Settings
 from jobs.webhooks import endpoints
-from tests.api.conftest import bearer, login
+from tests.api.conftest import bearer, login, relay_now
 
 EXAMPLE = frozenset({"example.com"})  # allow-listed: no DNS lookup in tests
 BODY = {"prompt": "a lighthouse in a storm", "size": "96x64", "num_frames": 9, "num_inference_steps": 2}
@@ -256,6 +258,7 @@ def test_a_deleted_endpoints_deliveries_stay_and_are_never_sent(app_client, fact
             allowed_hosts=EXAMPLE,
         ).endpoint.id
     job_id = app_client.post("/v1/videos", json=BODY, headers=bearer(key)).json()["id"]
+    relay_now(app_client)
     with session_scope(factory) as session:
         pending = session.scalars(select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)).all()
         assert pending, "the queued event made a delivery for the endpoint"
@@ -290,19 +293,76 @@ def test_database_errors_never_carry_their_parameters(admin_settings: Settings, 
 # ---- throughput: constant queries, bounded streams ----------------------------------------------
 
 
-def _count_statements(app_client: TestClient, call: Callable[[], object]) -> int:
+BACKGROUND_THREADS = ("vidq-relay", "vidq-sweeper")  # the process's own work, not the request's
+
+
+def _request_statements(app_client: TestClient, call: Callable[[], object]) -> tuple[list[str], int]:
+    """(statements, pool checkouts) that ``call``'s requests made (the relay's are not theirs)."""
     engine = app_client.app.state.vidq.session_factory.kw["bind"]
     seen: list[str] = []
+    checkouts: list[str] = []
 
     def record(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
-        seen.append(statement)
+        if threading.current_thread().name not in BACKGROUND_THREADS:
+            seen.append(statement)
+
+    def checkout(*args) -> None:  # type: ignore[no-untyped-def]
+        if threading.current_thread().name not in BACKGROUND_THREADS:
+            checkouts.append(threading.current_thread().name)
 
     event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine.pool, "checkout", checkout)
     try:
         call()
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    return len(seen)
+        event.remove(engine.pool, "checkout", checkout)
+    return seen, len(checkouts)
+
+
+def _count_statements(app_client: TestClient, call: Callable[[], object]) -> int:
+    return len(_request_statements(app_client, call)[0])
+
+
+def test_a_submit_costs_one_connection_and_three_statements_whatever_the_backlog(app_client, new_key) -> None:
+    _, key = new_key()
+
+    def submit() -> None:
+        assert app_client.post("/v1/videos", json=BODY, headers=bearer(key)).status_code == 202
+
+    submit()  # the key is looked up once, then taken from the process's key cache
+    first, first_checkouts = _request_statements(app_client, submit)
+    for _ in range(10):
+        submit()
+    later, later_checkouts = _request_statements(app_client, submit)
+    verbs = [" ".join(re.findall(r"^(\w+)[^;]*?\b(?:INTO|FROM)\s+(\w+)", s, re.DOTALL)[0]) for s in later]
+    assert verbs == ["INSERT jobs", "SELECT jobs", "INSERT job_events"]  # the job, its queue position, its event
+    assert len(first) == len(later) and first_checkouts == later_checkouts == 1
+
+
+def test_a_revoked_key_is_refused_at_once_by_the_process_that_revoked_it(app_client, new_key) -> None:
+    key_id, key = new_key()
+    _, admin_key = new_key("ops", admin=True)
+    assert app_client.get("/v1/videos", headers=bearer(key)).status_code == 200  # now in the key cache
+    revoked = app_client.post(f"/admin/keys/{key_id}/revoke", headers=bearer(admin_key), follow_redirects=False)
+    assert revoked.status_code == 303
+    assert app_client.get("/v1/videos", headers=bearer(key)).status_code == 401
+
+
+def test_a_key_revoked_elsewhere_is_refused_once_the_cache_interval_is_over(factory, new_key) -> None:
+    key_id, key = new_key()
+    now = [0.0]
+    cache = KeyCache(1.0, clock=lambda: now[0])
+    with factory() as session:
+        assert authenticate(session=session, plaintext=key, cache=cache).id == key_id
+    with factory() as session:  # another API process revokes it: this process hears nothing
+        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(revoked_at=utcnow()))
+        session.commit()
+    with factory() as session:
+        assert authenticate(session=session, plaintext=key, cache=cache).id == key_id  # within the interval
+    now[0] = 1.0
+    with factory() as session, pytest.raises(Unauthenticated):
+        authenticate(session=session, plaintext=key, cache=cache)
 
 
 def test_a_list_page_costs_the_same_queries_whatever_its_size(app_client, new_key) -> None:
@@ -336,6 +396,27 @@ def test_a_key_at_its_stream_cap_gets_429(app_client, new_key) -> None:
         for _ in range(limit):
             state.streams.release(key_id)
     assert state.streams.open(key_id) == 0
+
+
+def test_an_admin_key_at_its_dashboard_stream_cap_gets_429_and_a_finished_stream_frees_its_slot(
+    app_client, new_key
+) -> None:
+    admin_id, admin_key = new_key("ops", admin=True)
+    state = app_client.app.state.vidq
+    limit = state.settings.max_streams_per_key
+    for _ in range(limit):
+        state.admin_streams.acquire(admin_id, limit)
+    try:
+        refused = app_client.get("/admin/jobs/live?ids=video_gone", headers=bearer(admin_key))
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_streams"
+        assert state.streams.open(admin_id) == 0  # the /v1 streams' count is its own
+    finally:
+        for _ in range(limit):
+            state.admin_streams.release(admin_id)
+    ended = app_client.get("/admin/jobs/live?ids=video_gone", headers=bearer(admin_key))  # no such job: ends
+    assert ended.status_code == 200 and "event: done" in ended.text
+    assert state.admin_streams.open(admin_id) == 0
 
 
 def test_a_stream_ends_at_its_lifetime_and_closes_its_source() -> None:

@@ -13,7 +13,7 @@ from api.app import create_app
 from jobs.db import session_scope
 from jobs.lifecycle import fail, start
 from jobs.models import AuditEntry, DispatchOutbox, Job
-from tests.api.conftest import bearer, csrf_from, login
+from tests.api.conftest import bearer, csrf_from, login, relay_now
 
 PAGES = ["/admin", "/admin/jobs", "/admin/workers", "/admin/dead", "/admin/keys", "/admin/audit"]
 BODY = {"prompt": "a lighthouse in a storm", "size": "96x64", "num_frames": 9, "num_inference_steps": 2}
@@ -155,6 +155,7 @@ def test_bulk_cancel_and_retry_of_the_filtered_jobs_touch_only_matching_ones(app
                 "status": ["failed"],
             },
         )
+    relay_now(app_client)  # the retry's event becomes an outbox row in the relay's pass
     with session_scope(factory) as session:
         job = session.get(Job, not_matching)
         assert job.status == "queued" and job.error_code is None
@@ -179,6 +180,7 @@ def test_dead_letters_list_failed_jobs_and_requeue_them_through_the_outbox(app_c
             "/admin/dead/requeue", data={"csrf_token": token, "ids": [job_id]}, follow_redirects=False
         )
     assert response.status_code == 303
+    relay_now(app_client)  # the requeue's event becomes an outbox row in the relay's pass
     with session_scope(factory) as session:
         job = session.get(Job, job_id)
         assert job.status == "queued"

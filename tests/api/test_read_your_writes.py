@@ -21,7 +21,7 @@ from jobs.db import session_scope, utcnow
 from jobs.lifecycle import fail, start
 from jobs.models import ApiKey, AuditEntry, Job, Lora, WebhookDelivery, WebhookEndpoint
 from jobs.settings import Settings
-from tests.api.conftest import bearer, login
+from tests.api.conftest import bearer, login, relay_now
 from tests.api.test_loras import adapter_bytes, upload
 
 TINY = {"prompt": "a kite over a beach", "model": "tiny-wan", "size": "96x64", "num_inference_steps": 2}
@@ -47,6 +47,8 @@ def test_client_write_routes_are_committed_before_they_answer(client: TestClient
     job = client.post("/v1/videos", json={**TINY, "webhook_url": HOOK}, headers=auth).json()
     with fresh(factory) as session:
         assert session.get(Job, job["id"]) is not None
+    relay_now(client)  # the delivery is the relay's, written after the commit
+    with fresh(factory) as session:
         (delivery,) = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job["id"])).all()
 
     # POST /v1/videos/{id}/webhook_deliveries/{delivery_id}/redeliver
@@ -142,6 +144,7 @@ def test_admin_write_routes_are_committed_before_they_answer(client: TestClient,
     client.post("/admin/jobs/bulk", data={"action": "cancel", "ids": [bulk]}, headers=admin, follow_redirects=False)
     assert status_of(bulk) == "cancelled"
 
+    relay_now(client)
     with fresh(factory) as session:
         delivery_id = session.scalar(select(WebhookDelivery.id).where(WebhookDelivery.job_id == bulk).limit(1))
     with session_scope(factory) as session:

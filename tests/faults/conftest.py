@@ -157,6 +157,16 @@ def submit(client: httpx.Client, count: int, **fields: Any) -> list[str]:
     return ids
 
 
+def wait_until_published(stack: Stack, ids: list[str], timeout_s: float = 30.0) -> None:
+    """Wait for the API's relay thread to publish the jobs' render messages (moments after each
+    commit; the request does not wait for it), so a test starts from messages in the broker."""
+    deadline = time.monotonic() + timeout_s
+    while not all(job.dispatched_at is not None for job in job_rows(stack, ids).values()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the relay did not publish {ids} within {timeout_s}s")
+        time.sleep(0.01)
+
+
 def job_rows(stack: Stack, ids: list[str]) -> dict[str, Job]:
     with session_scope(stack.session_factory) as session:
         return {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}

@@ -9,13 +9,14 @@ from sqlalchemy import select
 
 from jobs.db import session_scope
 from jobs.models import Job
-from tests.faults.conftest import Stack, assert_completed_exactly_once, submit, wait_for_log
+from tests.faults.conftest import Stack, assert_completed_exactly_once, submit, wait_for_log, wait_until_published
 
 
 def test_a_worker_killed_between_delivery_and_claim_loses_no_job(
     stack: Stack, client: httpx.Client, start_worker
 ) -> None:
     [job_id] = submit(client, 1)
+    wait_until_published(stack, [job_id])
     # Hold the job's row lock: the worker receives the message and then waits in its claim.
     with session_scope(stack.session_factory) as session:
         session.scalar(select(Job).where(Job.id == job_id).with_for_update())
@@ -31,6 +32,7 @@ def test_a_worker_killed_between_delivery_and_claim_loses_no_job(
 def test_a_publish_racing_the_only_workers_death_loses_no_job(stack: Stack, client: httpx.Client, start_worker) -> None:
     start_worker().kill()
     ids = submit(client, 3)  # published as the only worker dies
+    wait_until_published(stack, ids)
     # A dying worker's pending BRPOP can take a message and vanish with it; do what it does.
     broker = redis.Redis.from_url(stack.redis.url)
     taken = [broker.rpop("gpu.wan") for _ in ids]

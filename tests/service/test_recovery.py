@@ -8,6 +8,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from tests.api.conftest import relay_now
 from tests.service.conftest import auth, finished, wait_for_job
 
 # Jobs other modules left queued would be published again (nobody claimed them) and rendered first.
@@ -37,6 +38,7 @@ def test_a_job_whose_worker_is_killed_is_completed_by_another_worker(api, make_k
 def test_a_job_survives_redis_losing_its_message(api, make_key, start_worker, service_settings, redis_db) -> None:
     key = make_key()
     job = api.post("/v1/videos", json=BODY, headers=auth(key)).json()  # no worker is running yet
+    relay_now(api)  # the relay thread publishes it soon after the commit; now, for certain
     broker = redis.Redis.from_url(service_settings.redis_url)
     assert broker.llen("gpu.wan") >= 1
     redis_db.flush()  # as if Redis restarted without persistence (our own database, marker kept)
