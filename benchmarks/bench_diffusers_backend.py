@@ -51,6 +51,7 @@ FAMILY_OF = {
     "ltx-video": "ltx",
     "cogvideox-2b": "cogvideox",
     "cogvideox-5b": "cogvideox",
+    "cogvideox-5b-i2v": "cogvideox",
     "mochi-1": "mochi",
     "hunyuanvideo": "hunyuanvideo",
 }
@@ -58,6 +59,7 @@ TINY_OF = {
     "ltx-video": "tiny-ltx-video",
     "cogvideox-2b": "tiny-cogvideox",
     "cogvideox-5b": "tiny-cogvideox",
+    "cogvideox-5b-i2v": "tiny-cogvideox-i2v",
     "mochi-1": "tiny-mochi",
     "hunyuanvideo": "tiny-hunyuanvideo",
 }
@@ -80,6 +82,12 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
          "rescale_betas_zero_snr": True, "snr_shift_scale": 1.0, "timestep_spacing": "trailing", "clip_sample": False,
          "set_alpha_to_one": True},
     ),
+    "cogvideox-5b-i2v": (
+        "CogVideoXDPMScheduler",
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction",
+         "rescale_betas_zero_snr": True, "snr_shift_scale": 1.0, "timestep_spacing": "trailing", "clip_sample": False,
+         "set_alpha_to_one": True},
+    ),
     "mochi-1": ("FlowMatchEulerDiscreteScheduler", {}),
     "hunyuanvideo": ("FlowMatchEulerDiscreteScheduler", {"shift": 7.0}),
 }  # fmt: skip
@@ -91,6 +99,18 @@ PIPELINES = {
     "mochi": "MochiPipeline",
     "hunyuanvideo": "HunyuanVideoPipeline",
 }
+# Image-to-video checkpoints: their pipeline class, and a synthetic first frame in each request.
+IMAGE_PIPELINES = {"cogvideox-5b-i2v": "CogVideoXImageToVideoPipeline"}
+
+
+def first_frame(width: int, height: int) -> Any:
+    """A synthetic photo-like first frame (gradients and noise), as a PIL image."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
+    noise = np.random.default_rng(0).random((height, width, 3)) * 0.2
+    return Image.fromarray(((np.stack([xx, yy, 1 - xx * yy], axis=-1) * 0.8 + noise) * 255).astype(np.uint8))
 
 
 def commit() -> str:
@@ -119,7 +139,7 @@ def build_published(name: str, device: torch.device, dtype: torch.dtype) -> Any:
         vae = build(name, "vae").to(dtype).eval()
     scheduler_class, scheduler_config = SCHEDULERS[name]
     scheduler = getattr(diffusers, scheduler_class)(**scheduler_config)
-    pipeline_class = getattr(diffusers, PIPELINES[FAMILY_OF[name]])
+    pipeline_class = getattr(diffusers, IMAGE_PIPELINES.get(name) or PIPELINES[FAMILY_OF[name]])
     components = {
         "transformer": transformer,
         "vae": vae,
@@ -172,6 +192,7 @@ def bench_family(name: str, args: argparse.Namespace, device: torch.device, dtyp
     spec = get_spec(TINY_OF[name] if args.tiny else name)
     pipe = (build_tiny if args.tiny else build_published)(name, device, dtype)
     text_dim = 32 if args.tiny else 4096
+    image = first_frame(spec.default_width, spec.default_height) if name in IMAGE_PIPELINES else None
 
     def request(steps: int) -> GenerationRequest:
         return GenerationRequest(
@@ -183,6 +204,7 @@ def bench_family(name: str, args: argparse.Namespace, device: torch.device, dtyp
             guidance_scale=spec.default_guidance,
             seed=0,
             fps=spec.default_fps,
+            image=image,
         )
 
     conditioning = random_conditioning(family.name, request(1).do_cfg, text_dim, device, dtype)
@@ -201,6 +223,8 @@ def bench_family(name: str, args: argparse.Namespace, device: torch.device, dtyp
             "output_type": "latent",
             "return_dict": False,
         }
+        if image is not None:
+            kwargs["image"] = image
         sync(device)
         started = time.perf_counter()
         latents = pipe(**kwargs)[0]
@@ -229,7 +253,8 @@ def bench_family(name: str, args: argparse.Namespace, device: torch.device, dtyp
     around_loop = set_attention(pipe.transformer, family, backend)
     fused = not args.no_fuse and fuse_projections(pipe.transformer, family)
     compiled_blocks = 0 if args.no_compile else compile_repeated_blocks(pipe.transformer, family.repeated_blocks)
-    stage = DiffusersDenoisingStage(device, family, {PIPELINES[family.name]: pipe}, around_loop)
+    pipeline_name = IMAGE_PIPELINES.get(name) or PIPELINES[family.name]
+    stage = DiffusersDenoisingStage(device, family, {pipeline_name: pipe}, around_loop)
     started = time.perf_counter()
     run_vidq(WARMUP_STEPS)  # warm-up: compiles the blocks for this shape (a warm worker has done it already)
     warm_s = time.perf_counter() - started
