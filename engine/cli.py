@@ -130,7 +130,9 @@ def run_generate(args: argparse.Namespace) -> int:
             err.write(f"error: --image {args.image}: {exc}\n")
             return EXIT_USAGE
     try:
-        request.acceleration = parse_acceleration(acceleration_argument(args.acceleration))
+        request.acceleration = parse_acceleration(
+            acceleration_argument(args.acceleration), known_spec.acceleration if known_spec is not None else None
+        )
         if known_spec is not None:
             check_acceleration(
                 request.acceleration,

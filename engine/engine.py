@@ -33,7 +33,7 @@ from engine.pipelines.diffusers_backend import DiffusersPipeline
 from engine.pipelines.diffusers_families import DiffusersFamily
 from engine.pipelines.wan_t2v import WanT2VPipeline
 from engine.stages.state import OnStage, OnStep
-from spec.acceleration import check_acceleration
+from spec.acceleration import UNCALIBRATED_FEATURES, check_acceleration, for_model
 from spec.memory import GIB, MemoryPlan, ModelFootprint, RequestShape, plan_for_placement, plan_memory
 from spec.registry import (
     MAX_GUIDANCE,
@@ -52,8 +52,6 @@ from spec.stages import Stage
 FREE_MEMORY_FRACTION = 0.95
 # The request a placement is planned for when the model has no registry spec.
 FALLBACK_SHAPE = RequestShape(width=832, height=480, num_frames=81, cfg=True)
-# Fast modes of a model folder the registry does not know: no MagCache schedule exists for it.
-UNREGISTERED_ACCELERATION = ("teacache", "fbcache", "fp8")
 
 
 def default_device() -> torch.device:
@@ -175,7 +173,8 @@ class Engine:
         if self.spec is not None:
             self.acceleration: tuple[str, ...] = self.spec.acceleration
         else:
-            self.acceleration = () if self.family is not None else UNREGISTERED_ACCELERATION
+            # an unregistered Wan folder: no MagCache schedule exists for it
+            self.acceleration = () if self.family is not None else UNCALIBRATED_FEATURES
         self.fp8_weights: Fp8Weights | None = None
         if self.family is not None:
             if parallel is not None and parallel.enabled:
@@ -374,10 +373,13 @@ class Engine:
             return reason
         if self.placement.offload != "none":
             return f"FP8 needs the DiT resident on the GPU; this engine offloads it ({self.placement.offload})"
-        if any(isinstance(m, LoraLinear) for m in self.components.transformer.blocks.modules()):
+        if self.placement.experts == "swap":
+            return "FP8 needs both experts resident on the GPU; this engine swaps them (experts placement: swap)"
+        experts = self.components.transformers
+        if any(isinstance(m, LoraLinear) for expert in experts for m in expert.blocks.modules()):
             return "FP8 and runtime LoRA slots do not combine (VIDQ_LORA_MODE=runtime)"
         budget = self.placement.budget_bytes
-        extra = fp8_extra_bytes(self.components.transformer)
+        extra = fp8_extra_bytes(*experts)  # every expert's copies stay on the GPU
         if budget is not None and self.placement.estimated_peak_bytes + extra > budget:
             return (
                 f"the FP8 weights ({extra / GIB:.1f} GiB) do not fit beside the bf16 ones "
@@ -386,14 +388,15 @@ class Engine:
         return None
 
     def _prepare_fp8(self) -> None:
-        """Quantize the blocks' linears once (first FP8 request); raise when FP8 cannot run here."""
+        """Quantize the blocks' linears of every expert once (first FP8 request); raise when FP8
+        cannot run here."""
         if self.fp8_weights is not None:
             return
         reason = self.fp8_unavailable_reason()
         if reason is not None:
             raise Fp8UnsupportedError(reason)
         emulate = self.device.type != "cuda"
-        self.fp8_weights = Fp8Weights(self.components.transformer, emulate=emulate)
+        self.fp8_weights = Fp8Weights(*self.components.transformers, emulate=emulate)
         self.pipeline.stage("denoising").fp8 = self.fp8_weights
 
     def plan(self, request: GenerationRequest) -> MemoryPlan:
@@ -409,10 +412,9 @@ class Engine:
         """
         if self.family is not None and request.loras:
             raise SpecViolationError("loras", f"LoRA adapters are served for Wan models only, not {self.family.name}")
-        check_acceleration(
-            request.acceleration, supported=self.acceleration, num_inference_steps=request.num_inference_steps
-        )
-        if request.acceleration.fp8 and request.loras:
+        acceleration = for_model(request.acceleration, self.acceleration)  # "fast" means this model's
+        check_acceleration(acceleration, supported=self.acceleration, num_inference_steps=request.num_inference_steps)
+        if acceleration.fp8 and request.loras:
             raise Fp8UnsupportedError("FP8 weights are quantized from the base weights: they cannot carry LoRAs")
         if self.spec is not None:
             self.spec.validate_request(request)
@@ -461,6 +463,7 @@ class Engine:
         a single-process engine takes one (the ranks of a parallel run would have to restore in
         lockstep).
         """
+        request = replace(request, acceleration=for_model(request.acceleration, self.acceleration))
         self.check_request(request)
         if checkpointer is not None and self.parallel is not None:
             raise ValueError("denoising checkpoints need a single-process engine, not one rank of a group")

@@ -5,7 +5,8 @@ Plain Python (no torch), so the API validates an `acceleration` field with the s
 engine uses. A request asks for one of:
 
 - `"none"` (the default): the lossless path, bit for bit today's output;
-- a preset name (`PRESETS`): "balanced" or "fast";
+- a preset name (`PRESETS`): "balanced" or "fast", resolved per model (`preset_options`): the
+  MagCache presets where the model has a calibrated schedule, else `UNCALIBRATED_PRESETS`;
 - explicit options, a mapping with any of `AccelerationOptions`' fields (optionally `preset`, whose
   values the other fields then override).
 
@@ -26,6 +27,10 @@ from spec.errors import CodedError
 CACHE_METHODS: tuple[str, ...] = ("teacache", "magcache", "fbcache")
 # Everything a model can declare support for in its registry spec.
 ACCELERATION_FEATURES: tuple[str, ...] = (*CACHE_METHODS, "fp8")
+# What a native Wan model offers without a MagCache calibration (MagCache follows a per-model
+# schedule of residual magnitudes; TeaCache then runs on the raw change, the first-block cache on
+# the run's own activations): Wan2.2 A14B and unregistered folders.
+UNCALIBRATED_FEATURES: tuple[str, ...] = ("teacache", "fbcache", "fp8")
 NONE = "none"
 MAX_THRESHOLD = 10.0
 
@@ -111,6 +116,50 @@ PRESETS: dict[str, AccelerationOptions] = {
     ),
 }
 
+# The same presets for models that offer no MagCache (no calibrated schedule exists for them, e.g.
+# Wan2.2 A14B's two experts): the first-block cache, which decides from the run's own activations
+# and so needs no calibration. Thresholds: diffusers' FirstBlockCache default (0.05) for
+# "balanced", twice that for "fast". Unlike MagCache its decisions depend on the content, so the
+# speed-up on random weights (CPU tests, benchmarks) says little about real checkpoints.
+UNCALIBRATED_PRESETS: dict[str, AccelerationOptions] = {
+    "balanced": AccelerationOptions(
+        cache="fbcache", threshold=0.05, warmup_steps=4, final_steps=1, max_consecutive_skips=2, preset="balanced"
+    ),
+    "fast": AccelerationOptions(
+        cache="fbcache",
+        threshold=0.1,
+        warmup_steps=2,
+        final_steps=1,
+        max_consecutive_skips=4,
+        fp8=True,
+        preset="fast",
+    ),
+}
+
+
+def preset_options(name: str, supported: Collection[str] | None = None) -> AccelerationOptions:
+    """Preset `name` for a model offering the features `supported` (None: not known yet, the
+    MagCache variant). A model without MagCache gets the first-block-cache variant, so every preset
+    resolves to something the model runs; one without that either gets the MagCache variant and
+    `check_acceleration` says what is missing."""
+    options = PRESETS[name]
+    if supported is None or all(feature in supported for feature in options.features):
+        return options
+    fallback = UNCALIBRATED_PRESETS.get(name)
+    if fallback is not None and all(feature in supported for feature in fallback.features):
+        return fallback
+    return options
+
+
+def for_model(options: AccelerationOptions, supported: Collection[str]) -> AccelerationOptions:
+    """Options parsed before the model was known (`GenerationRequest` normalises "fast" on its
+    own) made the model's: an unmodified preset becomes that preset's variant for this model;
+    anything else is returned as it is."""
+    if options.preset is not None and options == PRESETS.get(options.preset):
+        return preset_options(options.preset, supported)
+    return options
+
+
 _FIELDS = {f.name for f in fields(AccelerationOptions)}
 
 
@@ -123,22 +172,23 @@ def _int_field(raw: Mapping[str, Any], name: str, minimum: int) -> int | None:
     return value
 
 
-def parse_acceleration(value: object) -> AccelerationOptions:
+def parse_acceleration(value: object, supported: Collection[str] | None = None) -> AccelerationOptions:
     """A preset name, a mapping of options, options themselves or None -> `AccelerationOptions`.
 
-    Checks each field on its own; what depends on the model or the request (supported
+    Presets resolve for a model offering `supported` (`preset_options`; None: the MagCache
+    variant). Checks each field on its own; what depends on the model or the request (supported
     features, step indices) is `check_acceleration`'s job.
     """
     if value is None:
         return LOSSLESS
     if isinstance(value, AccelerationOptions):
-        return value
+        return value if supported is None else for_model(value, supported)
     if isinstance(value, str):
         if value not in PRESETS:
             raise AccelerationError(
                 "acceleration", f"unknown acceleration preset {value!r}; one of {', '.join(PRESETS)} or an object"
             )
-        return PRESETS[value]
+        return preset_options(value, supported)
     if not isinstance(value, Mapping):
         raise AccelerationError("acceleration", "acceleration must be a preset name or an object of options")
     unknown = sorted(set(value) - _FIELDS)
@@ -149,7 +199,7 @@ def parse_acceleration(value: object) -> AccelerationOptions:
     if value.get("preset") is not None:
         if not isinstance(value["preset"], str) or value["preset"] not in PRESETS:
             raise AccelerationError("acceleration.preset", f"preset must be one of {', '.join(PRESETS)}")
-        base = PRESETS[value["preset"]]
+        base = preset_options(value["preset"], supported)
     changes: dict[str, Any] = {}
     if "cache" in value:
         cache = value["cache"]
@@ -231,7 +281,8 @@ def check_acceleration(options: AccelerationOptions, *, supported: Collection[st
 
 
 def resolve_acceleration(value: object, *, supported: Collection[str], num_inference_steps: int) -> AccelerationOptions:
-    """`parse_acceleration` then `check_acceleration`: what the API and the engine call."""
-    options = parse_acceleration(value)
+    """`parse_acceleration` (presets resolved for this model) then `check_acceleration`: what the
+    API and the engine call."""
+    options = parse_acceleration(value, supported)
     check_acceleration(options, supported=supported, num_inference_steps=num_inference_steps)
     return options

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from spec.acceleration import ACCELERATION_FEATURES
+from spec.acceleration import ACCELERATION_FEATURES, UNCALIBRATED_FEATURES
 from spec.errors import CodedError
 from spec.memory import CLIP_DIM, DIFFUSERS_FOOTPRINTS, WAN22_VAE_FP32_BYTES, ModelFootprint, wan21_footprint
 
@@ -593,6 +593,7 @@ WAN22_T2V_A14B = ModelSpec(
     max_prompt_chars=2000,
     description="Wan2.2 text-to-video, two 14B experts (high noise, low noise), 480p and 720p.",
     footprint=wan21_footprint(**_WAN_14B, experts=2),
+    acceleration=UNCALIBRATED_FEATURES,
 )
 
 WAN22_I2V_A14B = ModelSpec(
@@ -613,6 +614,7 @@ WAN22_I2V_A14B = ModelSpec(
     description="Wan2.2 image-to-video, two 14B experts (high noise, low noise), 480p and 720p.",
     footprint=wan21_footprint(**_WAN_14B, in_channels=36, experts=2),
     image_input="required",
+    acceleration=UNCALIBRATED_FEATURES,
 )
 
 # Tiny random-weight checkpoints of each new family (engine/models/tiny.py), for tests and CI.
@@ -648,6 +650,7 @@ TINY_WAN22_T2V_A14B = ModelSpec(
     name="tiny-wan2.2-t2v-a14b",
     description="Random-weight Wan2.2 two-expert text-to-video; for tests and CI.",
     default_guidance_2=3.0,
+    acceleration=UNCALIBRATED_FEATURES,
     **_TINY_COMMON,  # type: ignore[arg-type]
 )
 TINY_WAN22_I2V_A14B = ModelSpec(
@@ -655,6 +658,7 @@ TINY_WAN22_I2V_A14B = ModelSpec(
     description="Random-weight Wan2.2 two-expert image-to-video; for tests and CI.",
     default_guidance_2=4.0,
     image_input="required",
+    acceleration=UNCALIBRATED_FEATURES,
     **_TINY_COMMON,  # type: ignore[arg-type]
 )
 

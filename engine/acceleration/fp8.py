@@ -8,8 +8,9 @@ saves. Inside a compiled block the quantization is traced with the norm/modulati
 the activation and fused into it, which is what makes FP8 pay (1.45x over a block's linears in
 that probe); outside compiled blocks the quantizer is compiled on its own.
 
-`Fp8Weights.prepare(model)` quantizes every block linear once and keeps the FP8 copy beside the
-bf16 weight (the engine checks the memory first); `Fp8Weights.enabled()` switches them on for one
+`Fp8Weights(*models)` quantizes every block linear once and keeps the FP8 copy beside the
+bf16 weight (the engine checks the memory first; a two-expert model passes both experts, and its
+check counts both copies); `Fp8Weights.enabled()` switches them on for one
 request and back off afterwards, so FP8 is a per-request choice on one loaded model. The swap is
 a class change of each `nn.Linear` to `Fp8Linear` (same parameters, an extra buffer pair), not an
 edit of the model's code. The feed-forward's GELU epilogue GEMM has no FP8 form, so under FP8 the
@@ -132,20 +133,24 @@ def block_linears(model: nn.Module) -> list[nn.Linear]:
     return [m for m in model.blocks.modules() if isinstance(m, nn.Linear)]
 
 
-def fp8_extra_bytes(model: nn.Module) -> int:
-    """Memory the FP8 copies add beside the existing weights (1 byte per weight + 4 per row)."""
-    return sum(m.weight.numel() + 4 * m.weight.shape[0] for m in block_linears(model))
+def fp8_extra_bytes(*models: nn.Module) -> int:
+    """Memory the FP8 copies of `models` add beside the existing weights (1 byte per weight + 4
+    per row); every expert of a two-expert model counts."""
+    return sum(m.weight.numel() + 4 * m.weight.shape[0] for model in models for m in block_linears(model))
 
 
 class Fp8Weights:
-    """The FP8 copies of one loaded model's block linears, made once, switched per request."""
+    """The FP8 copies of one loaded model's block linears (every expert's, for a two-expert
+    model), made once, switched per request."""
 
-    def __init__(self, model: nn.Module, *, emulate: bool) -> None:
-        self.model = model
+    def __init__(self, *models: nn.Module, emulate: bool) -> None:
+        if not models:
+            raise ValueError("Fp8Weights needs at least one model")
+        self.models = models
         self.emulate = emulate
         self.linears: list[Fp8Linear] = []
         with torch.no_grad():
-            for linear in block_linears(model):
+            for linear in (linear for model in models for linear in block_linears(model)):
                 weight_fp8, weight_scale = quantize_rows(linear.weight.detach())
                 linear.__class__ = Fp8Linear
                 linear.register_buffer("weight_fp8", weight_fp8, persistent=False)
@@ -157,7 +162,7 @@ class Fp8Weights:
     @contextlib.contextmanager
     def enabled(self) -> Iterator[None]:
         """FP8 GEMMs in every block linear for the duration of the block (one request)."""
-        gelus = [m for m in self.model.modules() if getattr(m, "fused_epilogue", False)]
+        gelus = [m for model in self.models for m in model.modules() if getattr(m, "fused_epilogue", False)]
         for linear in self.linears:
             linear.fp8_active = True
         for gelu in gelus:

@@ -19,6 +19,15 @@ Rules around every method: steps before `warmup_steps` and the last `final_steps
 a skip run never exceeds `max_consecutive_skips`, threshold 0 never skips (so it reproduces the
 uncached output exactly), and a forced `skip_steps` schedule replaces all of it.
 
+Two experts (Wan2.2 A14B): one cache is attached to both transformers, and the loop calls
+`start_segment(i)` when the other expert takes over at step i. Everything cached is dropped there
+(the residual, the last indicator, the method's accumulated change): a residual of the high-noise
+expert added to a step of the low-noise one would be another model's output, and a change measured
+across the switch compares two models' projections. The new expert's first `warmup_steps` are then
+computed, like the run's first ones, and a forced `skip_steps` schedule cannot skip its first step
+(there is nothing of its own to reuse yet). The report records, for every skipped step, the step
+whose residual it reused (`reused_from`), which is how the tests see that nothing crosses.
+
 Batched CFG: cond and uncond are one batch, so one decision covers both and each keeps its own
 cached residual (rows of one tensor). CFG parallel and sequence parallel: the statistics are summed
 over every rank of the job and the decision is reduced again (skip only if every rank would), so
@@ -30,7 +39,7 @@ weights are not streamed. Compiled blocks: only `block.forward` is compiled; thi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -125,10 +134,13 @@ class _MagCachePolicy:
 
 @dataclass
 class StepCacheReport:
-    """What a run did: 0-based indices of the computed and skipped steps."""
+    """What a run did: 0-based indices of the computed and skipped steps; for each skipped step, the
+    computed step whose residual it reused; the steps where a new expert started (cache reset)."""
 
     computed_steps: list[int] = field(default_factory=list)
     skipped_steps: list[int] = field(default_factory=list)
+    reused_from: dict[int, int] = field(default_factory=dict)
+    segment_starts: list[int] = field(default_factory=list)
 
 
 class StepCache:
@@ -147,20 +159,27 @@ class StepCache:
         self.report = StepCacheReport()
         self._step = -1
         self._called_in_step = False
+        self._segment_start = 0  # the step the current expert started at (0 with one expert)
         self._consecutive_skips = 0
         self._residual: torch.Tensor | None = None  # float32, what the skipped blocks add
+        self._residual_step = -1  # the computed step `_residual` comes from
         self._previous: torch.Tensor | None = (
             None  # the indicator at the last step (teacache) or computed step (fbcache)
         )
         self._teacache: _TeaCachePolicy | None = None
         self._magcache: _MagCachePolicy | None = None
+        self._calibration = calibration
+        if self.method == "magcache" and calibration.magcache_ratios is None and options.skip_steps is None:
+            raise AccelerationError("acceleration.cache", "magcache needs a calibrated schedule for this model")
+        self._reset_policies()
+
+    def _reset_policies(self) -> None:
+        options, calibration = self.options, self._calibration
         if self.method == "teacache":
             self._teacache = _TeaCachePolicy(options.threshold, calibration.teacache_coefficients)
         elif self.method == "magcache":
-            if calibration.magcache_ratios is None and options.skip_steps is None:
-                raise AccelerationError("acceleration.cache", "magcache needs a calibrated schedule for this model")
             ratios = calibration.magcache_ratios or (1.0,)
-            self._magcache = _MagCachePolicy(options.threshold, magcache_schedule(ratios, num_steps))
+            self._magcache = _MagCachePolicy(options.threshold, magcache_schedule(ratios, self.num_steps))
 
     # -- the denoising loop's side ---------------------------------------------------------------
 
@@ -169,35 +188,52 @@ class StepCache:
         self._step = index
         self._called_in_step = False
 
+    def start_segment(self, index: int) -> None:
+        """Another transformer (the next expert) runs from step `index` on: drop everything cached
+        from the last one and warm up again (see the module docstring). Same on every rank."""
+        self._segment_start = index
+        self._consecutive_skips = 0
+        self._residual = self._previous = None
+        self._residual_step = -1
+        self._reset_policies()
+        self.report.segment_starts.append(index)
+
     @contextlib.contextmanager
-    def attached(self, model: WanTransformer3DModel) -> Iterator[StepCache]:
-        """Wrap `model.run_blocks` for the duration of the block (one request)."""
-        if "run_blocks" in vars(model):
+    def attached(self, *models: WanTransformer3DModel) -> Iterator[StepCache]:
+        """Wrap each model's `run_blocks` for the duration of the block (one request); two-expert
+        models pass both experts (the loop's `start_segment` keeps their states apart)."""
+        if any("run_blocks" in vars(model) for model in models):
             raise RuntimeError("a step cache is already attached to this model")
-        original: RunBlocks = model.run_blocks
-        blocks = model.blocks
-
-        def run_blocks(x, context, timestep_proj, rope):  # type: ignore[no-untyped-def]
-            return self._run(original, blocks, x, context, timestep_proj, rope)
-
-        model.run_blocks = run_blocks  # type: ignore[method-assign]
         try:
+            for model in models:
+                original: RunBlocks = model.run_blocks
+                blocks = model.blocks
+
+                def run_blocks(x, context, timestep_proj, rope, original=original, blocks=blocks):  # type: ignore[no-untyped-def]
+                    return self._run(original, blocks, x, context, timestep_proj, rope)
+
+                model.run_blocks = run_blocks  # type: ignore[method-assign]
             yield self
         finally:
-            del model.run_blocks
+            for model in models:
+                vars(model).pop("run_blocks", None)
             self._residual = self._previous = None  # free the cached activations with the request
 
-    def simulate(self, indicators: list[torch.Tensor | None]) -> list[int]:
+    def simulate(self, indicators: list[torch.Tensor | None], segment_starts: Collection[int] = ()) -> list[int]:
         """The steps this cache would skip, decided without running a block: TeaCache and MagCache
         decide from what is known before the run (each step's timestep projection, or the
         calibrated schedule), so a benchmark can find the threshold that meets a skip budget.
-        `indicators[i]` is step i's `timestep_proj` (TeaCache) or None (MagCache)."""
+        `indicators[i]` is step i's `timestep_proj` (TeaCache) or None (MagCache);
+        `segment_starts`: the steps where a second expert takes over."""
         if self.method == "fbcache":
             raise ValueError("the first-block cache decides from the run's activations; it cannot be simulated")
         placeholder = torch.zeros(())
         for step, indicator in enumerate(indicators):
+            if step in segment_starts:
+                self.start_segment(step)
             skip = self._decide(step, indicator, placeholder.device)
-            self._residual = placeholder  # "something is cached" from the first computed step on
+            if not skip:
+                self._residual, self._residual_step = placeholder, step  # "something is cached"
             if indicator is not None:
                 self._previous = indicator
             self._record(step, skip)
@@ -211,7 +247,7 @@ class StepCache:
         return (
             self._residual is None
             or options.threshold <= 0
-            or step < options.warmup_steps
+            or step < self._segment_start + options.warmup_steps
             or step >= self.num_steps - options.final_steps
             or self._consecutive_skips >= options.max_consecutive_skips
         )
@@ -262,7 +298,7 @@ class StepCache:
                 out = first
                 for block in list(blocks)[1:]:
                     out = block(out, context, timestep_proj, rope)
-                self._residual = out.float() - first.float()
+                self._residual, self._residual_step = out.float() - first.float(), step
                 self._previous = head_residual
         else:
             indicator = timestep_proj if self.method == "teacache" else None
@@ -271,7 +307,7 @@ class StepCache:
                 out = (x.float() + self._residual).type_as(x)
             else:
                 out = original(x, context, timestep_proj, rope)
-                self._residual = out.float() - x.float()
+                self._residual, self._residual_step = out.float() - x.float(), step
             if indicator is not None:
                 self._previous = indicator.detach().clone()
         self._record(step, skip)
@@ -281,6 +317,7 @@ class StepCache:
         if skip:
             self._consecutive_skips += 1
             self.report.skipped_steps.append(step)
+            self.report.reused_from[step] = self._residual_step
         else:
             self._consecutive_skips = 0
             self.report.computed_steps.append(step)

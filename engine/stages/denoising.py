@@ -55,7 +55,9 @@ class DenoisingStage(Stage):
     - image conditioning (`state.condition`): concatenated to the latents on the channel axis
       (Wan2.1 I2V), or, with `expand_timesteps` (Wan2.2 TI2V), written over the first latent
       frame with that frame's tokens at timestep 0; the final latents keep the clean frame.
-    Fast modes apply to single-expert models (a step cache's residual is one transformer's).
+    Fast modes on two experts: the step cache is attached to both and reset where the other
+    expert takes over (`StepCache.start_segment`: no residual crosses the switch, the new
+    expert's first steps are computed); `fp8` holds both experts' FP8 weights.
     """
 
     name: ClassVar[str] = StageName.DENOISING
@@ -128,13 +130,11 @@ class DenoisingStage(Stage):
         conditioning = Conditioning.of(state, dtype, self.transformer.config.patch_size, self.expand_timesteps)
 
         options = request.acceleration
-        if not options.lossless and self.transformer_2 is not None:
-            raise ValueError("fast modes (step caches, FP8) are not offered for two-expert models")
         cache = StepCache(options, self.calibration, len(timesteps)) if options.cache else None
         with self._precision(options):
             if self.transformer.compiled:
                 self._warm_up(plan, latents, timesteps[0], context, conditioning, state, fp8=options.fp8)
-            with cache.attached(self.transformer) if cache else contextlib.nullcontext():
+            with cache.attached(*self.experts) if cache else contextlib.nullcontext():
                 latents = self._loop(state, scheduler, timesteps, latents, context, plan, conditioning, cache)
                 state.latents = conditioning.finalize(latents)
         computed = cache.report.computed_steps if cache else list(range(len(timesteps)))
@@ -184,6 +184,8 @@ class DenoisingStage(Stage):
                     swap.close()
                     if self.expert_swap is not None:
                         swap.enter_context(self._timed_swap(expert, state))
+                    if cache is not None and current is not None:
+                        cache.start_segment(index)  # nothing of the last expert's is reused
                     current = expert
                 if cache is not None:
                     cache.begin_step(index)

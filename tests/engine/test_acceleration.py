@@ -271,8 +271,9 @@ def test_the_registry_says_which_models_support_what() -> None:
     for spec in list_specs():
         # a model offering magcache has a schedule to follow
         assert "magcache" not in spec.acceleration or spec.name in MAGCACHE_RATIOS
-        # every native one-expert Wan text-to-video model runs every preset; the others offer only "none"
-        native_t2v = spec.family == "wan" and spec.image_input == "none" and not spec.two_experts
+        # native Wan text-to-video models (one expert or two) run every preset; the others only "none"
+        native_t2v = spec.family == "wan" and (spec.image_input == "none" or spec.two_experts)
+        assert bool(spec.acceleration) == native_t2v, spec.name
         presets = PRESETS.values() if native_t2v else [PRESETS["none"]]
         for options in presets:
             resolve_acceleration(options, supported=spec.acceleration, num_inference_steps=spec.default_steps)
@@ -282,9 +283,12 @@ def test_unregistered_folders_offer_no_magcache(tiny_folder, make_request) -> No
     from engine.engine import Engine
 
     engine = Engine(tiny_folder, device="cpu")
-    with pytest.raises(AccelerationError, match="magcache"):
-        engine.check_request(make_request(acceleration="balanced"))
-    assert isinstance(AccelerationOptions(), AccelerationOptions)
+    with pytest.raises(AccelerationError, match="magcache") as refused:
+        engine.check_request(make_request(acceleration={"cache": "magcache", "threshold": 0.1}))
+    assert refused.value.param == "acceleration.cache"
+    # a preset still runs: its uncalibrated variant (the first-block cache)
+    result = engine.generate(make_request(num_inference_steps=STEPS, acceleration="balanced"))
+    assert result.acceleration["options"]["cache"] == "fbcache" and result.acceleration["preset"] == "balanced"
 
 
 def test_a_simulated_schedule_is_the_one_a_run_takes(tiny_engine, make_request) -> None:

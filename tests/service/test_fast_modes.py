@@ -84,3 +84,23 @@ def test_models_say_which_fast_modes_they_offer(api, make_key) -> None:
     body = {"prompt": "a fox", "model": "ltx-video", "acceleration": "balanced"}
     response = api.post("/v1/videos", json=body, headers=auth(make_key()))
     assert response.status_code == 422 and response.json()["error"]["param"] == "acceleration.cache"
+
+
+def test_a_preset_runs_on_a_two_expert_model(api, make_key) -> None:
+    # Wan2.2 A14B has no MagCache calibration: "fast" resolves to the first-block cache (reset at
+    # the expert switch) with FP8 on both experts, and magcache is a 422 naming the cache.
+    key = make_key()
+    body = {"prompt": "a red fox in the snow", "model": "tiny-wan2.2-t2v-a14b", "num_inference_steps": STEPS}
+    response = api.post("/v1/videos", json=body | {"acceleration": {"cache": "magcache"}}, headers=auth(key))
+    assert response.status_code == 422 and response.json()["error"]["param"] == "acceleration.cache"
+    response = api.post("/v1/videos", json=body | {"acceleration": "fast", "seed": 3}, headers=auth(key))
+    assert response.status_code == 202, response.text
+    submitted = response.json()
+    assert submitted["acceleration"]["cache"] == "fbcache" and submitted["acceleration"]["fp8"]
+    job = wait_for_job(api, key, submitted["id"], finished, timeout_s=240)
+    assert job["status"] == "completed", job
+    result = job["acceleration_result"]
+    assert result["preset"] == "fast" and result["precision"] == "fp8-emulated"
+    assert result["steps_computed"] + result["steps_skipped"] == STEPS
+    models = {m["id"]: m for m in api.get("/v1/models", headers=auth(key)).json()["data"]}
+    assert set(models["wan2.2-t2v-a14b"]["acceleration"]) == {"teacache", "fbcache", "fp8"}
