@@ -226,3 +226,18 @@ def test_the_step_cache_hook_wraps_each_expert_once_and_leaves_nothing() -> None
         with pytest.raises(RuntimeError, match="already attached"), cache.attached(experts[1]):
             pass
     assert all("run_blocks" not in vars(expert) for expert in experts)
+
+
+def test_the_image_to_video_pair_runs_the_fast_preset(models_dir) -> None:
+    from PIL import Image
+
+    name = "tiny-wan2.2-i2v-a14b"
+    spec = get_spec(name)
+    i2v = Engine(name, device="cpu", models_dir=models_dir, fp8_emulation=True)
+    image = Image.new("RGB", (spec.default_width, spec.default_height), (200, 80, 40))
+    result = i2v.generate(
+        request(num_frames=13, guidance_scale_2=spec.default_guidance_2, image=image, acceleration="fast")
+    )
+    report = result.acceleration
+    assert report["options"]["cache"] == "fbcache" and report["precision"] == "fp8-emulated"
+    assert report["steps_computed"] + report["steps_skipped"] == STEPS
