@@ -51,12 +51,25 @@ class TextInput(BaseModel):
 
 
 class LoraUse(TextInput):
-    """One adapter of a job: an id from `GET /v1/loras` and its strength."""
+    """One adapter of a job: an id from `GET /v1/loras` and its strength; on a two-expert model
+    (Wan2.2 A14B) it goes into both experts unless `id_2` / `scale_2` say otherwise."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(max_length=40, description="A LoRA id (`lora_...`).")
     scale: float = Field(default=1.0, ge=-4.0, le=4.0, description="Strength; 0 applies nothing.")
+    id_2: str | None = Field(
+        default=None,
+        max_length=40,
+        description="Two-expert models only: the low-noise expert's adapter (the second file of a published "
+        "high-noise/low-noise pair); `id` then goes into the high-noise expert only. Default: `id` in both.",
+    )
+    scale_2: float | None = Field(
+        default=None,
+        ge=-4.0,
+        le=4.0,
+        description="Two-expert models only: the strength in the low-noise expert (default: `scale`; 0: none there).",
+    )
 
 
 class ImageUrlReference(TextInput):
@@ -122,7 +135,8 @@ class VideoCreate(TextInput):
         max_length=4,
         description='LoRA adapters to apply, e.g. `[{"id": "lora_01J...", "scale": 0.8}]` (in multipart: '
         "the same list as one JSON-encoded field). Settings the request leaves out take the adapters' "
-        "recommended values (steps, guidance, flow shift).",
+        "recommended values (steps, guidance, flow shift). Two-expert models (Wan2.2 A14B) apply each to "
+        'both experts; a high-noise/low-noise pair is one entry `{"id": HIGH, "id_2": LOW}`.',
     )
     flow_shift: float | None = Field(
         default=None,
@@ -180,7 +194,7 @@ class VideoCreate(TextInput):
             webhook_events=self.webhook_events,
             seconds=self.seconds,
             input_reference=input_reference,
-            loras=tuple(LoraChoice(use.id, use.scale) for use in self.loras or ()),
+            loras=tuple(LoraChoice(use.id, use.scale, use.id_2, use.scale_2) for use in self.loras or ()),
             flow_shift=self.flow_shift,
             acceleration=self.acceleration,
         )

@@ -201,14 +201,20 @@ class Engine:
                     expert.fuse_projections()  # before placement: offload keeps fused weights
             self.lora_mode = self._lora_mode(settings.lora_mode)
             if self.lora_mode == "runtime" and settings.lora_runtime_rank > 0:  # before placement: slots travel
-                install_runtime_slots(self.components.transformer, settings.lora_runtime_rank)
+                for expert in experts:
+                    install_runtime_slots(expert, settings.lora_runtime_rank)
             self._offloads = self._place(self.components)
-        self.loras = LoraApplier(
-            self.components.transformer,
-            self.device,
-            host_view=self._host_view,
-            device_backup_bytes=self._spare_device_bytes(),
-        )
+        # One applier per expert, over the same machinery: each keeps its own expert's originals
+        # (the spare GPU memory for them is shared out evenly).
+        self.loras = [
+            LoraApplier(
+                expert,
+                self.device,
+                host_view=self._host_view,
+                device_backup_bytes=self._spare_device_bytes() // len(experts),
+            )
+            for expert in experts
+        ]
         self.adapters = AdapterCache(settings.lora_cache_mb * 2**20)
         for expert in experts:
             self.attention_backend = expert.set_attention_backend(requested_backend)
@@ -285,26 +291,36 @@ class Engine:
         return max(0, plan.budget_bytes - plan.estimated_peak_bytes)
 
     def _host_view(self, tensor: torch.Tensor) -> torch.Tensor | None:
-        """Where an offloaded DiT tensor's values live between uses (None: on the device)."""
-        for key in ("dit_blocks", "dit"):
-            offload = self._offloads.get(key)
+        """Where an offloaded DiT tensor's values live between uses (None: on the device): in
+        the layer-wise groups or the whole-model copy of either expert (a swapped expert's
+        weights live in its pinned host copy)."""
+        offloads = [self._offloads.get(key) for key in ("dit_blocks", "dit_blocks_2", "dit")]
+        offloads += self._offloads.get("experts", [])
+        for offload in offloads:
             view = offload.host_view(tensor) if offload is not None else None
             if view is not None:
                 return view
         return None
 
     def apply_loras(self, request: GenerationRequest) -> tuple[str | None, float]:
-        """Make the request's adapters (exactly those) active; -> (mode used, seconds it took).
+        """Make the request's adapters (exactly those) active on each expert; -> (mode used,
+        seconds it took). Each expert gets the adapters whose `LoraRef.expert` names it or none.
 
         Adapters come from the in-memory cache, read from their path on a miss. The same set as
-        the last request costs nothing; none restores the base weights bit for bit.
+        the last request costs nothing; none restores the base weights bit for bit. The mode is
+        the experts' common one ("fused", "runtime"), or both joined by "+" when the runtime slots
+        of one expert could not hold its adapters.
         """
         started = time.perf_counter()
-        adapters = [(self.adapters.get(ref.key, ref.path), ref.scale) for ref in request.loras]
-        mode = self.loras.apply(adapters, self.lora_mode)
+        modes: list[str] = []
+        for index, applier in enumerate(self.loras):
+            refs = [ref for ref in request.loras if ref.applies_to(index)]
+            mode = applier.apply([(self.adapters.get(ref.key, ref.path), ref.scale) for ref in refs], self.lora_mode)
+            if mode is not None and mode not in modes:
+                modes.append(mode)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return mode, time.perf_counter() - started
+        return "+".join(modes) or None, time.perf_counter() - started
 
     @property
     def warm_adapters(self) -> list[str]:
@@ -412,6 +428,12 @@ class Engine:
         """
         if self.family is not None and request.loras:
             raise SpecViolationError("loras", f"LoRA adapters are served for Wan models only, not {self.family.name}")
+        experts = 1 if self.family is not None else len(self.components.transformers)
+        for ref in request.loras:
+            if ref.expert is not None and not 0 <= ref.expert < experts:
+                raise SpecViolationError(
+                    "loras", f"adapter {ref.key} is for expert {ref.expert}; this model has {experts} transformer(s)"
+                )
         acceleration = for_model(request.acceleration, self.acceleration)  # "fast" means this model's
         check_acceleration(acceleration, supported=self.acceleration, num_inference_steps=request.num_inference_steps)
         if acceleration.fp8 and request.loras:

@@ -26,7 +26,7 @@ def worker_queue(worker_id: str) -> str:
 
 def preferred_queue(job: Job, workers: list[WorkerStatus], *, heartbeat_timeout_s: float) -> str | None:
     """The own queue of the idle worker holding most of `job`'s adapters warm, or None (shared queue)."""
-    wanted = {entry["id"] for entry in job.loras or ()}
+    wanted = {entry[key] for entry in job.loras or () for key in ("id", "id_2") if key in entry}
     if not wanted:
         return None
     idle = [

@@ -174,34 +174,62 @@ def delete_lora(*, session: Session, owner: ApiKey, lora_id: str, storage: Stora
 def resolve_job_loras(
     *, session: Session, owner: ApiKey, choices: tuple[LoraChoice, ...], model: str
 ) -> tuple[list[dict[str, Any]], Recommended]:
-    """Check a request's adapters and return what the job records ([{"id", "name", "scale"}]) and
-    the settings they recommend (the first adapter, in request order, that names a field wins).
-    Counts a use of each adapter."""
+    """Check a request's adapters and return what the job records and the settings they
+    recommend (the first adapter, in request order, that names a field wins). Counts a use of
+    each adapter.
+
+    An entry is recorded as ``{"id", "name", "scale"}``: on a two-expert model (Wan2.2 A14B) it
+    goes into both experts. An entry with ``id_2`` or ``scale_2`` (two-expert models only) also
+    records ``{"id_2", "name_2", "scale_2"}``: ``id`` at ``scale`` in the high-noise expert,
+    ``id_2`` at ``scale_2`` in the low-noise one. No expert gets the same adapter twice."""
     if len(choices) > MAX_LORAS_PER_JOB:
         raise InvalidParameter(f"at most {MAX_LORAS_PER_JOB} adapters per job", param="loras")
-    if len({choice.id for choice in choices}) != len(choices):
-        raise InvalidParameter("an adapter is listed twice", param="loras")
     try:
-        model = get_spec(model).name
+        spec = get_spec(model)
     except UnknownModelError as exc:
         raise InvalidParameter(str(exc), param="model") from None
-    entries, recommended = [], Recommended()
-    for choice in choices:
-        if not (math.isfinite(choice.scale) and MIN_SCALE <= choice.scale <= MAX_SCALE):
-            raise InvalidParameter(f"scale must be in [{MIN_SCALE}, {MAX_SCALE}]", param="loras")
-        lora = session.scalar(select(Lora).where(Lora.id == choice.id, _visible(owner)).with_for_update())
-        if lora is None:
-            raise InvalidParameter(f"no LoRA adapter {choice.id!r}", param="loras", code="lora_not_found")
-        if lora.model != model:
-            raise InvalidParameter(f"{lora.id} is an adapter for {lora.model}, not {model}", param="loras")
-        entries.append({"id": lora.id, "name": lora.name, "scale": choice.scale})
-        theirs = Recommended.from_dict(lora.recommended)
-        recommended = replace(
-            recommended,
-            **{k: v for k, v in theirs.__dict__.items() if v is not None and getattr(recommended, k) is None},
+    if not spec.two_experts and any(choice.per_expert for choice in choices):
+        raise InvalidParameter(
+            f"id_2 and scale_2 are for two-expert models (Wan2.2 A14B); {spec.name} has one transformer",
+            param="loras",
         )
-        lora.use_count += 1
+    for expert_ids in ([c.id for c in choices], [c.id_2 or c.id for c in choices]):
+        if len(set(expert_ids)) != len(expert_ids):
+            raise InvalidParameter("an adapter is listed twice", param="loras")
+    entries: list[dict[str, Any]] = []
+    recommended = Recommended()
+    for choice in choices:
+        for scale in (choice.scale, choice.scale_2):
+            if scale is not None and not (math.isfinite(scale) and MIN_SCALE <= scale <= MAX_SCALE):
+                raise InvalidParameter(f"scale must be in [{MIN_SCALE}, {MAX_SCALE}]", param="loras")
+        entry: dict[str, Any] = {}
+        ids = [choice.id] if choice.id_2 is None or choice.id_2 == choice.id else [choice.id, choice.id_2]
+        for suffix, lora_id in zip(("", "_2"), ids, strict=False):
+            lora = _usable_lora(session=session, owner=owner, lora_id=lora_id, model=spec.name)
+            entry |= {f"id{suffix}": lora.id, f"name{suffix}": lora.name}
+            theirs = Recommended.from_dict(lora.recommended)
+            recommended = replace(
+                recommended,
+                **{k: v for k, v in theirs.__dict__.items() if v is not None and getattr(recommended, k) is None},
+            )
+            lora.use_count += 1
+        entry["scale"] = choice.scale
+        if choice.per_expert:
+            entry.setdefault("id_2", entry["id"])
+            entry.setdefault("name_2", entry["name"])
+            entry["scale_2"] = choice.scale if choice.scale_2 is None else choice.scale_2
+        entries.append(entry)
     return entries, recommended
+
+
+def _usable_lora(*, session: Session, owner: ApiKey, lora_id: str, model: str) -> Lora:
+    """Adapter `lora_id`, visible to `owner` and made for `model` (locked: its use is counted)."""
+    lora = session.scalar(select(Lora).where(Lora.id == lora_id, _visible(owner)).with_for_update())
+    if lora is None:
+        raise InvalidParameter(f"no LoRA adapter {lora_id!r}", param="loras", code="lora_not_found")
+    if lora.model != model:
+        raise InvalidParameter(f"{lora.id} is an adapter for {lora.model}, not {model}", param="loras")
+    return lora
 
 
 def lora_to_public(lora: Lora) -> dict[str, Any]:

@@ -113,7 +113,9 @@ class VideoPublic(BaseModel):
     # The denoising step this attempt resumed after, from a checkpoint of an earlier attempt; None: from the start.
     resumed_from_step: int | None = None
     loras: list[dict[str, Any]] = Field(
-        default_factory=list, description='The adapters applied: `[{"id", "name", "scale"}]`.'
+        default_factory=list,
+        description='The adapters applied: `[{"id", "name", "scale"}]`; on a two-expert model an entry that gave '
+        "the low-noise expert its own adapter or strength also has `id_2`, `name_2`, `scale_2`.",
     )
     flow_shift: float | None = Field(default=None, description="The flow shift used (None: the model's).")
     retry: VideoRetry | None = None

@@ -54,10 +54,19 @@ def check_flow_shift(value: float | None, param: str = "flow_shift") -> None:
 
 @dataclass(frozen=True)
 class LoraChoice:
-    """One entry of a request's ``loras``: an adapter id and its strength."""
+    """One entry of a request's ``loras``: an adapter id and its strength. Two-expert models only:
+    ``id_2`` is the low-noise expert's adapter when it is another file (``id`` then goes into the
+    high-noise expert only) and ``scale_2`` its strength there; None: the same as ``id`` / ``scale``."""
 
     id: str
     scale: float = 1.0
+    id_2: str | None = None
+    scale_2: float | None = None
+
+    @property
+    def per_expert(self) -> bool:
+        """True when the experts get different adapters or strengths (the job records both)."""
+        return self.id_2 is not None or self.scale_2 is not None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import json
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -335,8 +335,16 @@ def read_header(source: bytes | BinaryIO | Path) -> tuple[dict[str, tuple[int, .
 
 # The DiT of each registry model that takes adapters (config.json values; a test holds tiny-wan's
 # to its real config). A LoRA is checked against its model's shapes at upload.
+_TINY_DIT = DiTShape(dim=32, ffn_dim=64, num_layers=2, text_dim=32, freq_dim=32)
+_WAN_14B_DIT = DiTShape(dim=5120, ffn_dim=13824, num_layers=40)
+# Two-expert models (Wan2.2 A14B): both experts have this shape, so one check covers an adapter
+# for either (or both) of them.
 DIT_SHAPES: dict[str, DiTShape] = {
-    "tiny-wan": DiTShape(dim=32, ffn_dim=64, num_layers=2, text_dim=32, freq_dim=32),
+    "tiny-wan": _TINY_DIT,
     "wan2.1-t2v-1.3b": DiTShape(dim=1536, ffn_dim=8960, num_layers=30),
-    "wan2.1-t2v-14b": DiTShape(dim=5120, ffn_dim=13824, num_layers=40),
+    "wan2.1-t2v-14b": _WAN_14B_DIT,
+    "wan2.2-t2v-a14b": _WAN_14B_DIT,
+    "wan2.2-i2v-a14b": replace(_WAN_14B_DIT, in_channels=36),
+    "tiny-wan2.2-t2v-a14b": _TINY_DIT,
+    "tiny-wan2.2-i2v-a14b": replace(_TINY_DIT, in_channels=36),
 }

@@ -19,10 +19,21 @@ if TYPE_CHECKING:
     from spec.memory import MemoryPlan
 
 
+# The experts of a two-expert model (Wan2.2 A14B), as `LoraRef.expert` names them.
+HIGH_NOISE_EXPERT = 0  # transformer/: the steps with t >= boundary_ratio x 1000
+LOW_NOISE_EXPERT = 1  # transformer_2/: the rest
+
+
 @dataclass(frozen=True)
 class LoraRef:
     """One adapter a request applies: `key` names its content (the engine caches by it), `path`
     is a local .safetensors file to read on a cache miss, `scale` its strength (0 = not applied).
+
+    `expert`: which transformer of a two-expert model (Wan2.2 A14B) it goes into: None (the
+    default) every one, as most single-file adapters are meant; `HIGH_NOISE_EXPERT` (0,
+    `transformer/`) or `LOW_NOISE_EXPERT` (1, `transformer_2/`) for one file of a published
+    high-noise/low-noise pair (diffusers: `load_lora_weights(..., load_into_transformer_2=True)`
+    for the second). A one-transformer model has only expert 0.
 
     Paths, not tensors, so a request stays cheap to send to the other ranks of a GPU group.
     """
@@ -30,6 +41,10 @@ class LoraRef:
     key: str
     path: str
     scale: float = 1.0
+    expert: int | None = None
+
+    def applies_to(self, expert: int) -> bool:
+        return self.expert is None or self.expert == expert
 
 
 @dataclass

@@ -292,12 +292,18 @@ def _acceleration(text: str) -> str | dict[str, Any]:
 
 
 def _lora_use(text: str) -> dict[str, object]:
-    """`--lora ID` or `--lora ID:SCALE`."""
-    lora_id, _, scale = text.partition(":")
-    try:
-        return {"id": lora_id, "scale": float(scale)} if scale else {"id": lora_id}
-    except ValueError:
-        raise CliError(f"--lora {text}: the scale after ':' must be a number") from None
+    """`--lora ID`, `--lora ID:SCALE`, or for a two-expert model's high-noise/low-noise pair
+    `--lora HIGH[:SCALE],LOW[:SCALE_2]`."""
+    use: dict[str, object] = {}
+    for suffix, part in zip(("", "_2"), text.split(",", 1), strict=False):
+        lora_id, _, scale = part.partition(":")
+        use[f"id{suffix}"] = lora_id
+        if scale:
+            try:
+                use[f"scale{suffix}"] = float(scale)
+            except ValueError:
+                raise CliError(f"--lora {text}: the scale after ':' must be a number") from None
+    return use
 
 
 def cmd_loras(args: argparse.Namespace) -> int:
@@ -455,7 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="first frame for image-to-video models (PNG, JPEG or WebP; sent as input_reference)",
     )
-    submit.add_argument("--lora", action="append", default=[], help="a LoRA adapter: ID or ID:SCALE (repeatable)")
+    submit.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        help="a LoRA adapter: ID or ID:SCALE (repeatable); a two-expert model's "
+        "high-noise/low-noise pair: HIGH[:SCALE],LOW[:SCALE]",
+    )
     submit.add_argument("--flow-shift", type=float, help="the sampler's flow shift (default: the adapters' or model's)")
     submit.add_argument(
         "--acceleration",

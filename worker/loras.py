@@ -56,7 +56,17 @@ class LoraFiles:
             stale.unlink(missing_ok=True)
 
     def refs(self, entries: list[dict[str, Any]] | None) -> tuple[Any, ...]:
-        """A job's recorded adapters as the engine's `LoraRef`s (key = the adapter id)."""
-        from spec.request import LoraRef
+        """A job's recorded adapters as the engine's `LoraRef`s (key = the adapter id): an entry
+        for both experts is one ref for every expert; a per-expert entry (``id_2``/``scale_2``,
+        see `jobs.loras.resolve_job_loras`) one ref for each expert."""
+        from spec.request import HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT, LoraRef
 
-        return tuple(LoraRef(e["id"], str(self.path(e["id"])), float(e["scale"])) for e in entries or ())
+        refs = []
+        for entry in entries or ():
+            if "id_2" not in entry:
+                refs.append(LoraRef(entry["id"], str(self.path(entry["id"])), float(entry["scale"])))
+                continue
+            for suffix, expert in (("", HIGH_NOISE_EXPERT), ("_2", LOW_NOISE_EXPERT)):
+                lora_id = entry[f"id{suffix}"]
+                refs.append(LoraRef(lora_id, str(self.path(lora_id)), float(entry[f"scale{suffix}"]), expert))
+        return tuple(refs)

@@ -135,3 +135,41 @@ def test_the_dashboard_lists_adapters_with_use_counts(app_client, new_key) -> No
     assert "<td>1</td>" in row[: row.index("</tr>")]  # its use count
     job_page = app_client.get(f"/admin/jobs/{job['id']}").text
     assert lora["id"] in job_page and "dashboard-style × 0.75" in job_page
+
+
+def test_a_two_expert_model_takes_one_adapter_for_both_experts_or_a_pair(app_client, client_key) -> None:
+    model = "tiny-wan2.2-t2v-a14b"
+    high = upload(app_client, client_key, adapter_bytes(seed=1), name="high", model=model).json()
+    low = upload(app_client, client_key, adapter_bytes(seed=2), name="low", model=model).json()
+    other_model = upload(app_client, client_key, adapter_bytes(seed=3), name="wan21").json()
+
+    def submit(loras: list[dict], model: str = model):  # type: ignore[no-untyped-def]
+        body = {"prompt": "a fox", "model": model, "loras": loras}
+        return app_client.post("/v1/videos", headers=bearer(client_key), json=body)
+
+    # one adapter: both experts (recorded as before)
+    both = submit([{"id": high["id"], "scale": 0.8}])
+    assert both.status_code == 202, both.text
+    assert both.json()["loras"] == [{"id": high["id"], "name": "high", "scale": 0.8}]
+    # a published high-noise/low-noise pair: one entry, each file into its expert
+    pair = submit([{"id": high["id"], "id_2": low["id"], "scale_2": 0.5}])
+    assert pair.status_code == 202, pair.text
+    assert pair.json()["loras"] == [
+        {"id": high["id"], "name": "high", "scale": 1.0, "id_2": low["id"], "name_2": "low", "scale_2": 0.5}
+    ]
+    # one file, another strength in the low-noise expert (0: the high-noise expert only)
+    high_only = submit([{"id": high["id"], "scale_2": 0}]).json()["loras"]
+    assert high_only == [
+        {"id": high["id"], "name": "high", "scale": 1.0, "id_2": high["id"], "name_2": "high", "scale_2": 0.0}
+    ]
+
+    refused = {
+        "per-expert fields on a one-transformer model": submit([{"id": other_model["id"], "scale_2": 0.5}], "tiny-wan"),
+        "a low-noise adapter of another model": submit([{"id": high["id"], "id_2": other_model["id"]}]),
+        "an unknown low-noise adapter": submit([{"id": high["id"], "id_2": "lora_nope"}]),
+        "the same adapter twice in one expert": submit([{"id": high["id"], "id_2": low["id"]}, {"id": low["id"]}]),
+        "scale_2 out of range": submit([{"id": high["id"], "scale_2": 9}]),
+    }
+    for why, response in refused.items():
+        assert response.status_code == 422, (why, response.text)
+        assert response.json()["error"]["param"].startswith("loras"), (why, response.json())

@@ -263,3 +263,13 @@ def test_a_production_worker_with_no_model_says_how_to_get_one(
     assert code == 1
     assert_one_line(err, "no model to serve", "vidq models list")
     assert "a-real-secret" not in err
+
+
+def test_lora_flags_name_one_adapter_or_a_two_expert_pair() -> None:
+    assert cli._lora_use("lora_a") == {"id": "lora_a"}
+    assert cli._lora_use("lora_a:0.6") == {"id": "lora_a", "scale": 0.6}
+    assert cli._lora_use("lora_hi:1,lora_lo:0.5") == {"id": "lora_hi", "scale": 1.0, "id_2": "lora_lo", "scale_2": 0.5}
+    for use in (cli._lora_use("lora_hi,lora_lo"), cli._lora_use("lora_a:0.6")):
+        VideoCreate(prompt="a fox", loras=[use])  # every form is a valid request entry
+    with pytest.raises(cli.CliError, match="scale"):
+        cli._lora_use("lora_hi,lora_lo:loud")

@@ -47,3 +47,14 @@ def test_a_worker_of_another_queue_is_never_chosen() -> None:
     other = worker("warm", ["lora_a"])
     other.queues = ["gpu.ltx", worker_queue("warm")]
     assert route(job("lora_a"), [other]) is None
+
+
+def test_both_files_of_a_two_expert_pair_count() -> None:
+    pair = Job(
+        id="video_2",
+        queue="gpu.wan",
+        loras=[{"id": "lora_hi", "name": "hi", "scale": 1.0, "id_2": "lora_lo", "name_2": "lo", "scale_2": 1.0}],
+    )
+    workers = [worker("high", ["lora_hi"]), worker("both", ["lora_hi", "lora_lo"])]
+    assert route(pair, workers) == worker_queue("both")
+    assert route(pair, [worker("low", ["lora_lo"])]) == worker_queue("low")

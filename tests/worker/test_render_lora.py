@@ -86,3 +86,38 @@ def test_a_job_whose_adapter_was_deleted_fails_with_a_clear_code(ctx: WorkerCont
     assert render_job(job_id, ctx=ctx) is RenderOutcome.FAILED
     with session_scope(ctx.session_factory) as session:
         assert session.get(Job, job_id).error_code == "lora_unavailable"
+
+
+def test_a_two_expert_job_puts_each_file_of_a_pair_into_its_expert(ctx: WorkerContext) -> None:
+    model = "tiny-wan2.2-t2v-a14b"
+    with session_scope(ctx.session_factory) as session:
+        owner = session.merge(create_key(session=session, name="lora-pair").record)
+        ids = []
+        for seed in (21, 22):
+            data = save(random_adapter(DIT_SHAPES[model], 4, "diffusers", seed=seed))
+            lora = create_lora(
+                session=session,
+                owner=owner,
+                storage=ctx.storage,
+                name=f"pair {seed}",
+                model=model,
+                file=io.BytesIO(data),
+                size_bytes=len(data),
+                max_bytes=2**30,
+                recommended=Recommended(),
+            )
+            ids.append(lora.id)
+        high, low = ids
+        request = JobRequest(
+            prompt="a cat",
+            model=model,
+            num_frames=5,
+            num_inference_steps=2,
+            loras=(LoraChoice(high, 1.0, id_2=low, scale_2=0.5),),
+        )
+        job_id = create_job(session=session, owner=owner, request=request)[0].id
+
+    assert render_job(job_id, ctx=ctx) is RenderOutcome.COMPLETED
+    engine = ctx.engines.get(model)
+    assert [applier.active for applier in engine.loras] == [((high, 1.0),), ((low, 0.5),)]
+    assert set(ctx.engines.warm_adapters()) >= {high, low}
