@@ -3,6 +3,15 @@
     python benchmarks/bench_fast.py                        # Wan2.1-T2V-1.3B, 832x480x81, 50 steps, CFG; FP8 at 14B
     python benchmarks/bench_fast.py --config tiny-wan --size 64x64 --frames 9 --steps 8 --budget-frames 9 \\
         --fp8-config tiny-wan --latent-steps 4 --dtype bfloat16 --out /tmp/fast.json  # CPU smoke (FP8 emulated)
+    python benchmarks/bench_fast.py --config wan2.1-t2v-14b --experts 2 --size 1280x720 --steps 40 \\
+        --flow-shift 12 --budget-methods teacache,fbcache --budget-frames 21 --fp8-config "" \\
+        --no-fp32-floor --latent-steps 0  # Wan2.2 T2V-A14B: two 14B experts switched at 0.875
+
+With `--experts 2` the model is a Wan2.2 A14B-style pair (two random DiTs of `--config`, switched
+at `--boundary-ratio`): the presets resolve as for A14B (no MagCache calibration: the first-block
+cache, `spec.acceleration.UNCALIBRATED_PRESETS`), the cache is reset at the expert switch, FP8
+quantizes both experts, and TeaCache's budget search simulates with each step's own expert and
+the switch. The float32 runs (noise floor, final-latent error) are single-expert only.
 
 Measures:
 1. Each preset end to end (denoising + VAE decoding; the text encoder is left out, see below)
@@ -60,7 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_engine import CONFIGS, TEXT_TOKENS, commit, random_engine_dit, relative_error, sync  # noqa: E402
-from engine.acceleration.calibration import calibration_for  # noqa: E402
+from engine.acceleration.calibration import StepCacheCalibration, calibration_for  # noqa: E402
 from engine.acceleration.fp8 import Fp8Weights  # noqa: E402
 from engine.acceleration.step_cache import StepCache  # noqa: E402
 from engine.models.wan_transformer import WanTransformer3DModel  # noqa: E402
@@ -68,7 +77,13 @@ from engine.optimize import optimize_transformer  # noqa: E402
 from engine.stages.decoding import DecodingStage  # noqa: E402
 from engine.stages.denoising import DenoisingStage  # noqa: E402
 from engine.stages.state import PipelineState  # noqa: E402
-from spec.acceleration import PRESETS, AccelerationOptions  # noqa: E402
+from spec.acceleration import (  # noqa: E402
+    ACCELERATION_FEATURES,
+    PRESETS,
+    UNCALIBRATED_FEATURES,
+    AccelerationOptions,
+    preset_options,
+)
 from spec.registry import parse_size  # noqa: E402
 from spec.request import GenerationRequest  # noqa: E402
 
@@ -94,14 +109,30 @@ class Runner:
         config = CONFIGS[args.config]
         self.model = random_engine_dit(config, dtype, device)
         optimize_transformer(self.model, fuse=True, compile=args.compile)
+        self.model_2: WanTransformer3DModel | None = None  # the low-noise expert (--experts 2)
+        calibration = calibration_for(args.config)
+        if args.experts == 2:
+            self.model_2 = random_engine_dit(config, dtype, device)  # other random weights
+            optimize_transformer(self.model_2, fuse=True, compile=args.compile)
+            calibration = StepCacheCalibration()  # no published numbers for A14B's experts
         torch.manual_seed(1)
         with torch.device(device):
             vae = AutoencoderKLWan(base_dim=16, z_dim=16) if args.config == "tiny-wan" else AutoencoderKLWan()
         self.vae = vae.float().eval().requires_grad_(False)
         scheduler = UniPCMultistepScheduler(
-            prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            num_train_timesteps=1000,
+            flow_shift=args.flow_shift,
         )
-        self.denoise = DenoisingStage(device, self.model, dict(scheduler.config), calibration_for(args.config))
+        self.denoise = DenoisingStage(
+            device,
+            self.model,
+            dict(scheduler.config),
+            calibration,
+            transformer_2=self.model_2,
+            boundary_ratio=args.boundary_ratio if self.model_2 is not None else None,
+        )
         self.decode = DecodingStage(device, self.vae)
         generator = torch.Generator(device).manual_seed(2)
         self.prompt_embeds = torch.randn(1, TEXT_TOKENS, config.text_dim, device=device, generator=generator)
@@ -109,9 +140,17 @@ class Runner:
         latent_shape = (1, 16, (frames - 1) // 4 + 1, self.height // 8, self.width // 8)
         self.noise = torch.randn(latent_shape, device=device, generator=generator, dtype=torch.float32)
 
+    @property
+    def experts(self) -> list[WanTransformer3DModel]:
+        return [self.model] if self.model_2 is None else [self.model, self.model_2]
+
+    def preset(self, name: str) -> AccelerationOptions:
+        """Preset `name` as this model resolves it (A14B: the uncalibrated variants)."""
+        return preset_options(name, ACCELERATION_FEATURES if self.model_2 is None else UNCALIBRATED_FEATURES)
+
     def enable_fp8(self) -> None:
         if self.denoise.fp8 is None:
-            self.denoise.fp8 = Fp8Weights(self.model, emulate=self.device.type != "cuda")
+            self.denoise.fp8 = Fp8Weights(*self.experts, emulate=self.device.type != "cuda")
 
     def request(self, options: AccelerationOptions, steps: int | None = None) -> GenerationRequest:
         return GenerationRequest(
@@ -160,30 +199,36 @@ class Runner:
             "compile_s": state.stage_timings_s.get("compile"),
         }
 
-    def timestep_indicators(self) -> list[torch.Tensor]:
-        """Each step's timestep projection, as the TeaCache hook sees it (for threshold search)."""
+    def timestep_indicators(self) -> tuple[list[torch.Tensor], list[int]]:
+        """Each step's timestep projection, as the TeaCache hook sees it (from that step's expert),
+        and the steps where the low-noise expert takes over (for threshold search)."""
         from diffusers import UniPCMultistepScheduler
 
         scheduler = UniPCMultistepScheduler.from_config(self.denoise.scheduler_config)
         scheduler.set_timesteps(self.args.steps, device=self.device)
         text = self.prompt_embeds.to(self.model.proj_out.weight.dtype)
-        out = []
+        out, experts = [], []
         for t in scheduler.timesteps:
-            _, projection, _ = self.model.condition_embedder(t.expand(2), text.expand(2, -1, -1))
+            expert = 0 if self.model_2 is None or float(t) >= self.args.boundary_ratio * 1000 else 1
+            _, projection, _ = self.experts[expert].condition_embedder(t.expand(2), text.expand(2, -1, -1))
             out.append(projection.unflatten(1, (6, -1)))
-        return out
+            experts.append(expert)
+        switches = [step for step in range(1, len(experts)) if experts[step] != experts[step - 1]]
+        return out, switches
 
 
 def threshold_for_budget(runner: Runner, method: str, budget: float) -> tuple[float, list[int]]:
     """The smallest threshold whose simulated decisions skip at least `budget` of the steps."""
     steps = runner.args.steps
     target = round(budget * steps)
-    indicators = runner.timestep_indicators() if method == "teacache" else [None] * steps
+    indicators, switches = runner.timestep_indicators()
+    if method != "teacache":
+        indicators = [None] * steps
     calibration = runner.denoise.calibration
 
     def skipped(threshold: float) -> list[int]:
         options = AccelerationOptions(cache=method, threshold=threshold, **BUDGET_OPTIONS)
-        return StepCache(options, calibration, steps).simulate(indicators)
+        return StepCache(options, calibration, steps).simulate(indicators, switches)
 
     low, high = 0.0, 1.0
     while len(skipped(high)) < target and high < 1e6:
@@ -194,11 +239,13 @@ def threshold_for_budget(runner: Runner, method: str, budget: float) -> tuple[fl
     return high, skipped(high)
 
 
-def spread_schedule(steps: int, budget: float) -> list[int]:
-    """`budget` of the steps, evenly spread between the warm-up and the final steps."""
+def spread_schedule(steps: int, budget: float, avoid: list[int] | tuple[int, ...] = ()) -> list[int]:
+    """`budget` of the steps, evenly spread between the warm-up and the final steps, leaving out
+    `avoid` (an expert switch: the cache computes it whatever the schedule says)."""
     first, last = BUDGET_OPTIONS["warmup_steps"], steps - BUDGET_OPTIONS["final_steps"]
-    count = min(round(budget * steps), last - first)
-    return sorted({first + int(i * (last - first) / count) for i in range(count)}) if count else []
+    eligible = [step for step in range(first, last) if step not in avoid]
+    count = min(round(budget * steps), len(eligible))
+    return sorted({eligible[int(i * len(eligible) / count)] for i in range(count)}) if count else []
 
 
 def deviation(run: dict, lossless: dict) -> dict:
@@ -393,6 +440,10 @@ def main() -> None:
     parser.add_argument("--size", default="832x480")
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--experts", type=int, choices=(1, 2), default=1,
+                        help="2: a Wan2.2 A14B-style pair of --config DiTs (high / low noise)")  # fmt: skip
+    parser.add_argument("--boundary-ratio", type=float, default=0.875, help="expert switch (Wan2.2 T2V-A14B's)")
+    parser.add_argument("--flow-shift", type=float, default=3.0, help="the scheduler's (Wan2.2 T2V-A14B: 12)")
     parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                         help="the model's dtype (auto: bfloat16 on CUDA, float32 on the CPU)")  # fmt: skip
     parser.add_argument("--presets", default="balanced,fast", help="empty: no presets and no headline lossless run")
@@ -411,6 +462,13 @@ def main() -> None:
     parser.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
                         help="into an existing results file: replace only what this run produced")  # fmt: skip
     args = parser.parse_args()
+    if args.experts == 2 and (args.fp32_floor or args.latent_steps):
+        parser.error("--experts 2 takes --no-fp32-floor --latent-steps 0 (the float32 runs are single-expert)")
+    if args.experts == 2 and "magcache" in args.budget_methods.split(","):
+        parser.error("--experts 2: no MagCache calibration exists for A14B; --budget-methods teacache,fbcache")
+    model_name = args.config if args.experts == 1 else f"{args.config}-2experts"
+    if args.experts == 2 and args.config == "wan2.1-t2v-14b":
+        model_name = "wan2.2-t2v-a14b"  # its experts have the 14B configuration
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.dtype == "auto":
@@ -429,15 +487,21 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",") if b]
     methods = [method for method in args.budget_methods.split(",") if method] if budgets else []
     settings = {
-        "model": args.config, "size": args.size, "num_frames": args.frames, "steps": args.steps,
+        "model": model_name, "size": args.size, "num_frames": args.frames, "steps": args.steps,
+        "experts": args.experts, "boundary_ratio": args.boundary_ratio if args.experts == 2 else None,
+        "flow_shift": args.flow_shift,
         "guidance_scale": 5.0, "dtype": str(dtype).removeprefix("torch."), "compiled": args.compile,
         "weights": "random", "e2e": "denoising + VAE decoding; text encoding left out (random prompt embeddings)",
         "budget_options": BUDGET_OPTIONS, "budget_num_frames": budget_frames,
         "budget_decode": args.budget_decode, "torch": torch.__version__,
+        "preset_options": {
+            name: preset_options(name, ACCELERATION_FEATURES if args.experts == 1 else UNCALIBRATED_FEATURES).to_dict()
+            for name in preset_names
+        },
     }  # fmt: skip
     results["settings"] = settings
 
-    path = args.out or args.out_dir / f"fast_mode-{args.config}-{tag_of(device_name)}-{header['date']}.json"
+    path = args.out or args.out_dir / f"fast_mode-{model_name}-{tag_of(device_name)}-{header['date']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(path.read_text()) if args.merge and path.exists() else {}
     update = {**header, "argv": sys.argv[1:], "settings": settings}
@@ -464,7 +528,7 @@ def main() -> None:
             results["presets"] = presets
             results["lossless_peak_vram_gb"] = round(lossless["peak_vram_gb"], 2)
             for name in preset_names:
-                options = PRESETS[name]
+                options = runner.preset(name)
                 try:
                     if options.fp8:  # compile the FP8 graph outside the timed run
                         runner.enable_fp8()
@@ -475,7 +539,7 @@ def main() -> None:
                     log(f"{name} failed: {exc}")
                     continue
                 presets.append({
-                    "bench": "fast_mode", **header, "model": args.config, "size": args.size,
+                    "bench": "fast_mode", **header, "model": model_name, "size": args.size,
                     "num_frames": args.frames, "steps": args.steps, "preset": name,
                     "lossless_e2e_s": round(lossless["e2e_s"], 3), "fast_e2e_s": round(run["e2e_s"], 3),
                     "speedup": round(lossless["e2e_s"] / run["e2e_s"], 3),
@@ -509,7 +573,8 @@ def main() -> None:
                     # changes below zero, so no threshold would meet a budget: use the raw change.
                     runner.denoise.calibration = replace(calibration, teacache_coefficients=None)
                 if method == "fbcache":
-                    threshold, planned = None, spread_schedule(args.steps, budget)
+                    switches = runner.timestep_indicators()[1]
+                    threshold, planned = None, spread_schedule(args.steps, budget, switches)
                     options = AccelerationOptions(cache=method, skip_steps=tuple(planned), **BUDGET_OPTIONS)
                 else:
                     threshold, planned = threshold_for_budget(runner, method, budget)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.bench_fast import merged
+from benchmarks.bench_fast import merged, spread_schedule
 
 
 def test_a_partial_run_replaces_only_its_rows_and_sections() -> None:
@@ -49,3 +49,8 @@ def test_a_partial_run_replaces_only_its_rows_and_sections() -> None:
         }
     ]
     assert merged({}, results, {"commit": "new"}) is results  # no file yet: the run's own results
+
+
+def test_a_forced_budget_schedule_leaves_out_the_expert_switch() -> None:
+    assert spread_schedule(8, 0.5) == [2, 3, 4, 5]  # one expert: evenly between warm-up and the last step
+    assert spread_schedule(8, 0.5, [3]) == [2, 4, 5, 6]  # the switch (always computed) is never planned
