@@ -184,8 +184,10 @@ class DenoisingStage(Stage):
                     swap.close()
                     if self.expert_swap is not None:
                         swap.enter_context(self._timed_swap(expert, state))
-                    if cache is not None and current is not None:
-                        cache.start_segment(index)  # nothing of the last expert's is reused
+                    if cache is not None and (current is not None or index > 0):
+                        # nothing of the last expert's is reused; a resumed run (index > 0 on
+                        # entry) has nothing cached either, and warms up the same way
+                        cache.start_segment(index)
                     current = expert
                 if cache is not None:
                     cache.begin_step(index)

@@ -189,6 +189,20 @@ def test_fp8_emulation_on_both_experts_matches_a_reference_quantize_dequantize(e
     assert torch.equal(engine.generate(request()).latents, lossless.latents)  # FP8 switched off again
 
 
+def test_the_fp8_memory_check_counts_both_experts(engine, models_dir) -> None:
+    from engine.acceleration.fp8 import fp8_extra_bytes
+
+    one_expert = fp8_extra_bytes(engine.components.transformer)
+    assert fp8_extra_bytes(*engine.components.transformers) == 2 * one_expert
+    # a budget with room for one expert's FP8 copies beside the plan, not for both
+    budget_gb = (engine.placement.estimated_peak_bytes + 1.5 * one_expert) / 2**30
+    tight = Engine(MODEL, device="cpu", models_dir=models_dir, fp8_emulation=True, vram_budget_gb=budget_gb)
+    assert tight.placement.experts == "resident" and tight.placement.offload == "none"
+    with pytest.raises(AccelerationError, match="do not fit") as refused:
+        tight.generate(request(acceleration={"fp8": True}))
+    assert refused.value.param == "acceleration.fp8"
+
+
 def test_fp8_is_refused_when_the_experts_swap(models_dir) -> None:
     swapping = Engine(MODEL, device="cpu", models_dir=models_dir, fp8_emulation=True, offload="model")
     with pytest.raises(AccelerationError, match="resident") as refused:
