@@ -7,8 +7,9 @@ database) stay on threads; a key found in the key cache needs none either.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+import functools
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -31,7 +32,7 @@ from jobs.db import session_scope
 from jobs.errors import Forbidden, Unauthenticated
 from jobs.keys import authenticate
 from jobs.models import ApiKey
-from jobs.settings import TEARDOWN_THREADS, Settings
+from jobs.settings import Settings
 from jobs.storage import Storage
 
 _bearer = HTTPBearer(auto_error=False, description="An API key created with `vidq keys create`.")
@@ -55,19 +56,17 @@ async def get_session(state: StateDep) -> AsyncIterator[Session]:
     try:
         yield session
     finally:
-        await _end(session)
+        await _end(session, state)
 
 
-# Its own threads: a finished request's connection goes back to the pool without waiting behind the
-# requests queued for a route thread (which may be waiting for that connection).
-_TEARDOWN = anyio.CapacityLimiter(TEARDOWN_THREADS)
-
-
-async def _end(session: Session) -> None:
+async def _end(session: Session, state: AppState) -> None:
+    """End the request's session. A read leaves its transaction open: it is rolled back on one of the
+    teardown threads (``AppState.teardown_threads``), so the connection goes back to the pool without
+    waiting behind the requests queued for a route thread (which may be waiting for that connection)."""
     if session.in_transaction():
-        await anyio.to_thread.run_sync(_roll_back_and_close, session, limiter=_TEARDOWN)
+        await anyio.to_thread.run_sync(_roll_back_and_close, session, limiter=state.teardown_threads)
     else:
-        session.close()
+        session.close()  # committed: no transaction, no connection, no I/O
 
 
 def _roll_back_and_close(session: Session) -> None:
@@ -104,7 +103,11 @@ async def get_current_key(
 
 
 def _authenticate(session: Session, state: AppState, plaintext: str) -> ApiKey:
-    return authenticate(session=session, plaintext=plaintext, cache=state.key_cache)
+    """The key looked up, its read transaction ended: the request may now wait for a route thread,
+    and must not hold a pooled connection meanwhile (the running routes may be waiting for one)."""
+    key = authenticate(session=session, plaintext=plaintext, cache=state.key_cache)
+    session.commit()  # nothing was written; the key's attributes stay loaded (expire_on_commit=False)
+    return key
 
 
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
@@ -117,7 +120,7 @@ async def get_call_session(state: StateDep) -> AsyncIterator[Session]:
     try:
         yield session
     finally:
-        await _end(session)
+        await _end(session, state)
 
 
 CallSessionDep = Annotated[Session, Depends(get_call_session, scope="function")]
@@ -170,3 +173,35 @@ async def get_admin_action(request: Request, admin: AdminUser) -> AdminSession:
 
 
 AdminAction = Annotated[AdminSession, Depends(get_admin_action)]
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def in_thread(route: Callable[P, T]) -> Callable[P, T]:
+    """Run a sync route function on a route thread and end its session's transaction in that same
+    thread, before the answer is built.
+
+    FastAPI validates the return value of a plain ``def`` route on a second trip to a route thread,
+    while the request still holds its connection: with every route thread waiting for a connection
+    and every connection held by a request waiting for a thread, nothing moves until the pool times
+    out. A route wrapped here returns to the event loop with its connection back in the pool and its
+    answer validated there (one thread trip instead of two). What the route loaded stays readable
+    (closing detaches, it does not expire); a write route commits before it returns, as always.
+    """
+
+    @functools.wraps(route)
+    async def endpoint(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await run_in_threadpool(_run_and_close_sessions, route, *args, **kwargs)
+
+    return endpoint  # type: ignore[return-value]
+
+
+def _run_and_close_sessions(route: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    try:
+        return route(*args, **kwargs)
+    finally:
+        for value in kwargs.values():
+            if isinstance(value, Session):
+                value.close()  # the connection back to the pool (its reset rolls back a read)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import anyio
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,4 +36,6 @@ class AppState:
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)  # admin login failures per client
     streams: StreamSlots = field(default_factory=StreamSlots)  # open event streams per API key
     admin_streams: StreamSlots = field(default_factory=StreamSlots)  # open dashboard live streams per admin key
+    # Threads that end read requests' transactions (api.deps); made in the event loop at start-up.
+    teardown_threads: anyio.CapacityLimiter | None = None
     key_cache: KeyCache = field(default_factory=lambda: KeyCache(0))  # keys seen lately (VIDQ_API_KEY_CACHE_S)

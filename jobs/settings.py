@@ -78,9 +78,10 @@ class Settings(EngineSettings):
     # first come first served). A route spends most of its time holding the GIL, so a few threads keep
     # a core busy; many threads only fight over the GIL, which serves them in no particular order.
     api_threads: int = Field(default=8, ge=1, le=200)
-    # Database connections one process may hold; unset = one per route thread, plus the threads that
-    # end read requests' transactions and the process's own background work (sweeper, relay), so a
-    # running request never waits for the pool.
+    # Database connections one process may hold; unset = one per request it accepts at once
+    # (api_max_concurrency: a request holds at most one, from its first query until its transaction
+    # ends) plus the process's own background work (sweeper, relay), so no request ever waits for the
+    # pool behind requests that wait for it. Opened lazily: a process holds what its peak needs.
     db_pool_size: int | None = Field(default=None, ge=1)
     # How long an API process keeps a key it authenticated (one key query per interval instead of one
     # per request); a revocation reaches the other API processes within it. 0: no cache.
@@ -219,7 +220,7 @@ class Settings(EngineSettings):
 
     @property
     def resolved_db_pool_size(self) -> int:
-        return self.db_pool_size or min(self.api_max_concurrency, self.api_threads) + TEARDOWN_THREADS + 4
+        return self.db_pool_size or self.api_max_concurrency + 4
 
     @property
     def resolved_database_url(self) -> str:

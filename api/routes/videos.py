@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 from sqlalchemy.orm import Session
 
 from api.content import Variant, content_response
-from api.deps import CurrentKey, SessionDep, SettingsDep, StateDep, StorageDep
+from api.deps import CurrentKey, SessionDep, SettingsDep, StateDep, StorageDep, in_thread
 from api.openapi import VIDEO_CREATE_BODY, errors
 from api.schemas import VideoCreate, VideoDeleted, VideoList, VideoPublic
 from api.video_body import read_video_create
@@ -51,6 +51,7 @@ def _poll_header(job: Job, response: Response) -> None:
     openapi_extra=VIDEO_CREATE_BODY,
     responses=errors(400, 415, 422),
 )
+@in_thread
 def create_video(
     create: VideoCreateInput,
     key: CurrentKey,
@@ -78,6 +79,7 @@ def create_video(
 
 
 @router.get("", response_model=VideoList, responses=errors(422))
+@in_thread
 def list_videos(
     key: CurrentKey,
     session: SessionDep,
@@ -100,6 +102,7 @@ def list_videos(
 
 
 @router.get("/{video_id}", response_model=VideoPublic, responses=errors(404))
+@in_thread
 def retrieve_video(video_id: str, key: CurrentKey, session: SessionDep, response: Response) -> VideoPublic:
     """The job; while it is queued or running, `openai-poll-after-ms` says when to look again (from its ETA)."""
     return _public(session, crud.get_job(session=session, owner=key, job_id=video_id), response)
@@ -130,6 +133,7 @@ def download_video(
 
 
 @router.post("/{video_id}/cancel", response_model=VideoPublic, responses=errors(404, 409))
+@in_thread
 def cancel_video(video_id: str, key: CurrentKey, session: SessionDep) -> VideoPublic:
     job = crud.cancel_job(session=session, owner=key, job_id=video_id)
     session.commit()
@@ -137,6 +141,7 @@ def cancel_video(video_id: str, key: CurrentKey, session: SessionDep) -> VideoPu
 
 
 @router.delete("/{video_id}", response_model=VideoDeleted, responses=errors(404))
+@in_thread
 def delete_video(video_id: str, key: CurrentKey, session: SessionDep, storage: StorageDep) -> VideoDeleted:
     crud.delete_job(session=session, owner=key, job_id=video_id, storage=storage)
     session.commit()

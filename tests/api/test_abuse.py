@@ -11,7 +11,9 @@ import re
 import threading
 from collections.abc import Callable
 
+import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -26,6 +28,7 @@ from jobs.models import ApiKey, Job, WebhookDelivery, WebhookEndpoint
 from jobs.settings import MissingSecretKey, Settings
 from jobs.webhooks import endpoints
 from tests.api.conftest import bearer, login, relay_now
+from vidq.embedded import free_port
 
 EXAMPLE = frozenset({"example.com"})  # allow-listed: no DNS lookup in tests
 BODY = {"prompt": "a lighthouse in a storm", "size": "96x64", "num_frames": 9, "num_inference_steps": 2}
@@ -338,6 +341,37 @@ def test_a_submit_costs_one_connection_and_three_statements_whatever_the_backlog
     verbs = [" ".join(re.findall(r"^(\w+)[^;]*?\b(?:INTO|FROM)\s+(\w+)", s, re.DOTALL)[0]) for s in later]
     assert verbs == ["INSERT jobs", "SELECT jobs", "INSERT job_events"]  # the job, its queue position, its event
     assert len(first) == len(later) and first_checkouts == later_checkouts == 1
+
+
+def test_reads_beyond_the_route_threads_never_wait_for_a_connection(admin_settings, new_key) -> None:
+    """Two route threads, a pool of three connections (two plus the relay's) and 32 concurrent reads:
+    a request gives its connection back in its route thread, before its answer is validated (which
+    takes another trip to a thread), so no read ever waits for the pool behind reads that wait for
+    a thread. (Holding it until the teardown, every connection sat with a request queued for a
+    thread while every thread waited for a connection, until the pool timed out: 503.)"""
+    _, key = new_key()
+    settings = admin_settings.model_copy(update={"api_threads": 2, "db_pool_size": 3, "api_key_cache_s": 0})
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            threading.Event().wait(0.02)
+        base = f"http://127.0.0.1:{port}"
+        job_id = httpx.post(f"{base}/v1/videos", json=BODY, headers=bearer(key)).json()["id"]
+
+        async def read_all() -> list[int]:
+            async with httpx.AsyncClient(base_url=base, headers=bearer(key), timeout=60) as client:
+                answers = await asyncio.gather(*(client.get(f"/v1/videos/{job_id}") for _ in range(32)))
+            return [answer.status_code for answer in answers]
+
+        assert asyncio.run(read_all()) == [200] * 32
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def test_a_revoked_key_is_refused_at_once_by_the_process_that_revoked_it(app_client, new_key) -> None:

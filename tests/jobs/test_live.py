@@ -85,6 +85,7 @@ def test_embedded_stream_follows_every_stage_and_step_on_the_in_process_bus(sess
             session=session, owner=owner, request=JobRequest(prompt="a cat", model="tiny-wan", num_inference_steps=3)
         )
     subscribed = threading.Event()
+    last_step_seen = threading.Event()
     stages = ["text_encoding", "denoising", "denoising", "denoising", "decoding", "encoding", "uploading"]
 
     def relay() -> None:  # what the relay does after each commit (draining the module's other events too)
@@ -99,6 +100,8 @@ def test_embedded_stream_follows_every_stage_and_step_on_the_in_process_bus(sess
         for index, stage in enumerate(stages):
             step = max(0, min(index, 3)) if stage == "denoising" else (3 if index > 3 else 0)
             LOCAL_EVENTS.publish(job.id, ProgressEvent.at(job_id=job.id, stage=stage, step=step, total_steps=3))
+        # The stream ends at the final status: steps it has not read by then are (rightly) not sent.
+        last_step_seen.wait(10)
         with session_scope(session_factory) as session:
             complete_owned(
                 session=session,
@@ -118,6 +121,8 @@ def test_embedded_stream_follows_every_stage_and_step_on_the_in_process_bus(sess
             if item is not None:
                 seen.append(item)
                 subscribed.set()  # the subscription opens before the first event is read
+                if item.event == "progress" and item.data["stage"] == stages[-1]:
+                    last_step_seen.set()
         return seen
 
     worker = threading.Thread(target=render)
