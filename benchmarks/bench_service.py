@@ -373,6 +373,7 @@ def main() -> None:
     parser.add_argument("--baseline-duration", type=float, default=20.0)
     parser.add_argument("--get-duration", type=float, default=10.0)
     parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--api-threads", type=int, default=None, help="VIDQ_API_THREADS of each API process")
     parser.add_argument("--overhead-jobs", type=int, default=10)
     parser.add_argument("--redis-db", type=int, default=12, help="a spare Redis database; it is flushed")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -381,6 +382,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the processes it started
     work = Path(tempfile.mkdtemp(prefix="vidq-bench-"))
     service = Service(args.redis_db, work)
+    if args.api_threads:
+        service.env["VIDQ_API_THREADS"] = str(args.api_threads)
     try:
         key = service.create_key()
 
@@ -435,6 +438,7 @@ def main() -> None:
         "device": f"{platform.machine()} CPU, {os.cpu_count()} cores",
         "cpus": os.cpu_count(),
         "api_workers": args.api_workers,
+        "api_threads": args.api_threads or 8,
         "concurrency": args.concurrency,
         "duration_s": args.duration,
         "submit_rps": round(submit_rps, 1),
