@@ -51,7 +51,7 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_id_id", "owner_id", "id"),
-        Index("ix_jobs_status_queue_id", "status", "queue", "id"),  # queue positions: a range scan
+        Index("ix_jobs_status_queue", "status", "queue"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
