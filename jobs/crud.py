@@ -221,4 +221,4 @@ def delete_job(*, session: Session, owner: ApiKey, job_id: str, storage: Storage
     for key in (job.video_key, job.thumbnail_key, checkpoint_key(job.id), job.input_reference_key):
         if key:
             storage.delete(key)
-    session.delete(job)
+    lifecycle.delete(session=session, job=job)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,7 +37,7 @@ from celery import Celery
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs import lifecycle
+from jobs import depths, lifecycle
 from jobs.affinity import affinity_router
 from jobs.attempts import AttemptOutcome
 from jobs.broker import RENDER_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK, redis_client
@@ -320,6 +321,12 @@ def repair(
     return report
 
 
+def recount_depths(session_factory: sessionmaker[Session]) -> dict[str, int]:
+    """The queue depth counters (``jobs.depths``) rewritten from an exact count: {queue: depth}."""
+    with session_scope(session_factory) as session:
+        return depths.recount(session)
+
+
 def sweep(
     *,
     session_factory: sessionmaker[Session],
@@ -365,7 +372,8 @@ class Sweeper:
     into one more pass, which drains everything committed meanwhile: under load, a pass carries
     many events for a fixed number of queries. The sweeper thread (``vidq-sweeper``) runs the
     repairs every interval, unless ``repairs`` is False (``VIDQ_SWEEPER_ENABLED=false``), and then
-    wakes the relay for what they queued.
+    wakes the relay for what they queued. Every ``depths.RECOUNT_INTERVAL_S`` (and at its first
+    pass) it also rewrites the queue depth counters from an exact count (``recount_depths``).
     """
 
     def __init__(
@@ -433,7 +441,14 @@ class Sweeper:
                 self._stop.wait(RELAY_FAILURE_PAUSE_S)
 
     def _sweep_loop(self) -> None:
+        next_recount = 0.0
         while not self._stop.wait(self._interval):
+            if time.monotonic() >= next_recount:
+                try:
+                    recount_depths(self._session_factory)
+                    next_recount = time.monotonic() + depths.RECOUNT_INTERVAL_S
+                except Exception:  # the database may be restarting; the next pass tries again
+                    log.exception("queue depth recount failed")
             try:
                 repair(
                     session_factory=self._session_factory,

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
-from jobs import metrics
+from jobs import depths, metrics
 from jobs.attempts import AttemptOutcome, close_attempt, open_attempt
 from jobs.db import utcnow
 from jobs.events import EVENT_FOR_STATUS
@@ -59,22 +59,33 @@ def _changing_status() -> Iterator[None]:
         _changing.reset(token)
 
 
-def _set_status(job: Job, target: JobStatus) -> None:
-    """Move ``job`` to ``target`` if the state machine allows it (raises ``IllegalTransition``)."""
+def _set_status(session: Session, job: Job, target: JobStatus) -> None:
+    """Move ``job`` to ``target`` if the state machine allows it (raises ``IllegalTransition``), and
+    count it in or out of its queue's depth (``jobs.depths``)."""
+    before = job.status
     with _changing_status():
-        job.status = check_transition(job.status, target).value
+        job.status = check_transition(before, target).value
+    queued = JobStatus.QUEUED.value
+    if (before == queued) != (job.status == queued):
+        depths.record(session, job.queue, 1 if job.status == queued else -1)
 
 
-def _append_event(session: Session, job: Job, now: datetime) -> JobEvent:
+def _append_event(session: Session, job: Job, now: datetime, *, new: bool = False) -> JobEvent:
     """The job's next event, built from the row as it is now (flushed, so defaults are filled; the
-    sequence number is set first, so it goes out in the same INSERT or UPDATE as the change)."""
+    sequence number is set first, so it goes out in the same INSERT or UPDATE as the change).
+    A ``new`` job's queue position is its queue's depth (``jobs.depths``), others' are counted."""
     job.last_event_seq = (job.last_event_seq or 0) + 1
     session.flush()
+    public = (
+        VideoPublic.from_job(job, queue_position=max(depths.depth(session, job.queue), 1))
+        if new
+        else VideoPublic.read(session=session, job=job)
+    )
     row = JobEvent(
         job_id=job.id,
         seq=job.last_event_seq,
         type=EVENT_FOR_STATUS[JobStatus(job.status)].value,
-        data=VideoPublic.read(session=session, job=job).model_dump(mode="json"),
+        data=public.model_dump(mode="json"),
         created_at=now,
     )
     session.add(row)
@@ -83,16 +94,28 @@ def _append_event(session: Session, job: Job, now: datetime) -> JobEvent:
 
 
 def create(*, session: Session, job: Job, now: datetime | None = None) -> JobEvent:
-    """Record a new job: ``job`` is built (status queued) and added to ``session``."""
+    """Record a new job: ``job`` is built (status queued) and added to ``session``.
+
+    Its queue position is its queue's depth counter (``jobs.depths``) with itself counted: the jobs
+    queued when it was accepted, itself included (one small read, whatever the backlog; submits
+    committing at the same moment do not see each other, later reads count exactly)."""
     with _changing_status():
         job.status = JobStatus.QUEUED.value
+    depths.record(session, job.queue, 1)
     metrics.after_commit(job, lambda model=job.model: metrics.JOBS_SUBMITTED.labels(model).inc())
-    return _append_event(session, job, now or job.created_at or utcnow())
+    return _append_event(session, job, now or job.created_at or utcnow(), new=True)
+
+
+def delete(*, session: Session, job: Job) -> None:
+    """Delete the job's row (its events and attempts go with it); a queued one leaves its queue's depth."""
+    if job.status == JobStatus.QUEUED.value:
+        depths.record(session, job.queue, -1)
+    session.delete(job)
 
 
 def start(*, session: Session, job: Job, worker_id: str, now: datetime | None = None) -> JobEvent:
     """A worker claimed the queued job: a new attempt begins."""
-    _set_status(job, JobStatus.IN_PROGRESS)
+    _set_status(session, job, JobStatus.IN_PROGRESS)
     now = now or utcnow()
     job.attempts += 1
     job.worker_id = worker_id
@@ -124,7 +147,7 @@ def complete(
     acceleration_result: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> JobEvent:
-    _set_status(job, JobStatus.COMPLETED)
+    _set_status(session, job, JobStatus.COMPLETED)
     job.memory = memory
     job.acceleration_result = acceleration_result
     now = now or utcnow()
@@ -162,7 +185,7 @@ def fail(
 ) -> JobEvent:
     """The job failed for good (``code`` is its ``error.code``). Its open attempt, if any, ends with
     ``attempt_outcome`` and ``attempt_error`` (default: ``message``) and the traceback ``trace``."""
-    _set_status(job, JobStatus.FAILED)
+    _set_status(session, job, JobStatus.FAILED)
     now = now or utcnow()
     job.completed_at = now
     job.error_code = code
@@ -177,7 +200,7 @@ def fail(
 
 def cancel(*, session: Session, job: Job, now: datetime | None = None) -> JobEvent:
     """Cancelled by its client or an operator; a running job's worker stops within one step."""
-    _set_status(job, JobStatus.CANCELLED)
+    _set_status(session, job, JobStatus.CANCELLED)
     now = now or utcnow()
     job.completed_at = now
     job.eta_seconds = None
@@ -201,7 +224,7 @@ def requeue(
     ``retry_at``) or an operator's retry of a failed job; attempts are kept. ``reason`` becomes the
     error message a client sees while it waits (None clears the error). With ``attempt_outcome``,
     the open attempt ends with it (``attempt_error``, default ``reason``)."""
-    _set_status(job, JobStatus.QUEUED)
+    _set_status(session, job, JobStatus.QUEUED)
     now = now or utcnow()
     if attempt_outcome is not None:
         close_attempt(

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -318,3 +319,17 @@ class Lora(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     owner: Mapped[ApiKey] = relationship()
+
+
+class QueueDepth(Base):
+    """How many jobs of a queue are queued, kept by ``jobs.lifecycle`` (``jobs.depths``), so a new job's
+    queue position costs one small read whatever the backlog. Split over ``jobs.depths.SHARDS`` rows
+    per queue (a change goes to a random one) so concurrent submits rarely wait on the same row lock;
+    the queue's depth is the sum of its rows. The sweeper rewrites them from an exact count now and then.
+    """
+
+    __tablename__ = "queue_depths"
+
+    queue: Mapped[str] = mapped_column(String(100), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    queued: Mapped[int] = mapped_column(BigInteger, nullable=False)

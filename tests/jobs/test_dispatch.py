@@ -31,7 +31,7 @@ def no_other_jobs(session_factory: sessionmaker[Session]) -> Iterator[None]:
     job whose publish a test dates back looks overtaken) or as results to expire. Each test here
     starts from no jobs (their events, outbox rows, attempts and deliveries go with them)."""
     with session_scope(session_factory) as session:
-        session.execute(text("TRUNCATE jobs CASCADE"))
+        session.execute(text("TRUNCATE jobs, queue_depths CASCADE"))
     yield
 
 

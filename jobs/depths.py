@@ -1,0 +1,94 @@
+"""How many jobs each queue holds, kept as counters (``queue_depths``) so a NEW job's queue position
+is one small read instead of a count of the whole backlog.
+
+``jobs.lifecycle`` records +1 when a job enters ``queued`` (created, requeued) and -1 when it leaves
+it (started, cancelled, failed) or a queued job is deleted (:func:`record`). A transaction's changes
+are summed per queue and written just before it commits, in the same transaction, one row per queue
+in queue order (so two transactions that change several queues cannot deadlock on the counters),
+each to a random one of the queue's ``SHARDS`` rows (so concurrent submits rarely wait on one row
+lock, and only for their commit). A rolled-back transaction changes nothing.
+
+A new job's position (:func:`depth`) is the queue's committed depth plus its own transaction's
+changes: the jobs queued when it was accepted, itself included. Submits committing at the same
+moment do not see each other; reads later (``jobs.public.queue_position``) count the jobs ahead of
+it exactly. :func:`recount` (the sweeper, every ``RECOUNT_INTERVAL_S``) rewrites the counters from
+an exact count, so a crash between two writers or a hand-edited row cannot leave them wrong for long.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+from sqlalchemy import delete, event, func, insert, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, SessionTransaction
+
+from jobs.models import Job, QueueDepth
+from jobs.states import JobStatus
+
+SHARDS = 8
+RECOUNT_INTERVAL_S = 60.0  # how often the sweeper rewrites the counters from an exact count
+
+_PENDING = "vidq.queue_depth_changes"
+
+
+def record(session: Session, queue: str, change: int) -> None:
+    """Count ``change`` (+1 or -1) queued jobs of ``queue``, written when ``session`` commits."""
+    changes: defaultdict[str, int] = session.info.setdefault(_PENDING, defaultdict(int))
+    changes[queue] += change
+
+
+def depth(session: Session, queue: str) -> int:
+    """The queue's queued jobs: committed counters plus this transaction's own changes."""
+    committed = session.scalar(select(func.coalesce(func.sum(QueueDepth.queued), 0)).where(QueueDepth.queue == queue))
+    return int(committed or 0) + session.info.get(_PENDING, {}).get(queue, 0)
+
+
+def _upsert(session: Session):  # type: ignore[no-untyped-def]
+    dialect = session.get_bind().dialect.name
+    return (postgresql if dialect == "postgresql" else sqlite).insert(QueueDepth)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_changes(session: Session) -> None:
+    changes: dict[str, int] | None = session.info.pop(_PENDING, None)
+    if not changes:
+        return
+    for queue in sorted(changes):  # one lock order for every transaction
+        change = changes[queue]
+        if change == 0:
+            continue
+        statement = _upsert(session).values(queue=queue, shard=random.randrange(SHARDS), queued=change)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[QueueDepth.queue, QueueDepth.shard],
+                set_={"queued": QueueDepth.queued + statement.excluded.queued},
+            )
+        )
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_changes(session: Session, transaction: SessionTransaction) -> None:
+    # Rolled back or closed without a commit (a commit took them already): they never happened.
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
+
+
+def recount(session: Session) -> dict[str, int]:
+    """Rewrite every queue's counters from an exact count (one row per queue; queues with no queued
+    job lose theirs). On PostgreSQL the table is locked against writers first: transactions with
+    counter changes in flight finish before the count, later ones wait for this commit, so no change
+    is lost or counted twice. Returns {queue: depth}. The caller commits."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE queue_depths IN SHARE ROW EXCLUSIVE MODE"))
+    session.execute(delete(QueueDepth))  # on SQLite this takes the database's write lock first
+    exact = {
+        queue: int(n)
+        for queue, n in session.execute(
+            select(Job.queue, func.count()).where(Job.status == JobStatus.QUEUED.value).group_by(Job.queue)
+        )
+    }
+    if exact:
+        session.execute(insert(QueueDepth), [{"queue": q, "shard": 0, "queued": n} for q, n in exact.items()])
+    return exact
