@@ -50,8 +50,13 @@ def create_key(*, session: Session, name: str, is_admin: bool = False) -> Create
     return CreatedKey(record=record, plaintext=plaintext)
 
 
+REFRESH_GRACE_S = 1.0  # how long an expired copy may still serve others while one request looks the key up
+
+
 class KeyCache:
     """Active keys by hash, each kept ``ttl_s`` seconds (0: nothing is kept), at most ``max_keys``.
+    When a key's interval ends, one request looks it up again (single flight) while the others keep
+    the copy for the time of that lookup.
 
     Holds detached copies; :func:`authenticate` merges one into the request's session without a
     query, so routes get a key row of their own session as before. Thread-safe (route threads).
@@ -76,10 +81,15 @@ class KeyCache:
             entry = self._keys.get(key_hash)
             if entry is None:
                 return None
-            if self._clock() >= entry[1]:
-                del self._keys[key_hash]
-                return None
-            return entry[0]
+            record, until = entry
+            now = self._clock()
+            if now < until:
+                return record
+            # Expired: this caller looks the key up again (and puts or forgets it); the requests that
+            # arrive meanwhile keep the copy instead of all querying at once. Should the lookup never
+            # finish, the copy ends REFRESH_GRACE_S later and the next caller looks it up.
+            self._keys[key_hash] = (record, now + REFRESH_GRACE_S)
+            return None
 
     def put(self, key_hash: str, record: ApiKey) -> None:
         if self.ttl_s <= 0:
@@ -110,6 +120,8 @@ def authenticate(*, session: Session, plaintext: str, cache: KeyCache | None = N
     key_hash = hash_key(plaintext)
     record = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
     if record is None or record.revoked_at is not None:
+        if cache is not None:
+            cache.forget(key_hash)  # the copy others were given meanwhile ends now
         raise Unauthenticated("invalid API key")
     if cache is not None:
         cache.put(key_hash, _detached_copy(record))

@@ -398,6 +398,30 @@ def test_a_key_revoked_elsewhere_is_refused_once_the_cache_interval_is_over(fact
     now[0] = 1.0
     with factory() as session, pytest.raises(Unauthenticated):
         authenticate(session=session, plaintext=key, cache=cache)
+    with factory() as session, pytest.raises(Unauthenticated):  # forgotten by every request after it
+        authenticate(session=session, plaintext=key, cache=cache)
+
+
+def test_an_expired_key_is_looked_up_by_one_request_while_the_others_keep_the_copy(factory, new_key) -> None:
+    key_id, key = new_key()
+    now = [0.0]
+    cache = KeyCache(1.0, clock=lambda: now[0])
+    with factory() as session:
+        authenticate(session=session, plaintext=key, cache=cache)
+    now[0] = 1.0
+    with factory() as session:
+        assert cache.known(key, session=session) is None  # this request looks it up again...
+        assert cache.known(key, session=session).id == key_id  # ...the next ones meanwhile keep the copy
+        assert authenticate(session=session, plaintext=key, cache=cache).id == key_id  # the lookup
+    now[0] = 1.5
+    with factory() as session:
+        assert cache.known(key, session=session).id == key_id  # a new interval from the lookup
+    now[0] = 5.0
+    with factory() as session:  # a lookup that never finished: the copy ends after the grace
+        assert cache.known(key, session=session) is None
+    now[0] = 6.5
+    with factory() as session:
+        assert cache.known(key, session=session) is None
 
 
 def test_a_list_page_costs_the_same_queries_whatever_its_size(app_client, new_key) -> None:
