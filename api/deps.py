@@ -8,6 +8,7 @@ database) stay on threads; a key found in the key cache needs none either.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -195,6 +196,10 @@ def in_thread(route: Callable[P, T]) -> Callable[P, T]:
     async def endpoint(*args: P.args, **kwargs: P.kwargs) -> T:
         return await run_in_threadpool(_run_and_close_sessions, route, *args, **kwargs)
 
+    # The route's parameters with their annotations evaluated in the route's own module: FastAPI
+    # 0.121 (our lowest supported release) resolves string annotations (`from __future__ import
+    # annotations`) in the wrapper's module, where the route's dependency aliases do not exist.
+    endpoint.__signature__ = inspect.signature(route, eval_str=True)  # type: ignore[attr-defined]
     return endpoint  # type: ignore[return-value]
 
 
