@@ -91,10 +91,12 @@ def relay_outbox(
         ).all()
         if not rows:
             return 0
-        jobs = _jobs_by_id(session, {row.job_id for row in rows})
+        jobs = _jobs_by_id(session, {row.job_id for row in rows}, lock=True)
         for row in rows:
             job = jobs.get(row.job_id)
-            direct = route(job) if route is not None and job is not None else None
+            if job is None:  # its job is locked (being deleted or changed): the next pass takes the row
+                continue
+            direct = route(job) if route is not None else None
             try:
                 publisher.publish(row.job_id, direct if direct is not None else row.queue)
             except Exception as exc:  # the broker is down: keep the row, try on the next pass
@@ -111,9 +113,18 @@ def relay_outbox(
     return published
 
 
-def _jobs_by_id(session: Session, ids: set[str]) -> dict[str, Job]:
-    """The jobs ``ids`` in one query (those deleted meanwhile are absent)."""
-    return {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
+def _jobs_by_id(session: Session, ids: set[str], *, lock: bool = False) -> dict[str, Job]:
+    """The jobs ``ids`` in one query (those deleted meanwhile are absent).
+
+    With ``lock``, rows another transaction holds are skipped rather than waited for: a job delete
+    locks the job and then, by its cascade, the job's outbox rows, while the outbox relay holds an
+    outbox row and would then update its job (``dispatched_at``). Waiting there deadlocks the two
+    (PostgreSQL aborts one: the client's delete got a 503); skipping leaves the row to a later pass,
+    or to the cascade."""
+    query = select(Job).where(Job.id.in_(ids))
+    if lock:
+        query = query.with_for_update(skip_locked=True)
+    return {job.id: job for job in session.scalars(query)}
 
 
 @contextlib.contextmanager

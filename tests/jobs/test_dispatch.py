@@ -96,6 +96,29 @@ def test_relay_keeps_rows_while_the_broker_is_down(session_factory, owner) -> No
     assert (job_id, "gpu.wan") in publisher.published
 
 
+def test_relay_skips_a_row_whose_job_is_being_deleted_instead_of_deadlocking(session_factory, owner) -> None:
+    """A delete locks the job, then (cascade) its outbox rows; the relay locks a row, then its job.
+    The relay must not wait for the job: it leaves the row, and the delete completes."""
+    job_id = submit(session_factory, owner)
+    publisher = RecordingPublisher()
+    with session_scope(session_factory) as deleting:
+        deleting.scalars(select(Job).where(Job.id == job_id).with_for_update()).one()  # as crud.delete_job
+        relayed: list[int] = []
+        relay = threading.Thread(
+            target=lambda: relayed.append(relay_outbox(session_factory=session_factory, publisher=publisher))
+        )
+        relay.start()
+        relay.join(timeout=30)
+        assert not relay.is_alive() and relayed == [0]  # it did not wait on the locked job
+        deleting.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": job_id})
+    assert publisher.published == []
+    assert pending_outbox(session_factory, job_id) == []  # gone with its job
+    # an unlocked job's row goes out on the next pass as usual
+    other = submit(session_factory, owner)
+    assert relay_outbox(session_factory=session_factory, publisher=publisher) == 1
+    assert publisher.published == [(other, "gpu.wan")]
+
+
 def test_concurrent_relays_never_publish_a_row_twice(session_factory, owner) -> None:
     job_ids = [submit(session_factory, owner) for _ in range(30)]
     publisher = RecordingPublisher()
