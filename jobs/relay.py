@@ -113,7 +113,7 @@ def relay_outbox(
     return published
 
 
-def _jobs_by_id(session: Session, ids: set[str], *, lock: bool = False, key_share: bool = False) -> dict[str, Job]:
+def _jobs_by_id(session: Session, ids: set[str], *, lock: bool = False) -> dict[str, Job]:
     """The jobs ``ids`` in one query (those deleted meanwhile are absent).
 
     With ``lock``, rows another transaction holds are skipped rather than waited for: a job delete
@@ -123,7 +123,7 @@ def _jobs_by_id(session: Session, ids: set[str], *, lock: bool = False, key_shar
     or to the cascade."""
     query = select(Job).where(Job.id.in_(ids))
     if lock:
-        query = query.with_for_update(skip_locked=True, key_share=key_share)
+        query = query.with_for_update(skip_locked=True)
     return {job.id: job for job in session.scalars(query)}
 
 
@@ -167,17 +167,11 @@ def fan_out(
         ).all()
         if not rows:
             return 0
-        # A job locked by another transaction (a delete, a state change) keeps its events for a later
-        # pass: writing rows that reference it would wait for that lock while holding its events,
-        # which a delete's cascade then waits for (a deadlock). Skipping all of a job's events keeps
-        # each job's order.
-        jobs = _jobs_by_id(session, {row.job_id for row in rows}, lock=True, key_share=True)
+        jobs = _jobs_by_id(session, {row.job_id for row in rows})
         endpoints = endpoints_of(session, {job.owner_id for job in jobs.values()})
         now = utcnow()
         for row in rows:
-            job = jobs.get(row.job_id)
-            if job is None:
-                continue
+            job = jobs[row.job_id]  # events are deleted with their job
             kind = JobEventType(row.type)
             if kind is JobEventType.QUEUED and _needs_render_message(job, now):
                 add_to_outbox(session=session, job=job)

@@ -119,26 +119,6 @@ def test_relay_skips_a_row_whose_job_is_being_deleted_instead_of_deadlocking(ses
     assert publisher.published == [(other, "gpu.wan")]
 
 
-def test_fan_out_leaves_the_events_of_a_job_being_deleted_instead_of_deadlocking(session_factory, owner) -> None:
-    """The fan-out holds a job's events and writes rows referencing the job; a delete holds the job
-    and (cascade) needs its events. The fan-out must not wait for the job."""
-    with session_scope(session_factory) as session:
-        job, _ = create_job(session=session, owner=owner, request=JobRequest(prompt="a cat", model="tiny-wan"))
-    with session_scope(session_factory) as deleting:
-        deleting.scalars(select(Job).where(Job.id == job.id).with_for_update()).one()  # as crud.delete_job
-        fanned: list[int | None] = []
-        relay = threading.Thread(
-            target=lambda: fanned.append(fan_out(session_factory=session_factory, bus=NullEventBus()))
-        )
-        relay.start()
-        relay.join(timeout=30)
-        assert not relay.is_alive() and fanned == [0]  # its events wait; nothing blocked
-        deleting.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": job.id})
-    assert pending_outbox(session_factory, job.id) == []
-    other = submit(session_factory, owner)  # an unlocked job's events go out as usual
-    assert [(r.job_id, r.queue) for r in pending_outbox(session_factory, other)] == [(other, "gpu.wan")]
-
-
 def test_concurrent_relays_never_publish_a_row_twice(session_factory, owner) -> None:
     job_ids = [submit(session_factory, owner) for _ in range(30)]
     publisher = RecordingPublisher()
