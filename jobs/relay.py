@@ -113,7 +113,7 @@ def relay_outbox(
     return published
 
 
-def _jobs_by_id(session: Session, ids: set[str], *, lock: bool = False) -> dict[str, Job]:
+def _jobs_by_id(session: Session, ids: set[str], *, lock: bool = False, key_share: bool = False) -> dict[str, Job]:
     """The jobs ``ids`` in one query (those deleted meanwhile are absent).
 
     With ``lock``, rows another transaction holds are skipped rather than waited for: a job delete
@@ -124,6 +124,8 @@ def _jobs_by_id(session: Session, ids: set[str], *, lock: bool = False) -> dict[
     query = select(Job).where(Job.id.in_(ids))
     if lock:
         query = query.with_for_update(skip_locked=True)
+    elif key_share:  # waits; in id order, as every multi-job locker takes them
+        query = query.order_by(Job.id).with_for_update(key_share=True)
     return {job.id: job for job in session.scalars(query)}
 
 
@@ -167,11 +169,17 @@ def fan_out(
         ).all()
         if not rows:
             return 0
-        jobs = _jobs_by_id(session, {row.job_id for row in rows})
+        # The jobs are key-share locked (in id order) before any of their events is touched: rows
+        # written below reference them, and taking that lock only at the flush, while holding the
+        # events, deadlocked with a job delete (job locked, then its events by the cascade). Here
+        # a pass waits for such a delete instead, and a job it removed is simply absent.
+        jobs = _jobs_by_id(session, {row.job_id for row in rows}, key_share=True)
         endpoints = endpoints_of(session, {job.owner_id for job in jobs.values()})
         now = utcnow()
         for row in rows:
-            job = jobs[row.job_id]  # events are deleted with their job
+            job = jobs.get(row.job_id)
+            if job is None:  # deleted meanwhile, its events with it
+                continue
             kind = JobEventType(row.type)
             if kind is JobEventType.QUEUED and _needs_render_message(job, now):
                 add_to_outbox(session=session, job=job)

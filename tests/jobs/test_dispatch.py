@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.crud import create_job
@@ -117,6 +117,42 @@ def test_relay_skips_a_row_whose_job_is_being_deleted_instead_of_deadlocking(ses
     other = submit(session_factory, owner)
     assert relay_outbox(session_factory=session_factory, publisher=publisher) == 1
     assert publisher.published == [(other, "gpu.wan")]
+
+
+def test_fan_out_waits_for_a_job_delete_instead_of_deadlocking_with_it(session_factory, owner) -> None:
+    """A delete holds the job, then (cascade) needs its events; the fan-out must not hold those
+    events while it waits for the job."""
+    with session_scope(session_factory) as session:
+        job, _ = create_job(session=session, owner=owner, request=JobRequest(prompt="a cat", model="tiny-wan"))
+    outcome: list[object] = []
+
+    def relay() -> None:
+        try:
+            outcome.append(fan_out(session_factory=session_factory, bus=NullEventBus()))
+        except Exception as exc:  # a deadlock victim
+            outcome.append(exc)
+
+    with session_scope(session_factory) as deleting:
+        deleting.scalars(select(Job).where(Job.id == job.id).with_for_update()).one()  # as crud.delete_job
+        thread = threading.Thread(target=relay)
+        thread.start()
+        with session_scope(session_factory) as watch:  # until the relay waits for the job's lock
+            for _ in range(600):
+                waiting = watch.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database()"
+                    )
+                )
+                if waiting or not thread.is_alive():
+                    break
+                watch.rollback()
+                time.sleep(0.05)
+        deleting.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": job.id})
+    thread.join(timeout=60)
+    assert outcome == [0]  # nothing to relay any more, and no deadlock
+    with session_scope(session_factory) as session:
+        assert session.scalar(select(func.count()).select_from(DispatchOutbox)) == 0
 
 
 def test_concurrent_relays_never_publish_a_row_twice(session_factory, owner) -> None:
