@@ -39,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_models import first_frame  # noqa: E402
 from engine.attention import resolve_backend  # noqa: E402
 from engine.optimize_diffusers import compile_repeated_blocks, fuse_projections, set_attention  # noqa: E402
 from engine.pipelines.diffusers_backend import DiffusersDenoisingStage  # noqa: E402
@@ -101,16 +102,6 @@ PIPELINES = {
 }
 # Image-to-video checkpoints: their pipeline class, and a synthetic first frame in each request.
 IMAGE_PIPELINES = {"cogvideox-5b-i2v": "CogVideoXImageToVideoPipeline"}
-
-
-def first_frame(width: int, height: int) -> Any:
-    """A synthetic photo-like first frame (gradients and noise), as a PIL image."""
-    import numpy as np
-    from PIL import Image
-
-    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
-    noise = np.random.default_rng(0).random((height, width, 3)) * 0.2
-    return Image.fromarray(((np.stack([xx, yy, 1 - xx * yy], axis=-1) * 0.8 + noise) * 255).astype(np.uint8))
 
 
 def commit() -> str:

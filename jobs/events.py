@@ -193,16 +193,11 @@ class LocalEventBus:
                 self._subscribers.pop(subscription.channel, None)
 
 
-class LocalSubscription:
-    """The part of ``redis.asyncio``'s PubSub that ``jobs.live`` uses: ``get_message`` and ``aclose``."""
+class QueueSubscription:
+    """The part of ``redis.asyncio``'s PubSub that ``jobs.live`` reads (``get_message``), over an
+    asyncio queue that a fan-out fills; subclasses say how messages arrive and how to leave."""
 
-    def __init__(self, bus: LocalEventBus, channel: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.bus, self.channel, self.loop = bus, channel, loop
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    def deliver(self, message: dict[str, Any]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: the reader is gone
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
+    queue: asyncio.Queue[dict[str, Any]]
 
     async def get_message(
         self, *, ignore_subscribe_messages: bool = True, timeout: float = 0.0
@@ -211,6 +206,18 @@ class LocalSubscription:
             return await asyncio.wait_for(self.queue.get(), timeout)
         except TimeoutError:
             return None
+
+
+class LocalSubscription(QueueSubscription):
+    """A subscription to the in-process bus (embedded mode)."""
+
+    def __init__(self, bus: LocalEventBus, channel: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.bus, self.channel, self.loop = bus, channel, loop
+        self.queue = asyncio.Queue()
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: the reader is gone
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
 
     async def aclose(self) -> None:
         self.bus._remove(self)

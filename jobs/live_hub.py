@@ -21,31 +21,25 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from jobs.events import job_channel
+from jobs.events import QueueSubscription, job_channel
 
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256  # messages a slow stream may fall behind before the oldest are dropped
 
 
-class HubSubscription:
+class HubSubscription(QueueSubscription):
+    """One stream's share of the process's pub/sub connection."""
+
     def __init__(self, hub: RedisHub, channel: str) -> None:
         self.hub, self.channel = hub, channel
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        self.queue = asyncio.Queue(QUEUE_SIZE)
 
     def deliver(self, message: dict[str, Any]) -> None:
         if self.queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
                 self.queue.get_nowait()
         self.queue.put_nowait(message)
-
-    async def get_message(
-        self, *, ignore_subscribe_messages: bool = True, timeout: float = 0.0
-    ) -> dict[str, Any] | None:
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except TimeoutError:
-            return None
 
     async def aclose(self) -> None:
         await self.hub.unsubscribe(self)
