@@ -270,4 +270,5 @@ def test_the_relay_publishes_each_due_delivery_once_and_again_only_if_its_messag
     assert publisher.published.count((delivery.id, 0)) == 1
     forgetful = RecordingWebhookPublisher()  # the broker lost it (Redis flushed): publish again
     relay_webhooks(session_factory=session_factory, publisher=forgetful, settings=hook_settings)
-    assert forgetful.published == [(delivery.id, 0)]
+    # (the database is the session's: other tests' pending deliveries may go out too)
+    assert [sent for sent in forgetful.published if sent[0] == delivery.id] == [(delivery.id, 0)]
