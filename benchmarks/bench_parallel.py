@@ -4,9 +4,11 @@
     python benchmarks/bench_parallel.py --gpus 2 --config tiny-wan --size 64x64 --frames 9 --steps 2  # CPU smoke
 
 Every run uses the same random weights (built from one seed on every rank), embeddings and noise;
-the 1-GPU run is the reference for each mode's parity (relative L2 of the final latents). Writes
+the 1-GPU run is the reference for each mode's parity (relative L2 of the final latents). Each run
+first generates one step (it compiles and warms up the shape), then times `--steps` steps. Writes
 one object with `bench` = "parallel" for the fastest mode and one `bench` = "parallel_mode" object
-per mode to a JSON file in benchmarks/results/, and prints a table.
+per mode to a JSON file in benchmarks/results/ (rewritten after every mode, so a run cut short keeps
+what it measured; a mode that fails is recorded with its error), and prints a table.
 """
 
 from __future__ import annotations
@@ -58,18 +60,28 @@ def run_denoising(rank: int, args: argparse.Namespace, parallel: ParallelConfig 
         initialize_parallel_state(parallel)
         model.sequence_parallel = True
     optimize_transformer(model, fuse=True, compile=device.type == "cuda")
-    request = GenerationRequest(
-        prompt="-", width=width, height=height, num_frames=args.frames, num_inference_steps=args.steps,
-        guidance_scale=5.0, seed=0, fps=16,
-    )  # fmt: skip
     stage = DenoisingStage(device, model, {**SCHEDULER, "flow_shift": args.flow_shift})
-    for _ in range(2):  # the first run compiles and warms up
+    warm_up_s = 0.0
+    for steps in (1, args.steps):  # one step compiles and warms up the shape; the second run is timed
+        request = GenerationRequest(
+            prompt="-", width=width, height=height, num_frames=args.frames, num_inference_steps=steps,
+            guidance_scale=5.0, seed=0, fps=16,
+        )  # fmt: skip
         state = PipelineState(request=request, on_step=lambda info: None)
         state.prompt_embeds, state.negative_prompt_embeds, state.latents = pe, ne, noise.clone()
         with torch.inference_mode():
             stage(state)
+        warm_up_s = warm_up_s or state.stage_timings_s["denoising"]
     if rank == 0 and out is not None:
-        torch.save({"latents": state.latents.cpu(), "s_per_step": state.stage_timings_s["denoising"] / args.steps}, out)
+        torch.save(
+            {
+                "latents": state.latents.cpu(),
+                "s_per_step": state.stage_timings_s["denoising"] / args.steps,
+                "warm_up_s": warm_up_s,  # compile + one step
+                "peak_memory_gib": state.stage_peak_memory_bytes.get("denoising", 0) / 2**30,
+            },
+            out,
+        )
 
 
 SCHEDULER = {
@@ -107,39 +119,51 @@ def main() -> None:
     single = scratch / "single.pt"
     launch(run_denoising, 1, args, None, single)  # the 1-GPU reference, in its own process like the others
     reference = torch.load(single)
-    heads = CONFIGS[args.config].num_attention_heads
-    rows = []
-    for name, config in modes(args.gpus, heads).items():
-        out = scratch / f"{name}.pt"
-        launch(run_denoising, config.world_size, args, config, out)
-        result = torch.load(out)
-        error = ((result["latents"] - reference["latents"]).norm() / reference["latents"].norm()).item()
-        rows.append({
-            "bench": "parallel_mode", "mode": name, "gpus": args.gpus,
-            "ulysses_degree": config.ulysses_degree, "ring_degree": config.ring_degree, "cfg_degree": config.cfg_degree,
-            "s_per_step_1gpu": reference["s_per_step"], "s_per_step": result["s_per_step"],
-            "speedup": reference["s_per_step"] / result["s_per_step"], "parity_rel_err": error,
-        })  # fmt: skip
-        print(f"{name}: {result['s_per_step']:.3f} s/step, parity {error:.2e}", flush=True)
-
+    print(f"1 GPU: {reference['s_per_step']:.3f} s/step (warm-up {reference['warm_up_s']:.1f} s)", flush=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     common = {
         "device": device, "date": datetime.now(UTC).date().isoformat(), "commit": commit(), "model": args.config,
         "height": parse_size(args.size)[1], "width": parse_size(args.size)[0], "num_frames": args.frames,
-        "steps": args.steps,
+        "steps": args.steps, "warm_up_s_1gpu": reference["warm_up_s"],
+        "peak_memory_gib_1gpu": reference["peak_memory_gib"],
     }  # fmt: skip
-    rows = [{**row, **common} for row in rows]
-    best = min(rows, key=lambda row: row["s_per_step"])
-    records = [{**best, "bench": "parallel"}, *rows]
+    tag = "cpu" if device == "cpu" else device.split()[1].lower()
+    path = args.out_dir / f"parallel-{args.config}-{args.gpus}x{tag}-{common['date']}.json"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    heads = CONFIGS[args.config].num_attention_heads
+    rows: list[dict] = []
+    for name, config in modes(args.gpus, heads).items():
+        row = {
+            "bench": "parallel_mode", "mode": name, "gpus": args.gpus,
+            "ulysses_degree": config.ulysses_degree, "ring_degree": config.ring_degree, "cfg_degree": config.cfg_degree,
+            "s_per_step_1gpu": reference["s_per_step"],
+        }  # fmt: skip
+        out = scratch / f"{name}.pt"
+        try:
+            launch(run_denoising, config.world_size, args, config, out)
+        except Exception as exc:  # one broken mode must not cost the others' figures
+            rows.append({**row, **common, "error": f"{type(exc).__name__}: {exc}"[-2000:]})
+            print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)
+        else:
+            result = torch.load(out)
+            error = ((result["latents"] - reference["latents"]).norm() / reference["latents"].norm()).item()
+            row |= {
+                "s_per_step": result["s_per_step"], "speedup": reference["s_per_step"] / result["s_per_step"],
+                "parity_rel_err": error, "warm_up_s": result["warm_up_s"], "peak_memory_gib": result["peak_memory_gib"],
+            }  # fmt: skip
+            rows.append({**row, **common})
+            print(f"{name}: {result['s_per_step']:.3f} s/step, parity {error:.2e}", flush=True)
+        measured = [row for row in rows if "s_per_step" in row]
+        best = [{**min(measured, key=lambda row: row["s_per_step"]), "bench": "parallel"}] if measured else []
+        path.write_text(json.dumps([*best, *rows], indent=2) + "\n")
 
     print(f"\n{'mode':10}{'gpus':>6}{'s/step':>10}{'1 GPU':>10}{'speed-up':>10}{'parity':>12}")
     for row in rows:
+        if "s_per_step" not in row:
+            print(f"{row['mode']:10}{row['gpus']:>6}  failed: {row['error'][:200]}")
+            continue
         print(f"{row['mode']:10}{row['gpus']:>6}{row['s_per_step']:>10.3f}{row['s_per_step_1gpu']:>10.3f}"
               f"{row['speedup']:>9.2f}x{row['parity_rel_err']:>12.2e}")  # fmt: skip
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    tag = "cpu" if device == "cpu" else device.split()[1].lower()
-    path = args.out_dir / f"parallel-{args.config}-{args.gpus}x{tag}-{common['date']}.json"
-    path.write_text(json.dumps(records, indent=2) + "\n")
     print(f"wrote {path}")
 
 
