@@ -7,7 +7,8 @@ Every run uses the same random weights (built from one seed on every rank), embe
 the 1-GPU run is the reference for each mode's parity (relative L2 of the final latents). Each run
 first generates one step (it compiles and warms up the shape), then times `--steps` steps. Writes
 one object with `bench` = "parallel" for the fastest mode and one `bench` = "parallel_mode" object
-per mode to a JSON file in benchmarks/results/ (rewritten after every mode, so a run cut short keeps
+per mode to a JSON file in benchmarks/results/ (named after the model, the shape unless it is the
+default 1280x720x81, the GPUs and the date; rewritten after every mode, so a run cut short keeps
 what it measured; a mode that fails is recorded with its error), and prints a table.
 """
 
@@ -128,7 +129,8 @@ def main() -> None:
         "peak_memory_gib_1gpu": reference["peak_memory_gib"],
     }  # fmt: skip
     tag = "cpu" if device == "cpu" else device.split()[1].lower()
-    path = args.out_dir / f"parallel-{args.config}-{args.gpus}x{tag}-{common['date']}.json"
+    shape = "" if (args.size, args.frames) == ("1280x720", 81) else f"-{args.size}x{args.frames}"
+    path = args.out_dir / f"parallel-{args.config}{shape}-{args.gpus}x{tag}-{common['date']}.json"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     heads = CONFIGS[args.config].num_attention_heads
     rows: list[dict] = []
