@@ -65,6 +65,23 @@ def commit() -> str:
         return "unknown"
 
 
+def python_speed_ms(iterations: int = 5_000_000) -> float:
+    """Milliseconds this machine takes for a fixed pure-Python loop, on one core, best of three.
+
+    The service is CPU-bound on 2 cores, and the development VMs differ (and vary) in speed: the same
+    commit measured 490-510 submits/s on one day's machine and about half that on another's. Each
+    result records this figure before and after its load phase, so runs on different machines or
+    at different moments can be compared by it (submits/s x ms is about constant for one commit)."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(iterations):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -409,10 +426,12 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         wait_http(base)
         load_avg_before = os.getloadavg()
+        speed_before = python_speed_ms()
         meter = CpuMeter(api_group=many.pid)  # the API processes: the session `vidq api` leads
         main_run = asyncio.run(load(base, key, concurrency=args.concurrency, duration_s=args.duration))
         cpu = meter.read()
         load_avg_during = os.getloadavg()
+        speed_after = python_speed_ms()
         reads = asyncio.run(
             load(
                 base,
@@ -460,6 +479,8 @@ def main() -> None:
         },
         "submit_rps_ratio_vs_one_process": round(submit_rps / baseline_rps, 2) if baseline_rps else None,
         "get_requests": len(reads["latencies"]),  # type: ignore[arg-type]
+        # The machine's speed around the load phase (python_speed_ms: lower is faster).
+        "python_loop_ms": {"before": speed_before, "after": speed_after},
         "loadavg_before": [round(x, 2) for x in load_avg_before],
         "loadavg_during": [round(x, 2) for x in load_avg_during],
         # CPU seconds spent during the load phase, and per successful submit in ms (PostgreSQL and
@@ -496,6 +517,7 @@ def main() -> None:
         f"ratio vs one process: {result['submit_rps_ratio_vs_one_process']}  loadavg during: {result['loadavg_during']}"
     )
     print(f"CPU ms per submit: {result['cpu_per_submit_ms']}")
+    print(f"machine speed (5M-iteration Python loop, ms; lower is faster): {result['python_loop_ms']}")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"service-{datetime.now(UTC):%Y-%m-%d}-{result['commit']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -155,9 +155,8 @@ def submit_job(
     if input_png is not None:
         assert storage is not None
         job.input_reference_key = store_input_reference(storage, job.id, input_png)
-    session.add(job)
     try:
-        event = lifecycle.create(session=session, job=job)  # flushes the row: a duplicate key fails here
+        event = lifecycle.create(session=session, job=job)  # inserts the row: a duplicate key fails here
     except IntegrityError:
         # Two requests raced with the same Idempotency-Key: the other one won, answer with its job.
         session.rollback()
