@@ -334,6 +334,49 @@ async def load(
     return {"latencies": latencies, "errors": errors, "kinds": kinds, "created": created, "elapsed_s": elapsed}
 
 
+def dispatch_latency(service: Service, since: datetime, until: datetime, drain_s: float = 60.0) -> dict[str, object]:
+    """How far the relay was behind when the load ended (events not yet fanned out, render messages
+    not yet published), then, once it has caught up (at most ``drain_s``), the time from each
+    submit's commit to its render message reaching the broker (``dispatched_at - created_at``) for
+    the jobs submitted during the load: p50, p99 and max in ms. A relay slower than the submits
+    would show here as seconds, growing with the length of the run."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(service.env["VIDQ_DATABASE_URL"])
+    backlog = (
+        "SELECT (SELECT count(*) FROM job_events WHERE relayed_at IS NULL),"
+        " (SELECT count(*) FROM dispatch_outbox WHERE published_at IS NULL)"
+    )
+    try:
+        with engine.connect() as conn:
+            events, outbox = conn.execute(text(backlog)).one()
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if conn.execute(text(backlog)).one() == (0, 0):
+                    break
+            time.sleep(0.5)
+        with engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY delay), max(delay), count(*)"
+                    " FROM (SELECT extract(epoch FROM dispatched_at - created_at) * 1000 AS delay FROM jobs"
+                    " WHERE created_at BETWEEN :since AND :until AND dispatched_at IS NOT NULL) AS d"
+                ),
+                {"since": since, "until": until},
+            ).one()
+    finally:
+        engine.dispose()
+    (p50, p99), worst, count = row[0] or (None, None), row[1], row[2]
+    return {
+        "relay_backlog_at_end": {"events": int(events), "outbox": int(outbox)},
+        "dispatch_p50_ms": round(float(p50), 1) if p50 is not None else None,
+        "dispatch_p99_ms": round(float(p99), 1) if p99 is not None else None,
+        "dispatch_max_ms": round(float(worst), 1) if worst is not None else None,
+        "dispatched_jobs": int(count),
+    }
+
+
 def overhead(service: Service, base: str, key: str, jobs: int, log_dir: Path) -> list[float]:
     """Render ``jobs`` tiny-wan jobs one at a time on a worker; per job, the wall time from the
     submit's commit to the completion's commit minus the job's own stage times, in ms."""
@@ -428,9 +471,12 @@ def main() -> None:
         load_avg_before = os.getloadavg()
         speed_before = python_speed_ms()
         meter = CpuMeter(api_group=many.pid)  # the API processes: the session `vidq api` leads
+        load_began = datetime.now(UTC)
         main_run = asyncio.run(load(base, key, concurrency=args.concurrency, duration_s=args.duration))
+        load_ended = datetime.now(UTC)
         cpu = meter.read()
         load_avg_during = os.getloadavg()
+        dispatch = dispatch_latency(service, load_began, load_ended)
         speed_after = python_speed_ms()
         reads = asyncio.run(
             load(
@@ -466,6 +512,8 @@ def main() -> None:
         "get_p99_ms": round(percentile(reads["latencies"], 99), 1),  # type: ignore[arg-type]
         "errors": int(main_run["errors"]) + int(reads["errors"]),  # type: ignore[call-overload]
         "error_kinds": {"submit": main_run["kinds"], "get": reads["kinds"]},
+        # From each submit's commit to its render message on the broker (the relay keeping up).
+        **dispatch,
         "overhead_p50_ms": round(percentile(over, 50), 1) if over else None,
         "overhead_p95_ms": round(percentile(over, 95), 1) if over else None,
         "overhead_jobs": len(over),
@@ -509,6 +557,10 @@ def main() -> None:
     print(
         f"{'get':<28}{get_rps:>10.1f}{percentile(reads['latencies'], 50):>10.1f}"  # type: ignore[arg-type]
         f"{result['get_p99_ms']:>10}{reads['errors']:>8}"
+    )
+    print(
+        f"submit to broker (ms): p50 {result['dispatch_p50_ms']}  p99 {result['dispatch_p99_ms']}"
+        f"  max {result['dispatch_max_ms']}  (relay behind at the end: {result['relay_backlog_at_end']})"
     )
     print(
         f"overhead per job (ms): p50 {result['overhead_p50_ms']}  p95 {result['overhead_p95_ms']}  ({len(over)} jobs)"

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Protocol
 
@@ -144,6 +145,22 @@ class EventBus(Protocol):
     def publish(self, job_id: str, event: StatusEvent | ProgressEvent) -> None: ...
 
 
+def publish_all(bus: EventBus, events: Sequence[tuple[str, StatusEvent | ProgressEvent]]) -> None:
+    """Publish ``(job_id, event)`` pairs in order: in one round trip where the bus can batch
+    (``publish_many``), else one by one.
+
+    The relay publishes a whole fan-out batch at once. One Redis round trip per event cost the relay
+    thread a GIL hand-off each, and while the route threads keep the GIL busy each hand-off waits up
+    to the switch interval (5 ms): under a full load of submits the relay fell ever further behind
+    (11 s from submit to publish at the median after 25 s)."""
+    many = getattr(bus, "publish_many", None)
+    if many is not None:
+        many(events)
+        return
+    for job_id, event in events:
+        bus.publish(job_id, event)
+
+
 class NullEventBus:
     def publish(self, job_id: str, event: StatusEvent | ProgressEvent) -> None:
         return None
@@ -158,6 +175,18 @@ class RedisEventBus:
             self.client.publish(job_channel(job_id), event.model_dump_json())
         except redis.RedisError as exc:
             log.warning("could not publish event for %s: %s", job_id, exc)
+
+    def publish_many(self, events: Sequence[tuple[str, StatusEvent | ProgressEvent]]) -> None:
+        """All of them in one pipelined round trip (not a transaction: PUBLISH needs none)."""
+        if not events:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id, event in events:
+                pipe.publish(job_channel(job_id), event.model_dump_json())
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not publish %d events: %s", len(events), exc)
 
 
 class LocalEventBus:

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from jobs.db import session_scope, utcnow
-from jobs.events import EventBus, JobEventType, StatusEvent
+from jobs.events import EventBus, JobEventType, StatusEvent, publish_all
 from jobs.lifecycle import EVENTS_PENDING
 from jobs.models import DispatchOutbox, Job, JobEvent
 from jobs.settings import Settings
@@ -110,20 +110,10 @@ def relay_outbox(
         if not rows:
             return 0
         jobs = _jobs_by_id(session, {row.job_id for row in rows}, lock=True)
-        sent: list[DispatchOutbox] = []
-        for row in rows:
-            job = jobs.get(row.job_id)
-            if job is None:  # its job is locked (being deleted or changed): the next pass takes the row
-                continue
-            direct = route(job) if route is not None else None
-            try:
-                publisher.publish(row.job_id, direct if direct is not None else row.queue)
-            except Exception as exc:  # the broker is down: keep the row, try on the next pass
-                row.publish_attempts += 1
-                row.last_error = f"{type(exc).__name__}: {exc}"[:1000]
-                log.warning("outbox relay could not publish %s: %s", row.job_id, exc)
-                break
-            sent.append(row)
+        sendable = [row for row in rows if row.job_id in jobs]  # others: locked (deleted or changed), next pass
+        destinations = [(row, route(jobs[row.job_id]) if route is not None else None) for row in sendable]
+        messages = [(row.job_id, direct if direct is not None else row.queue) for row, direct in destinations]
+        sent = _publish(publisher, sendable, messages)
         if sent:  # two statements for the batch (see fan_out)
             now = utcnow()
             session.execute(_MARK_PUBLISHED, {"now": now, "ids": [row.id for row in sent]})
@@ -134,6 +124,36 @@ def relay_outbox(
                 set_committed_value(jobs[row.job_id], "dispatched_at", now)
         published = len(sent)
     return published
+
+
+def _publish(publisher: Publisher, rows: list[DispatchOutbox], messages: list[tuple[str, str]]) -> list[DispatchOutbox]:
+    """Publish ``messages`` (one per row); return the rows whose message went out. A broker error
+    stops there: the failed row (the whole batch, when the publisher batches) counts an attempt and
+    keeps its error, and the rest waits for the next pass."""
+    many = getattr(publisher, "publish_many", None)
+    if many is not None and messages:
+        try:
+            many(messages)
+        except Exception as exc:  # the broker is down: keep the rows, try on the next pass
+            for row in rows:
+                _failed(row, exc)
+            return []
+        return rows
+    sent: list[DispatchOutbox] = []
+    for row, (job_id, queue) in zip(rows, messages, strict=True):
+        try:
+            publisher.publish(job_id, queue)
+        except Exception as exc:
+            _failed(row, exc)
+            break
+        sent.append(row)
+    return sent
+
+
+def _failed(row: DispatchOutbox, exc: Exception) -> None:
+    row.publish_attempts += 1
+    row.last_error = f"{type(exc).__name__}: {exc}"[:1000]
+    log.warning("outbox relay could not publish %s: %s", row.job_id, exc)
 
 
 def _jobs_by_id(session: Session, ids: set[str], *, lock: bool = False, key_share: bool = False) -> dict[str, Job]:
@@ -226,8 +246,8 @@ def fan_out(
             session.execute(_ADD_TO_OUTBOX, outbox)
         if stamped:
             session.execute(_STAMP_RELAYED, {"now": now, "ids": stamped})
-    for status in relayed:  # after the commit: a stream never sees a change before it is stored
-        bus.publish(status.job.id, status)
+    # After the commit: a stream never sees a change before it is stored. One round trip for the batch.
+    publish_all(bus, [(status.job.id, status) for status in relayed])
     return len(relayed)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -387,3 +390,65 @@ def test_sweeper_deletes_expired_results(session_factory, owner, db_settings, tm
     with session_scope(session_factory) as session:
         assert session.get(Job, old_id).video_key is None
         assert session.get(Job, fresh_id).video_key is not None
+
+
+class BatchPublisher(RecordingPublisher):
+    """A publisher that takes a whole batch at once (as ``CeleryPublisher.publish_many`` does)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__(fail)
+        self.batches: list[list[tuple[str, str]]] = []
+
+    def publish_many(self, messages: list[tuple[str, str]]) -> None:
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.batches.append(list(messages))
+
+
+def test_the_relay_hands_a_whole_batch_to_a_batching_publisher_once(session_factory, owner) -> None:
+    ids = [submit(session_factory, owner) for _ in range(5)]
+    publisher = BatchPublisher()
+    assert relay_outbox(session_factory=session_factory, publisher=publisher) == 5
+    assert relay_outbox(session_factory=session_factory, publisher=publisher) == 0
+    assert publisher.batches == [[(job_id, "gpu.wan") for job_id in ids]] and publisher.published == []
+    with session_scope(session_factory) as session:
+        rows = session.scalars(select(DispatchOutbox).where(DispatchOutbox.job_id.in_(ids))).all()
+        assert all(row.published_at is not None and row.publish_attempts == 1 for row in rows)
+        assert all(session.get(Job, job_id).dispatched_at is not None for job_id in ids)
+
+
+def test_a_failed_batch_keeps_every_row_for_the_next_pass(session_factory, owner) -> None:
+    ids = [submit(session_factory, owner) for _ in range(3)]
+    assert relay_outbox(session_factory=session_factory, publisher=BatchPublisher(fail=True)) == 0
+    for job_id in ids:
+        [row] = pending_outbox(session_factory, job_id)
+        assert row.publish_attempts == 1 and "broker down" in (row.last_error or "")
+    publisher = BatchPublisher()
+    assert relay_outbox(session_factory=session_factory, publisher=publisher) == 3
+    assert sorted(publisher.batches[0]) == sorted((job_id, "gpu.wan") for job_id in ids)
+
+
+def test_celery_publish_many_puts_every_message_on_its_queue(redis_url: str) -> None:
+    """The real broker: the batch (one pipelined round trip on kombu 5.7+, one by one before) leaves
+    one render message per job on its queue, in order, readable by a Celery consumer."""
+    import redis
+
+    from jobs.broker import RENDER_TASK, make_celery
+    from jobs.dispatch import CeleryPublisher, MemoryDispatchMarkers
+
+    settings = Settings(redis_url=redis_url, database_url="postgresql+psycopg://unused@127.0.0.1/unused")
+    app = make_celery(settings)
+    queues = [f"test-batch-{uuid.uuid4().hex[:8]}", f"test-batch-{uuid.uuid4().hex[:8]}"]
+    messages = [(f"video_{n}", queues[n % 2]) for n in range(7)]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        CeleryPublisher(app, MemoryDispatchMarkers()).publish_many(messages)
+        for queue in queues:
+            raw = client.lrange(queue, 0, -1)[::-1]  # LPUSH'ed: oldest last
+            bodies = [json.loads(message) for message in raw]
+            assert [body["headers"]["task"] for body in bodies] == [RENDER_TASK] * len(bodies)
+            args = [json.loads(base64.b64decode(body["body"]))[0] for body in bodies]
+            assert args == [[job_id] for job_id, q in messages if q == queue]
+    finally:
+        client.delete(*queues)
+        client.close()
