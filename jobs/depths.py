@@ -31,6 +31,12 @@ from jobs.states import JobStatus
 
 SHARDS = 8
 RECOUNT_INTERVAL_S = 60.0  # how often the sweeper rewrites the counters from an exact count
+# The recount's table lock stops every submit while it is held or queued for, so it is bounded on
+# PostgreSQL: it waits at most RECOUNT_LOCK_WAIT_S for the lock (then the next interval tries again),
+# and a recount whose process stops mid-transaction (frozen, paused, a VM stall) loses its session,
+# and with it the lock, after RECOUNT_IDLE_TIMEOUT_S instead of blocking the submits until it wakes.
+RECOUNT_LOCK_WAIT_S = 2.0
+RECOUNT_IDLE_TIMEOUT_S = 5.0
 
 _PENDING = "vidq.queue_depth_changes"
 
@@ -87,6 +93,10 @@ def recount(session: Session) -> dict[str, int]:
     counter changes in flight finish before the count, later ones wait for this commit, so no change
     is lost or counted twice. Returns {queue: depth}. The caller commits."""
     if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL lock_timeout = '{int(RECOUNT_LOCK_WAIT_S * 1000)}ms'"))
+        session.execute(
+            text(f"SET LOCAL idle_in_transaction_session_timeout = '{int(RECOUNT_IDLE_TIMEOUT_S * 1000)}ms'")
+        )
         session.execute(text("LOCK TABLE queue_depths IN SHARE ROW EXCLUSIVE MODE"))
     session.execute(delete(QueueDepth))  # on SQLite this takes the database's write lock first
     exact = {

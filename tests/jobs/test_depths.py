@@ -213,3 +213,31 @@ def test_recount_works_on_the_embedded_sqlite_database(tmp_path) -> None:
 class _NoPublisher:
     def publish(self, job_id: str, queue: str) -> None:
         pass
+
+
+def test_a_recount_frozen_mid_transaction_blocks_submits_only_until_its_session_ends(
+    session_factory, owner, monkeypatch
+) -> None:
+    """A process that stops while its recount holds the table lock (SIGSTOP, a VM pause: seen when
+    a test paused a worker at that moment) would block every submit until it woke. PostgreSQL ends
+    the idle recount's session after RECOUNT_IDLE_TIMEOUT_S, and the submit goes through."""
+    from jobs import depths
+
+    monkeypatch.setattr(depths, "RECOUNT_IDLE_TIMEOUT_S", 0.5)
+    frozen = session_factory()
+    depths.recount(frozen)  # holds LOCK TABLE queue_depths, then its process "stops": no commit
+    try:
+        done: list[str] = []
+
+        def submit() -> None:
+            with session_scope(session_factory) as session:
+                job, _, _ = submit_job(session=session, owner=owner, request=REQUEST)
+            done.append(job.id)
+
+        thread = threading.Thread(target=submit)
+        thread.start()
+        thread.join(timeout=30)
+        assert not thread.is_alive() and len(done) == 1  # went through once the frozen session ended
+        assert counted(session_factory) == exact(session_factory)
+    finally:
+        frozen.invalidate()  # its connection was terminated by the server
