@@ -93,9 +93,12 @@ def recount(session: Session) -> dict[str, int]:
     counter changes in flight finish before the count, later ones wait for this commit, so no change
     is lost or counted twice. Returns {queue: depth}. The caller commits."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"SET LOCAL lock_timeout = '{int(RECOUNT_LOCK_WAIT_S * 1000)}ms'"))
-        session.execute(
-            text(f"SET LOCAL idle_in_transaction_session_timeout = '{int(RECOUNT_IDLE_TIMEOUT_S * 1000)}ms'")
+        session.execute(  # both for this transaction only (set_config's third argument: is_local)
+            text(
+                "SELECT set_config('lock_timeout', :wait, true),"
+                " set_config('idle_in_transaction_session_timeout', :idle, true)"
+            ),
+            {"wait": f"{int(RECOUNT_LOCK_WAIT_S * 1000)}ms", "idle": f"{int(RECOUNT_IDLE_TIMEOUT_S * 1000)}ms"},
         )
         session.execute(text("LOCK TABLE queue_depths IN SHARE ROW EXCLUSIVE MODE"))
     session.execute(delete(QueueDepth))  # on SQLite this takes the database's write lock first

@@ -152,7 +152,8 @@ def publish_all(bus: EventBus, events: Sequence[tuple[str, StatusEvent | Progres
     The relay publishes a whole fan-out batch at once. One Redis round trip per event cost the relay
     thread a GIL hand-off each, and while the route threads keep the GIL busy each hand-off waits up
     to the switch interval (5 ms): under a full load of submits the relay fell ever further behind
-    (11 s from submit to publish at the median after 25 s)."""
+    (``benchmarks/bench_service.py`` before this: 22 s from submit to broker at the median after
+    60 s of load)."""
     many = getattr(bus, "publish_many", None)
     if many is not None:
         many(events)

@@ -60,9 +60,14 @@ class Publisher(Protocol):
     def publish(self, job_id: str, queue: str) -> None: ...
 
 
+def _outbox_values(job: Job, now: datetime) -> dict[str, object]:
+    """The columns of ``job``'s render-message row (one definition for both writers below)."""
+    return {"job_id": job.id, "queue": job.queue, "created_at": now}
+
+
 def add_to_outbox(*, session: Session, job: Job) -> DispatchOutbox:
     """Record that ``job`` needs a render message; call inside a transaction that holds the job."""
-    row = DispatchOutbox(job=job, queue=job.queue, created_at=utcnow())
+    row = DispatchOutbox(**_outbox_values(job, utcnow()))
     session.add(row)
     return row
 
@@ -111,8 +116,7 @@ def relay_outbox(
             return 0
         jobs = _jobs_by_id(session, {row.job_id for row in rows}, lock=True)
         sendable = [row for row in rows if row.job_id in jobs]  # others: locked (deleted or changed), next pass
-        destinations = [(row, route(jobs[row.job_id]) if route is not None else None) for row in sendable]
-        messages = [(row.job_id, direct if direct is not None else row.queue) for row, direct in destinations]
+        messages = [(row.job_id, _destination(row, jobs[row.job_id], route)) for row in sendable]
         sent = _publish(publisher, sendable, messages)
         if sent:  # two statements for the batch (see fan_out)
             now = utcnow()
@@ -124,6 +128,12 @@ def relay_outbox(
                 set_committed_value(jobs[row.job_id], "dispatched_at", now)
         published = len(sent)
     return published
+
+
+def _destination(row: DispatchOutbox, job: Job, route: Callable[[Job], str | None] | None) -> str:
+    """The queue ``route`` picks for the job (a warm worker's own), else the row's."""
+    direct = route(job) if route is not None else None
+    return direct if direct is not None else row.queue
 
 
 def _publish(publisher: Publisher, rows: list[DispatchOutbox], messages: list[tuple[str, str]]) -> list[DispatchOutbox]:
@@ -227,7 +237,7 @@ def fan_out(
                 continue
             kind = JobEventType(row.type)
             if kind is JobEventType.QUEUED and _needs_render_message(job, now):
-                outbox.append({"job_id": job.id, "queue": job.queue, "created_at": now})
+                outbox.append(_outbox_values(job, now))
             add_deliveries(
                 session=session,
                 job=job,
