@@ -6,7 +6,7 @@ import threading
 
 import httpx
 
-from tests.faults.conftest import Stack, assert_completed_exactly_once, submit, wait_for_log
+from tests.faults.conftest import Stack, assert_completed_exactly_once, submit, wait_for_log, wait_until_published
 
 
 def test_jobs_delivered_while_postgres_is_stopped_are_all_completed(
@@ -15,6 +15,7 @@ def test_jobs_delivered_while_postgres_is_stopped_are_all_completed(
     worker = start_worker()
     worker.pause()  # holds its broker connection; the six messages wait for it
     ids = submit(client, 6)
+    wait_until_published(stack, ids)  # in the broker before the database goes: the case is delivery
     stack.postgres.stop()
     try:
         # The API says which dependency is down, on the same kept-alive connection, and stays usable.
