@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.admin_pages import STATIC_DIR, install_admin_handlers
+from api.balance import Balancer
 from api.edge import EdgeMiddleware
 from api.errors import install_error_handlers
 from api.logging import JobIdMiddleware
@@ -91,7 +92,11 @@ OPENAPI_TAGS = [
 
 
 def create_app(
-    settings: Settings | None = None, *, celery_app: Celery | None = None, listen_host: str | None = None
+    settings: Settings | None = None,
+    *,
+    celery_app: Celery | None = None,
+    listen_host: str | None = None,
+    balancer: Balancer | None = None,
 ) -> FastAPI:
     """The app. ``listen_host`` is where it will listen, when the caller knows: embedded mode on
     loopback is the one place the default secret key is allowed (see Settings.require_service_secret)."""
@@ -135,6 +140,7 @@ def create_app(
         max_body_bytes=settings.max_request_body_bytes,
         upload_max_bytes=settings.lora_max_upload_mb * 2**20 + 2**20,  # the file plus its form fields
         max_concurrency=settings.api_max_concurrency,
+        balancer=balancer,  # one of several processes (vidq.serve): even out their connections
     )
     app.add_middleware(HttpMetricsMiddleware)  # added last: the outermost, it sees every answer
     app.mount("/admin/static", StaticFiles(directory=STATIC_DIR), name="admin-static")

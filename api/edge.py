@@ -23,6 +23,7 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.balance import Balancer
 from api.errors import error_body
 from jobs.text import is_storable_text
 
@@ -73,8 +74,17 @@ async def _answer(send: Send, status: int, body: dict[str, Any], headers: dict[s
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, upload_max_bytes: int, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        upload_max_bytes: int,
+        max_concurrency: int,
+        balancer: Balancer | None = None,
+    ) -> None:
         self.app = app
+        self.balancer = balancer  # several API processes: see api.balance
         self.max_body_bytes = max_body_bytes
         self.upload_max_bytes = upload_max_bytes
         self.max_concurrency = max_concurrency
@@ -137,10 +147,14 @@ class EdgeMiddleware:
                 return
             if message["type"] == "http.response.start":
                 started = True
+                if counted and self.balancer is not None and self.balancer.should_shed(self.in_flight):
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         if counted:
             self.in_flight += 1
+            if self.balancer is not None:
+                self.balancer.changed(self.in_flight)
         try:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
@@ -154,6 +168,8 @@ class EdgeMiddleware:
         finally:
             if counted:
                 self.in_flight -= 1
+                if self.balancer is not None:
+                    self.balancer.changed(self.in_flight)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -295,6 +295,7 @@ async def load(
     """``concurrency`` clients, each on its own keep-alive connection sending one request after the
     other for ``duration_s``: submits, or reads of ``read_ids`` when given."""
     latencies: list[float] = []
+    per_client: list[list[float]] = [[] for _ in range(concurrency)]
     errors = 0
     kinds: dict[str, int] = {}  # what the errors were: HTTP status or exception class
     created: list[str] = []
@@ -320,7 +321,9 @@ async def load(
                 kind = str(status)
             except RawHttpError as exc:
                 ok, kind = False, str(exc)
-            latencies.append((time.perf_counter() - started) * 1000)
+            latency = (time.perf_counter() - started) * 1000
+            latencies.append(latency)
+            per_client[n].append(latency)
             errors += not ok
             if not ok:
                 kinds[kind] = kinds.get(kind, 0) + 1
@@ -331,7 +334,23 @@ async def load(
     elapsed = time.perf_counter() - began
     for client in clients:
         await client.close()
-    return {"latencies": latencies, "errors": errors, "kinds": kinds, "created": created, "elapsed_s": elapsed}
+    client_p50s = sorted(percentile(mine, 50) for mine in per_client if mine)
+    return {
+        "latencies": latencies,
+        "errors": errors,
+        "kinds": kinds,
+        "created": created,
+        "elapsed_s": elapsed,
+        # Each client's median: a wide spread means the API processes got unequal shares of the
+        # keep-alive connections (a client stays on the process that accepted it).
+        "client_p50_ms": {
+            "min": round(client_p50s[0], 1),
+            "median": round(percentile(client_p50s, 50), 1),
+            "max": round(client_p50s[-1], 1),
+        }
+        if client_p50s
+        else {},
+    }
 
 
 def dispatch_latency(service: Service, since: datetime, until: datetime, drain_s: float = 60.0) -> dict[str, object]:
@@ -509,6 +528,7 @@ def main() -> None:
         "submit_rps": round(submit_rps, 1),
         "submit_p50_ms": round(percentile(submit_lat, 50), 1),
         "submit_p99_ms": round(percentile(submit_lat, 99), 1),
+        "submit_client_p50_ms": main_run["client_p50_ms"],
         "get_p99_ms": round(percentile(reads["latencies"], 99), 1),  # type: ignore[arg-type]
         "errors": int(main_run["errors"]) + int(reads["errors"]),  # type: ignore[call-overload]
         "error_kinds": {"submit": main_run["kinds"], "get": reads["kinds"]},
@@ -565,6 +585,7 @@ def main() -> None:
     print(
         f"overhead per job (ms): p50 {result['overhead_p50_ms']}  p95 {result['overhead_p95_ms']}  ({len(over)} jobs)"
     )
+    print(f"each client's median submit (ms): {result['submit_client_p50_ms']}")
     print(
         f"ratio vs one process: {result['submit_rps_ratio_vs_one_process']}  loadavg during: {result['loadavg_during']}"
     )

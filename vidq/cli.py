@@ -103,8 +103,11 @@ def cmd_api(args: argparse.Namespace) -> int:
         )
         return 0
     from api.app import create_app
+    from vidq.gc_tuning import tune_for_serving
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, **proxies)
+    app = create_app(settings)
+    tune_for_serving()
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, **proxies)
     return 0
 
 

@@ -5,13 +5,17 @@ uvicorn starts each process fresh (spawn), so each one sets up its logging the w
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from api.balance import Balancer, LoadBoard
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
+BOARD_FILE = "api-load.board"  # in the metrics folder: the processes' shared load (api.balance)
 
 
 def prepare_multiprocess_metrics() -> Path:
@@ -20,19 +24,28 @@ def prepare_multiprocess_metrics() -> Path:
     chosen = os.environ.get(MULTIPROC_ENV)
     folder = Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="vidq-metrics-"))
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):
-        stale.unlink()
+    for stale in [*folder.glob("*.db"), folder / BOARD_FILE]:
+        stale.unlink(missing_ok=True)
     os.environ[MULTIPROC_ENV] = str(folder)
     return folder
+
+
+def _balancer() -> Balancer:
+    board = LoadBoard(Path(os.environ[MULTIPROC_ENV]) / BOARD_FILE)
+    atexit.register(board.release)
+    return Balancer(board)
 
 
 def create_served_app() -> FastAPI:
     from api.app import create_app
     from jobs.logs import configure_logging
+    from vidq.gc_tuning import tune_for_serving
 
     configure_logging(
         level=os.environ.get("VIDQ_LOG_LEVEL", "INFO"),
         fmt=os.environ.get("VIDQ_LOG_FORMAT", "text").lower(),
         service=True,
     )
-    return create_app()
+    app = create_app(balancer=_balancer())
+    tune_for_serving()
+    return app

@@ -1,0 +1,122 @@
+"""`vidq api --workers 2` as a client pool sees it: a burst of keep-alive connections, all accepted by
+whichever process woke first, ends up spread evenly (api.balance), and no request fails meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from benchmarks.bench_service import RawClient, RawHttpError
+from jobs.settings import Settings
+from tests.service.processes import VIDQ, settings_env
+from vidq.embedded import free_port
+
+CLIENTS = 48
+
+
+def _socket_inodes_by_pid(group: int) -> dict[int, set[str]]:
+    """The socket inodes each process of the process group ``group`` holds."""
+    held: dict[int, set[str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+            if int(raw[raw.rindex(")") + 2 :].split()[2]) != group:
+                continue
+            pid = int(stat.parent.name)
+            held[pid] = {
+                os.readlink(fd)[8:-1] for fd in (stat.parent / "fd").iterdir() if os.readlink(fd).startswith("socket:[")
+            }
+        except (OSError, ValueError):  # the process ended meanwhile
+            continue
+    return held
+
+
+def connections_per_process(group: int, port: int) -> Counter[int]:
+    """Established connections to ``port``, counted by the process that holds them (Linux /proc)."""
+    established: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                established.add(fields[9])
+    counts: Counter[int] = Counter()
+    for pid, inodes in _socket_inodes_by_pid(group).items():
+        counts[pid] += len(inodes & established)
+    return +counts
+
+
+async def _load(port: int, key: str, seconds: float, watch: Callable[[], None]) -> tuple[int, int]:
+    clients = [RawClient("127.0.0.1", port, key) for _ in range(CLIENTS)]
+    # One burst: every connection opened at once, as a client pool starting up does.
+    await asyncio.gather(*(c.request("GET", "/v1/videos/video_missing") for c in clients))
+    deadline = time.monotonic() + seconds
+    done = failed = 0
+
+    async def one(client: RawClient) -> None:
+        nonlocal done, failed
+        while time.monotonic() < deadline:
+            try:
+                status, _ = await client.request("GET", "/v1/videos/video_missing")
+            except RawHttpError:
+                status = 0
+            done += 1
+            failed += status != 404
+
+    async def watcher() -> None:
+        while time.monotonic() < deadline:
+            watch()
+            await asyncio.sleep(0.5)
+
+    await asyncio.gather(watcher(), *(one(c) for c in clients))
+    for client in clients:
+        await client.close()
+    return done, failed
+
+
+def test_a_burst_of_connections_ends_up_even_across_api_processes(
+    service_settings: Settings, make_key: Callable[..., str], tmp_path: Path
+) -> None:
+    port = free_port()
+    env = settings_env(service_settings, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
+    log = (tmp_path / "api.log").open("w")
+    api = subprocess.Popen(
+        [VIDQ, "api", "--workers", "2", "--port", str(port), "--log-level", "WARNING"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert api.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()
+            time.sleep(0.2)
+        splits: list[list[int]] = []
+
+        def watch() -> None:
+            splits.append(sorted(connections_per_process(api.pid, port).values()))
+
+        done, failed = asyncio.run(_load(port, make_key("balance"), 20.0, watch))
+    finally:
+        os.killpg(api.pid, signal.SIGTERM)
+        api.wait(30)
+        log.close()
+    assert done > 1000
+    assert failed == 0  # a shed connection is reopened by the client, never an error
+    last = splits[-6:]  # the last three seconds
+    assert all(len(split) == 2 and CLIENTS - 4 <= sum(split) <= CLIENTS for split in last), splits
+    # Within a few connections of even (a process may shed one while the client reconnects).
+    assert all(split[1] - split[0] <= 6 for split in last), splits
