@@ -35,10 +35,10 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, event, insert, select, text, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, load_only, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from jobs.db import session_scope, utcnow
@@ -114,7 +114,7 @@ def relay_outbox(
         ).all()
         if not rows:
             return 0
-        jobs = _jobs_by_id(session, {row.job_id for row in rows}, lock=True)
+        jobs = _jobs_by_id(session, {row.job_id for row in rows}, columns=_ROUTE_COLUMNS, lock=True)
         sendable = [row for row in rows if row.job_id in jobs]  # others: locked (deleted or changed), next pass
         messages = [(row.job_id, _destination(row, jobs[row.job_id], route)) for row in sendable]
         sent = _publish(publisher, sendable, messages)
@@ -166,7 +166,30 @@ def _failed(row: DispatchOutbox, exc: Exception) -> None:
     log.warning("outbox relay could not publish %s: %s", row.job_id, exc)
 
 
-def _jobs_by_id(session: Session, ids: set[str], *, lock: bool = False, key_share: bool = False) -> dict[str, Job]:
+# The job columns each pass reads. A job row is wide (prompt, parameters, result, timings), and
+# loading all of it for every job of a pass showed in the API's profile under load (py-spy: 4% of
+# an API process's time). Any other column would still be loaded on access, one query per job:
+# keep these lists in step with the code below (tests/jobs/test_relay.py counts the statements).
+_FAN_OUT_COLUMNS = (
+    Job.owner_id,
+    Job.status,
+    Job.dispatched_at,
+    Job.retry_at,
+    Job.queue,
+    Job.webhook_url,
+    Job.webhook_events,
+)
+_ROUTE_COLUMNS = (Job.queue, Job.loras)  # jobs.affinity
+
+
+def _jobs_by_id(
+    session: Session,
+    ids: set[str],
+    *,
+    columns: tuple[InstrumentedAttribute[Any], ...],
+    lock: bool = False,
+    key_share: bool = False,
+) -> dict[str, Job]:
     """The jobs ``ids`` in one query (those deleted meanwhile are absent).
 
     With ``lock``, rows another transaction holds are skipped rather than waited for: a job delete
@@ -174,7 +197,7 @@ def _jobs_by_id(session: Session, ids: set[str], *, lock: bool = False, key_shar
     outbox row and would then update its job (``dispatched_at``). Waiting there deadlocks the two
     (PostgreSQL aborts one: the client's delete got a 503); skipping leaves the row to a later pass,
     or to the cascade."""
-    query = select(Job).where(Job.id.in_(ids))
+    query = select(Job).options(load_only(*columns)).where(Job.id.in_(ids))
     if lock:
         query = query.with_for_update(skip_locked=True)
     elif key_share:  # waits; in id order, as every multi-job locker takes them
@@ -226,7 +249,7 @@ def fan_out(
         # written below reference them, and taking that lock only at the flush, while holding the
         # events, deadlocked with a job delete (job locked, then its events by the cascade). Here
         # a pass waits for such a delete instead, and a job it removed is simply absent.
-        jobs = _jobs_by_id(session, {row.job_id for row in rows}, key_share=True)
+        jobs = _jobs_by_id(session, {row.job_id for row in rows}, columns=_FAN_OUT_COLUMNS, key_share=True)
         endpoints = endpoints_of(session, {job.owner_id for job in jobs.values()})
         now = utcnow()
         outbox: list[dict[str, object]] = []

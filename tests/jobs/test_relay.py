@@ -151,3 +151,67 @@ def test_live_messages_follow_the_commit_in_event_order(fresh_factory: sessionma
         (1, "queued"),
         (2, "in_progress"),
     ]
+
+
+def _statements_of_a_pass(factory: sessionmaker[Session], jobs: int, owner_id: int) -> tuple[int, list[str]]:
+    """Submit ``jobs`` jobs (a webhook URL and LoRA adapters each: every column the relay reads is
+    set), then count the statements of one relay pass over them: fan-out, then outbox."""
+    import time as _time
+
+    from sqlalchemy import event, update
+
+    from jobs.affinity import affinity_router, worker_queue
+    from jobs.models import ApiKey, Job
+    from jobs.relay import relay_outbox
+    from jobs.workers import WorkerStatus
+
+    with session_scope(factory) as session:
+        owner = session.get(ApiKey, owner_id)
+        assert owner is not None
+        ids = [
+            create_job(
+                session=session,
+                owner=owner,
+                request=JobRequest(prompt="a heron", model="tiny-wan", webhook_url=HOOK),
+                webhook_allowed_hosts=LOOPBACK,
+            )[0].id
+            for _ in range(jobs)
+        ]
+        session.execute(update(Job).where(Job.id.in_(ids)).values(loras=[{"id": "lora_a", "name": "a", "scale": 1.0}]))
+    now = _time.time()
+    warm = WorkerStatus(
+        worker_id="w1", host="h", pid=1, heartbeat_at=now, started_at=now,
+        queues=["gpu.wan", worker_queue("w1")], warm_loras=["lora_a"],
+    )  # fmt: skip
+    route = affinity_router(lambda: [warm], heartbeat_timeout_s=60)
+    sent: list[tuple[str, str]] = []
+
+    class Publisher:
+        def publish(self, job_id: str, queue: str) -> None:
+            sent.append((job_id, queue))
+
+    statements: list[str] = []
+    engine = factory.kw["bind"]
+
+    def seen(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement.split()[0])
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert fan_out(session_factory=factory, bus=RecordingBus()) == jobs
+        assert relay_outbox(session_factory=factory, publisher=Publisher(), route=route) == jobs
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert sorted(sent) == sorted((job_id, worker_queue("w1")) for job_id in ids)  # routed by their adapters
+    return len(statements), statements
+
+
+def test_a_relay_pass_costs_the_same_statements_for_one_job_or_many(fresh_factory: sessionmaker[Session]) -> None:
+    """The relay reads only some of a job's columns: reading another one on the way would cost a
+    query per job (a lazy load), which this catches."""
+    with session_scope(fresh_factory) as session:
+        owner = create_key(session=session, name="client").record
+        owner_id = owner.id
+    one, _ = _statements_of_a_pass(fresh_factory, 1, owner_id)
+    many, statements = _statements_of_a_pass(fresh_factory, 6, owner_id)
+    assert many == one, statements
