@@ -3,10 +3,11 @@
 The N processes share one listening socket, and a connection stays with the process that accepted
 it for as long as the client keeps it open. Which process accepts is a race: a burst of new
 connections (a client pool starting up) is taken in one go by whichever event loop wakes first
-(asyncio accepts everything pending at once), and it then keeps them. Measured with 64 clients on
-two processes (``benchmarks/bench_service.py``): splits of 38/26 and 43/21, where the busier process
-answered its clients about twice as slowly, which set the p99; two processes given 32 clients each
-instead served about a fifth more submits per second.
+(asyncio accepts everything pending at once), and it then keeps them. Counted with ``ss`` under
+``benchmarks/bench_service.py``'s 64 clients on two processes: splits of 38/26 and 43/21, where the
+busier process answered its clients about twice as slowly, which set the p99 (in 20-s loads with a
+throwaway script, two single processes given 32 clients each served 10-35% more submits per second
+than ``--workers 2``).
 
 So the processes publish their load on a shared board (a small memory-mapped file, one slot per
 process: its pid, its requests in flight, when it last changed) and a process that carries clearly

@@ -1,11 +1,11 @@
 """The garbage collector of a serving API process: its start-up heap frozen, its young generation
 collected rarely.
 
-Under a full load of submits, CPython's default thresholds (a young collection every 700 net
-allocations of tracked objects) ran about 35 young, 3 middle and one full collection per second in
-each API process: about 5% of its time, and every full collection walked the whole heap (FastAPI,
-SQLAlchemy, pydantic, Celery: several hundred thousand objects) in one pause of 80 to 100 ms, which
-every request then in that process waited out (``benchmarks/bench_service.py``'s p99).
+Under a full load of submits (``benchmarks/bench_service.py``), CPython's default thresholds (a
+young collection every 700 net allocations of tracked objects) ran about 30 young and 3 middle
+collections a second in each API process and a full one every 3 s: about 5% of its time (measured
+with ``gc.callbacks``), and every full collection walked the whole heap (FastAPI, SQLAlchemy,
+pydantic, Celery) in one pause of 80 to 100 ms, which every request then in that process waited out.
 
 Almost everything a request allocates is freed by reference counting as it ends; the collector only
 finds the rare cycle. So:
@@ -13,7 +13,7 @@ finds the rare cycle. So:
 - :func:`gc.freeze` moves everything alive at start-up (imports, the app, its routes and models) to
   a permanent generation no collection walks again;
 - the young threshold is raised to ``YOUNG_THRESHOLD`` net allocations: collections become rare
-  (measured: a few per minute instead of 35 per second) and cyclic garbage is still collected,
+  (measured: 7 in a 20-s load instead of about 750) and cyclic garbage is still collected,
   after more of it has gathered (bounded by the threshold: a few MB).
 
 Only the processes that serve (``vidq api``), never in-process apps (tests, embedded mode), where a
