@@ -9,6 +9,10 @@ busier process answered its clients about twice as slowly, which set the p99 (in
 throwaway script, two single processes given 32 clients each served 10-35% more submits per second
 than ``--workers 2``).
 
+The same holds after a crash: uvicorn restarts the process, but the survivor keeps every client
+that reconnected meanwhile, and the new process serves only the few that reconnect after it is up
+(measured: 64/0 and 34/14 for as long as the clients stayed, against 33/31 within 8 s with this).
+
 So the processes publish their load on a shared board (a small memory-mapped file, one slot per
 process: its pid, its requests in flight, when it last changed) and a process that carries clearly
 more than the average closes a connection after answering on it (``Connection: close``, which every

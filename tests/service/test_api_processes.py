@@ -9,10 +9,12 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 from benchmarks.bench_service import RawClient, RawHttpError
 from jobs.settings import Settings
@@ -81,42 +83,90 @@ async def _load(port: int, key: str, seconds: float, watch: Callable[[], None]) 
     return done, failed
 
 
-def test_a_burst_of_connections_ends_up_even_across_api_processes(
-    service_settings: Settings, make_key: Callable[..., str], tmp_path: Path
-) -> None:
+@dataclass
+class ApiProcesses:
+    """A running ``vidq api --workers 2``: its session leader (the process group) and port."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    def serving(self) -> list[int]:
+        """The pids of the processes that serve (the supervisor's children)."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+    def split(self) -> list[int]:
+        """Established connections per serving process, smallest first."""
+        counts = connections_per_process(self.proc.pid, self.port)
+        return sorted(counts.get(pid, 0) for pid in self.serving())
+
+
+@pytest.fixture
+def two_api_processes(service_settings: Settings, tmp_path: Path) -> Iterator[ApiProcesses]:
     port = free_port()
     env = settings_env(service_settings, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
-    log = (tmp_path / "api.log").open("w")
-    api = subprocess.Popen(
-        [VIDQ, "api", "--workers", "2", "--port", str(port), "--log-level", "WARNING"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert api.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()
-            time.sleep(0.2)
-        splits: list[list[int]] = []
+    log_path = tmp_path / "api.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [VIDQ, "api", "--workers", "2", "--port", str(port), "--log-level", "WARNING"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+            api = ApiProcesses(proc, port)
+            while len(api.serving()) < 2:  # both up, not just the first to answer
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+            yield api
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
 
-        def watch() -> None:
-            splits.append(sorted(connections_per_process(api.pid, port).values()))
 
-        done, failed = asyncio.run(_load(port, make_key("balance"), 20.0, watch))
-    finally:
-        os.killpg(api.pid, signal.SIGTERM)
-        api.wait(30)
-        log.close()
+def test_a_burst_of_connections_ends_up_even_across_api_processes(
+    two_api_processes: ApiProcesses, make_key: Callable[..., str]
+) -> None:
+    api = two_api_processes
+    splits: list[list[int]] = []
+    done, failed = asyncio.run(_load(api.port, make_key("balance"), 20.0, lambda: splits.append(api.split())))
     assert done > 1000
     assert failed == 0  # a shed connection is reopened by the client, never an error
     last = splits[-6:]  # the last three seconds
     assert all(len(split) == 2 and CLIENTS - 4 <= sum(split) <= CLIENTS for split in last), splits
     # Within a few connections of even (a process may shed one while the client reconnects).
     assert all(split[1] - split[0] <= 6 for split in last), splits
+
+
+def test_the_process_that_replaces_a_crashed_one_gets_its_share_of_the_clients(
+    two_api_processes: ApiProcesses, make_key: Callable[..., str]
+) -> None:
+    """Kept-alive clients never leave the process that accepted them: without the balance, the
+    survivor of a crash keeps every client and the restarted process serves nobody, for good."""
+    api = two_api_processes
+    splits: list[list[int]] = []
+    killed: list[int] = []
+    started = time.monotonic()
+
+    def watch() -> None:
+        if not killed and time.monotonic() - started > 4:
+            killed.append(api.serving()[0])
+            os.kill(killed[0], signal.SIGKILL)
+        splits.append(api.split())
+
+    done, failed = asyncio.run(_load(api.port, make_key("crash"), 24.0, watch))
+    assert killed and killed[0] not in api.serving()  # restarted under another pid
+    assert done > 1000
+    assert failed <= CLIENTS  # at most the requests the killed process held
+    last = splits[-6:]
+    assert all(len(split) == 2 and split[0] >= CLIENTS // 2 - 6 for split in last), splits
