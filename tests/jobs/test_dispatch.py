@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import threading
 import time
@@ -462,3 +463,40 @@ def test_celery_publish_many_puts_every_message_on_its_queue(
     finally:
         client.delete(*queues)
         client.close()
+
+
+def test_the_relay_thread_rests_as_long_as_its_last_pass_took(session_factory, db_settings) -> None:  # type: ignore[no-untyped-def]
+    """Under a stream of commits the passes are spaced out (bigger batches, fewer GIL grabs in an API
+    process), and a lone commit after a quiet spell is still relayed."""
+    from jobs.dispatch import RELAY_MAX_REST_S, Sweeper
+
+    pass_s = 0.1
+    assert pass_s < RELAY_MAX_REST_S
+    started: list[float] = []
+    ran = threading.Event()
+
+    class SlowRelay:
+        def run(self) -> None:
+            started.append(time.monotonic())
+            time.sleep(pass_s)
+            ran.set()
+
+    settings = db_settings.model_copy(update={"sweep_interval_s": 60.0})  # passes only when kicked
+    sweeper = Sweeper(session_factory=session_factory, publisher=object(), settings=settings, repairs=False)  # type: ignore[arg-type]
+    sweeper.relay = SlowRelay()  # type: ignore[assignment]
+    sweeper.start()
+    try:
+        deadline = time.monotonic() + 1.2
+        while time.monotonic() < deadline:  # a commit every 10 ms
+            sweeper.kick()
+            time.sleep(0.01)
+        busy = list(started)
+        time.sleep(2 * pass_s + 0.3)  # quiet
+        ran.clear()
+        sweeper.kick()
+        assert ran.wait(5), "a lone commit after a quiet spell was not relayed"
+    finally:
+        sweeper.stop()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(busy)]
+    assert len(busy) >= 3, busy  # it keeps relaying under load
+    assert min(gaps) >= 2 * pass_s - 0.01, gaps  # each pass, then as long again at rest
