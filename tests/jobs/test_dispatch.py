@@ -470,7 +470,7 @@ def test_the_relay_thread_rests_as_long_as_its_last_pass_took(session_factory, d
     process), and a lone commit after a quiet spell is still relayed."""
     from jobs.dispatch import RELAY_MAX_REST_S, Sweeper
 
-    pass_s = 0.1
+    pass_s = 0.05
     assert pass_s < RELAY_MAX_REST_S
     started: list[float] = []
     ran = threading.Event()
