@@ -387,7 +387,7 @@ RELAY_FAILURE_PAUSE_S = 0.5  # after a failed pass (database restarting): no bus
 # submits the passes had come back to back, about 30 events each. Idle, a pass takes a few ms, so a
 # lone submit is still relayed at once. The bound is the delay it may add to a job's dispatch under
 # load: with 0.5 s the render messages reached the broker about 1 s after the submit (p50, against
-# 0.23 s with no rest); with 0.1 s, 0.33 s (benchmarks/bench_service.py, dispatch_p50_ms).
+# 0.20-0.28 s with no rest); with 0.1 s, 0.33 s (benchmarks/bench_service.py, dispatch_p50_ms).
 RELAY_MAX_REST_S = 0.1
 
 
