@@ -384,7 +384,7 @@ RELAY_FAILURE_PAUSE_S = 0.5  # after a failed pass (database restarting): no bus
 # After a pass, the relay thread waits as long as that pass took, at most this, before the next one.
 # A pass has a fixed cost whatever its size (its statements and round trips are per batch, not per
 # event), and in an API process its thread takes the GIL from the requests: under a full load of
-# submits the passes had come back to back, about 30 events each. Idle, a pass takes a few ms, so a
+# submits the passes had come back to back, about 30 events each. Idle, a pass is short, so a
 # lone submit is still relayed at once. The bound is the delay it may add to a job's dispatch under
 # load: with 0.5 s the render messages reached the broker about 1 s after the submit (p50, against
 # 0.20-0.28 s with no rest); with 0.1 s, 0.33 s (benchmarks/bench_service.py, dispatch_p50_ms).
