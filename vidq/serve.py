@@ -30,8 +30,13 @@ def prepare_multiprocess_metrics() -> Path:
     return folder
 
 
-def _balancer() -> Balancer:
-    board = LoadBoard(Path(os.environ[MULTIPROC_ENV]) / BOARD_FILE)
+def _balancer() -> Balancer | None:
+    """The balance between the processes of ``vidq api --workers N`` (None when this app was started
+    some other way, without the shared folder)."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    if not folder:
+        return None
+    board = LoadBoard(Path(folder) / BOARD_FILE)
     atexit.register(board.release)
     return Balancer(board)
 
