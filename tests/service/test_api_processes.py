@@ -55,16 +55,22 @@ def connections_per_process(group: int, port: int) -> Counter[int]:
     return +counts
 
 
-async def _load(port: int, key: str, seconds: float, watch: Callable[[], None]) -> tuple[int, int]:
+async def _load(
+    port: int, key: str, until: Callable[[], bool], most_s: float, after_burst: Callable[[], None] = lambda: None
+) -> tuple[int, int]:
+    """``CLIENTS`` keep-alive clients reading in a loop until ``until()`` (asked every 0.5 s) says
+    so, or for ``most_s`` at most; returns (requests, failed requests)."""
     clients = [RawClient("127.0.0.1", port, key) for _ in range(CLIENTS)]
     # One burst: every connection opened at once, as a client pool starting up does.
     await asyncio.gather(*(c.request("GET", "/v1/videos/video_missing") for c in clients))
-    deadline = time.monotonic() + seconds
+    after_burst()
+    deadline = time.monotonic() + most_s
+    stop = asyncio.Event()
     done = failed = 0
 
     async def one(client: RawClient) -> None:
         nonlocal done, failed
-        while time.monotonic() < deadline:
+        while not stop.is_set():
             try:
                 status, _ = await client.request("GET", "/v1/videos/video_missing")
             except RawHttpError:
@@ -73,14 +79,20 @@ async def _load(port: int, key: str, seconds: float, watch: Callable[[], None]) 
             failed += status != 404
 
     async def watcher() -> None:
-        while time.monotonic() < deadline:
-            watch()
+        while not until() and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
+        stop.set()
 
     await asyncio.gather(watcher(), *(one(c) for c in clients))
     for client in clients:
         await client.close()
     return done, failed
+
+
+def _even(split: list[int]) -> bool:
+    """Both processes serve, within a few connections of even (a process may shed one while the
+    client reconnects, so a connection or two can be in flight)."""
+    return len(split) == 2 and CLIENTS - 4 <= sum(split) <= CLIENTS and split[1] - split[0] <= 6
 
 
 @dataclass
@@ -139,13 +151,27 @@ def test_a_burst_of_connections_ends_up_even_across_api_processes(
 ) -> None:
     api = two_api_processes
     splits: list[list[int]] = []
-    done, failed = asyncio.run(_load(api.port, make_key("balance"), 20.0, lambda: splits.append(api.split())))
+    # The worst burst, every time: one process is stopped while the clients connect, so the other
+    # accepts all of them (which a race often comes close to: 18/30 was seen).
+    asleep = api.serving()[0]
+    os.kill(asleep, signal.SIGSTOP)
+
+    def settled() -> bool:
+        splits.append(api.split())
+        return len(splits) >= 6 and all(_even(split) for split in splits[-6:])  # even for 3 s
+
+    try:
+        done, failed = asyncio.run(
+            _load(
+                api.port, make_key("balance"), settled, most_s=60.0, after_burst=lambda: os.kill(asleep, signal.SIGCONT)
+            )
+        )
+    finally:
+        os.kill(asleep, signal.SIGCONT)
+    assert splits[0][0] <= 6, splits  # it started lopsided
+    assert all(_even(split) for split in splits[-6:]), splits  # without the balance: 0/48 throughout
     assert done > 1000
     assert failed == 0  # a shed connection is reopened by the client, never an error
-    last = splits[-6:]  # the last three seconds
-    assert all(len(split) == 2 and CLIENTS - 4 <= sum(split) <= CLIENTS for split in last), splits
-    # Within a few connections of even (a process may shed one while the client reconnects).
-    assert all(split[1] - split[0] <= 6 for split in last), splits
 
 
 def test_the_process_that_replaces_a_crashed_one_gets_its_share_of_the_clients(
@@ -158,15 +184,16 @@ def test_the_process_that_replaces_a_crashed_one_gets_its_share_of_the_clients(
     killed: list[int] = []
     started = time.monotonic()
 
-    def watch() -> None:
+    def recovered() -> bool:
         if not killed and time.monotonic() - started > 4:
             killed.append(api.serving()[0])
             os.kill(killed[0], signal.SIGKILL)
         splits.append(api.split())
+        # The supervisor's new process is up, and the two have shared the clients for 3 s.
+        return bool(killed) and len(splits) >= 6 and all(_even(split) for split in splits[-6:])
 
-    done, failed = asyncio.run(_load(api.port, make_key("crash"), 24.0, watch))
+    done, failed = asyncio.run(_load(api.port, make_key("crash"), recovered, most_s=90.0))
     assert killed and killed[0] not in api.serving()  # restarted under another pid
+    assert all(_even(split) for split in splits[-6:]), splits  # without the balance: 34/14 throughout
     assert done > 1000
     assert failed <= CLIENTS  # at most the requests the killed process held
-    last = splits[-6:]
-    assert all(len(split) == 2 and split[0] >= CLIENTS // 2 - 6 for split in last), splits
