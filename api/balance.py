@@ -6,8 +6,8 @@ connections (a client pool starting up) is taken in one go by whichever event lo
 (asyncio accepts everything pending at once), and it then keeps them. Counted with ``ss`` under
 ``benchmarks/bench_service.py``'s 64 clients on two processes: splits of 38/26 and 43/21, where the
 busier process answered its clients about twice as slowly, which set the p99 (in 20-s loads with a
-throwaway script, two single processes given 32 clients each served 10-35% more submits per second
-than ``--workers 2``).
+throwaway script, two single processes given 32 clients each served 17-41% more submits per second
+than ``--workers 2`` run just before or after).
 
 The same holds after a crash: uvicorn restarts the process, but the survivor keeps every client
 that reconnected meanwhile, and the new process serves only the few that reconnect after it is up
@@ -103,6 +103,8 @@ class Balancer:
         self.board.write(in_flight)
 
     def should_shed(self, in_flight: int) -> bool:
+        if in_flight <= SHED_MIN_EXCESS:  # never over the average by enough: skip reading the board
+            return False
         now = time.monotonic()
         if now - self._last_shed < SHED_INTERVAL_S:
             return False

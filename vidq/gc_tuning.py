@@ -14,7 +14,7 @@ finds the rare cycle. So:
   a permanent generation no collection walks again;
 - the young threshold is raised to ``YOUNG_THRESHOLD`` net allocations: collections become rare
   (measured: 7 in a 20-s load instead of about 750) and cyclic garbage is still collected,
-  after more of it has gathered (bounded by the threshold: a few MB).
+  after more of it has gathered (at most the threshold's worth of objects).
 
 Only the processes that serve (``vidq api``), never in-process apps (tests, embedded mode), where a
 frozen heap would keep every app built before it alive.
