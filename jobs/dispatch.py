@@ -123,16 +123,10 @@ class CeleryPublisher:
         failure raises, and the caller counts every message as unsent (some may have gone: a render
         message is idempotent, the claim takes a job once)."""
         with self.app.producer_or_acquire() as producer:
-            # Each queue declared once per connection (kombu caches it), not once per message; no
-            # per-message retry either: a failure leaves the rows to the next pass, which retries.
-            for queue in dict.fromkeys(queue for _, queue in messages):
-                producer.maybe_declare(self.app.amqp.queues[queue])
             batch = getattr(producer, "batch", None)
             with batch() if batch is not None else contextlib.nullcontext():
                 for job_id, queue in messages:
-                    self.app.send_task(
-                        RENDER_TASK, args=[job_id], queue=queue, producer=producer, retry=False, declare=[]
-                    )
+                    self.app.send_task(RENDER_TASK, args=[job_id], queue=queue, producer=producer)
 
     def publish_webhook(self, delivery_id: str, attempt: int) -> None:
         self.app.send_task(WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE)
