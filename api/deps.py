@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Annotated, ParamSpec, TypeVar
 
 import anyio
@@ -95,6 +96,10 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 async def get_current_key(
     session: SessionDep, state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> ApiKey:
+    return await _key_of(session, state, credentials)
+
+
+async def _key_of(session: Session, state: AppState, credentials: HTTPAuthorizationCredentials | None) -> ApiKey:
     if credentials is None:
         raise Unauthenticated("send your API key as 'Authorization: Bearer <key>'", code="missing_api_key")
     cached = state.key_cache.known(credentials.credentials, session=session)  # no I/O
@@ -112,6 +117,39 @@ def _authenticate(session: Session, state: AppState, plaintext: str) -> ApiKey:
 
 
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The caller's key with the request's session and the app's state, as one dependency.
+
+    The busiest routes (``/v1/videos``) take this instead of four: FastAPI's dependency solving costs
+    tens of microseconds a node, on the event loop, and a submit at full load spent about a sixth of
+    its API process's CPU there (py-spy), mostly in the machinery, not in the dependencies."""
+
+    key: ApiKey
+    session: Session
+    state: AppState
+
+    @property
+    def settings(self) -> Settings:
+        return self.state.settings
+
+
+async def get_caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> AsyncIterator[Caller]:
+    """As ``SessionDep`` + ``CurrentKey`` + ``StateDep``: the same session life (never commits; what
+    is left open is rolled back) and the same key lookup (cache, else the database on a thread)."""
+    state: AppState = request.app.state.vidq
+    session = state.session_factory()
+    try:
+        yield Caller(key=await _key_of(session, state, credentials), session=session, state=state)
+    finally:
+        await _end(session, state)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 async def get_call_session(state: StateDep) -> AsyncIterator[Session]:
@@ -208,5 +246,6 @@ def _run_and_close_sessions(route: Callable[P, T], *args: P.args, **kwargs: P.kw
         return route(*args, **kwargs)
     finally:
         for value in kwargs.values():
-            if isinstance(value, Session):
-                value.close()  # the connection back to the pool (its reset rolls back a read)
+            session = value.session if isinstance(value, Caller) else value
+            if isinstance(session, Session):
+                session.close()  # the connection back to the pool (its reset rolls back a read)

@@ -1,7 +1,8 @@
 """Database engine and session factory.
 
 Workers fork and run for days, so engines are created per process (see ``dispose_engine``) and
-connections are checked before use: a PostgreSQL restart costs one reconnect, not a failed job.
+connections idle in the pool are checked before use: a PostgreSQL restart costs a reconnect, not a
+failed job.
 Connecting is bounded (``connect_timeout``), so a database that does not answer is reported within
 seconds instead of hanging a request, and :func:`retry_db` lets a short outage pass unnoticed by
 the work in progress.
@@ -27,6 +28,8 @@ from jobs.settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CONNECT_TIMEOUT_S = 3  # PostgreSQL connect timeout: an unreachable database is an error in seconds
+PING_AFTER_IDLE_S = 0.5  # a pooled connection unused this long is checked before use
+_CHECKED_IN_AT = "vidq.checked_in_at"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -64,9 +67,8 @@ def make_engine(settings: Settings) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
-        pool_pre_ping=True,  # a connection the database dropped (restart, reset) is replaced, not used
         # Sized to the requests a process runs at once (VIDQ_API_MAX_CONCURRENCY, each holding at most one
         # connection) plus its background threads; opened lazily, so a worker uses only what it needs.
         pool_size=settings.resolved_db_pool_size,
@@ -76,6 +78,33 @@ def make_engine(settings: Settings) -> Engine:
         hide_parameters=True,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
     )
+    ping_connections_idle_for(engine, PING_AFTER_IDLE_S)
+    return engine
+
+
+def ping_connections_idle_for(engine: Engine, idle_s: float) -> None:
+    """Check a pooled connection before use if it sat in the pool ``idle_s`` or longer; one that fails
+    the check is replaced, not used (a PostgreSQL restart, an idle connection reset).
+
+    SQLAlchemy's ``pool_pre_ping`` checks every checkout: one more round trip, and a statement for the
+    database, per request. Under load a connection goes back to work within milliseconds, while the
+    database it talked to answered a moment before: that check finds nothing. What a restart breaks is
+    seen on the first statement instead, which fails as an outage (503 to a client, a retry for
+    ``retry_db``) and makes the pool replace all its older connections at once."""
+
+    @event.listens_for(engine, "checkin")
+    def _stamp(_dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+        checked_in = record.info.get(_CHECKED_IN_AT)
+        if checked_in is None or time.monotonic() - checked_in < idle_s:
+            return  # new (it just connected), or back in use at once
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise sa_exc.DisconnectionError(f"a pooled connection failed its check: {exc}") from exc
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 from sqlalchemy.orm import Session
 
 from api.content import Variant, content_response
-from api.deps import CurrentKey, SessionDep, SettingsDep, StateDep, StorageDep, in_thread
+from api.deps import CallerDep, CurrentKey, SessionDep, SettingsDep, StorageDep, in_thread
 from api.openapi import VIDEO_CREATE_BODY, errors
 from api.schemas import VideoCreate, VideoDeleted, VideoList, VideoPublic
 from api.video_body import read_video_create
@@ -54,18 +54,16 @@ def _poll_header(job: Job, response: Response) -> None:
 @in_thread
 def create_video(
     create: VideoCreateInput,
-    key: CurrentKey,
-    session: SessionDep,
-    settings: SettingsDep,
-    state: StateDep,
+    caller: CallerDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> VideoPublic:
     """Queue a video. The body is JSON or multipart/form-data (OpenAI's SDK) with the same fields."""
     body, input_reference = create
+    session, settings, state = caller.session, caller.settings, caller.state
     job, view, _ = crud.submit_job(
         session=session,
-        owner=key,
+        owner=caller.key,
         request=body.to_request(settings.default_model, input_reference),
         idempotency_key=idempotency_key,
         webhook_allowed_hosts=settings.webhook_allowed_host_set,
@@ -103,9 +101,10 @@ def list_videos(
 
 @router.get("/{video_id}", response_model=VideoPublic, responses=errors(404))
 @in_thread
-def retrieve_video(video_id: str, key: CurrentKey, session: SessionDep, response: Response) -> VideoPublic:
+def retrieve_video(video_id: str, caller: CallerDep, response: Response) -> VideoPublic:
     """The job; while it is queued or running, `openai-poll-after-ms` says when to look again (from its ETA)."""
-    return _public(session, crud.get_job(session=session, owner=key, job_id=video_id), response)
+    session = caller.session
+    return _public(session, crud.get_job(session=session, owner=caller.key, job_id=video_id), response)
 
 
 @router.get(

@@ -18,7 +18,7 @@ import redis
 import uvicorn
 from minio import Minio
 from minio.versioningconfig import ENABLED, VersioningConfig
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
@@ -26,7 +26,7 @@ from jobs import lifecycle, migrate
 from jobs.attempts import AttemptOutcome
 from jobs.db import make_engine, make_session_factory, session_scope
 from jobs.keys import create_key
-from jobs.models import Job, JobAttempt
+from jobs.models import DispatchOutbox, Job, JobAttempt, JobEvent
 from jobs.settings import Settings
 from tests.faults.services import OwnPostgres, OwnRedis, OwnS3
 from tests.service.processes import WorkerProcess
@@ -163,8 +163,20 @@ def wait_until_published(stack: Stack, ids: list[str], timeout_s: float = 30.0) 
     deadline = time.monotonic() + timeout_s
     while not all(job.dispatched_at is not None for job in job_rows(stack, ids).values()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"the relay did not publish {ids} within {timeout_s}s")
+            raise AssertionError(f"the relay did not publish {ids} within {timeout_s}s: {_relay_state(stack, ids)}")
         time.sleep(0.01)
+
+
+def _relay_state(stack: Stack, ids: list[str]) -> dict[str, object]:
+    """What a stalled relay left behind, for the failure message: the jobs' outbox rows (attempts and
+    the last broker error) and the events not yet fanned out."""
+    with session_scope(stack.session_factory) as session:
+        rows = session.scalars(select(DispatchOutbox).where(DispatchOutbox.job_id.in_(ids))).all()
+        unrelayed = session.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.relayed_at.is_(None)))
+        return {
+            "outbox": [(row.job_id, row.published_at, row.publish_attempts, row.last_error) for row in rows],
+            "events_not_fanned_out": unrelayed,
+        }
 
 
 def job_rows(stack: Stack, ids: list[str]) -> dict[str, Job]:
