@@ -62,9 +62,25 @@ def _add_statement(dialect: ModuleType) -> Any:
 _ADD = {"postgresql": _add_statement(postgresql), "sqlite": _add_statement(sqlite)}
 
 
+# The committed depth of the queue bound as ``depth_of_queue``, as an expression another statement
+# can return: a new job's INSERT reads its queue's depth with it, no round trip of its own.
+COMMITTED_DEPTH = (
+    select(func.coalesce(func.sum(_TABLE.c.queued), 0))
+    .where(_TABLE.c.queue == bindparam("depth_of_queue"))
+    .scalar_subquery()
+    .label("depth_of_queue")
+)
+
+
 def depth(session: Session, queue: str) -> int:
     """The queue's queued jobs: committed counters plus this transaction's own changes."""
     committed = session.connection().execute(_DEPTH, {"queue": queue}).scalar()
+    return with_pending(session, queue, committed)
+
+
+def with_pending(session: Session, queue: str, committed: int | None) -> int:
+    """``committed`` (the queue's committed depth, read by ``COMMITTED_DEPTH`` or ``depth``) plus
+    this transaction's own changes."""
     return int(committed or 0) + session.info.get(_PENDING, {}).get(queue, 0)
 
 

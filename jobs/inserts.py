@@ -18,15 +18,18 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import Column, Insert, insert, inspect
+from sqlalchemy import Column, ColumnElement, Insert, insert, inspect
 from sqlalchemy.orm import Mapper, Session, make_transient_to_detached
 
 _MISSING = object()
 
 
 @functools.cache
-def _plan(mapper: Mapper[Any]) -> tuple[list[tuple[str, Column[Any]]], Column[Any] | None, Insert]:
-    """(attribute name, column) pairs, the generated key column if any, and the INSERT statement."""
+def _plan(
+    mapper: Mapper[Any], also: ColumnElement[Any] | None = None
+) -> tuple[list[tuple[str, Column[Any]]], Column[Any] | None, Insert]:
+    """(attribute name, column) pairs, the generated key column if any, and the INSERT statement
+    (returning the generated key, then ``also``)."""
     table = mapper.local_table
     columns: list[tuple[str, Column[Any]]] = []
     generated: Column[Any] | None = None
@@ -38,8 +41,9 @@ def _plan(mapper: Mapper[Any]) -> tuple[list[tuple[str, Column[Any]]], Column[An
             raise TypeError(f"{table.name}.{column.name}: a server default with no Python default")
         columns.append((mapper.get_property_by_column(column).key, column))
     statement = insert(table)
-    if generated is not None:
-        statement = statement.returning(generated)
+    returned = [column for column in (generated, also) if column is not None]
+    if returned:
+        statement = statement.returning(*returned)
     return columns, generated, statement
 
 
@@ -54,16 +58,26 @@ def _default(column: Column[Any]) -> Any:
     raise TypeError(f"{column}: only scalar and callable Python defaults are supported")
 
 
-def insert_row(session: Session, instance: object) -> None:
+def insert_row(
+    session: Session,
+    instance: object,
+    *,
+    also_return: ColumnElement[Any] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Any:
     """Write transient ``instance`` with one ``INSERT`` in ``session``'s transaction and attach it.
 
     An attribute left unset or set to None takes its column's Python default (a flush does the
     same). Raises what the database raises (``IntegrityError`` for a duplicate key) before the
-    instance is attached."""
+    instance is attached.
+
+    ``also_return``: an expression the same statement returns (a scalar subquery: a read that then
+    costs no round trip of its own), built once and reused (statements are cached per expression);
+    ``params`` binds its parameters, whose names must not be column names. Returns its value, else None."""
     state = inspect(instance)
     if not state.transient:
         raise ValueError("insert_row takes a new instance that is not in a session")
-    columns, generated, statement = _plan(state.mapper)
+    columns, generated, statement = _plan(state.mapper, also_return)
     given = instance.__dict__
     values: dict[str, Any] = {}
     for attr, column in columns:
@@ -71,11 +85,15 @@ def insert_row(session: Session, instance: object) -> None:
         if value is _MISSING or (value is None and column.default is not None):
             value = _default(column)
         values[column.key] = value
+    if params:
+        values.update(params)
     result = session.connection().execute(statement, values)
     for attr, column in columns:
         if given.get(attr, _MISSING) is not values[column.key]:
             setattr(instance, attr, values[column.key])
+    returned = result.one() if generated is not None or also_return is not None else ()
     if generated is not None:
-        setattr(instance, state.mapper.get_property_by_column(generated).key, result.scalar_one())
+        setattr(instance, state.mapper.get_property_by_column(generated).key, returned[0])
     make_transient_to_detached(instance)  # its values are now "as loaded": nothing left to flush
     session.add(instance)
+    return returned[-1] if also_return is not None else None

@@ -100,15 +100,16 @@ def create(*, session: Session, job: Job, now: datetime | None = None) -> JobEve
     Both rows go in with one Core INSERT each (``jobs.inserts``): every submit pays for this, and the
     unit of work's flush was half the API's CPU per submit. Its queue position is its queue's depth
     counter (``jobs.depths``) with itself counted: the jobs queued when it was accepted, itself
-    included (one small read, whatever the backlog; submits committing at the same moment do not
-    see each other, later reads count exactly)."""
+    included (read by the job's own INSERT, whatever the backlog; submits committing at the same
+    moment do not see each other, later reads count exactly)."""
     with _changing_status():
         job.status = JobStatus.QUEUED.value
     job.last_event_seq = 1
-    insert_row(session, job)
+    # The INSERT returns the queue's committed depth (a subquery in its RETURNING: no round trip).
+    committed = insert_row(session, job, also_return=depths.COMMITTED_DEPTH, params={"depth_of_queue": job.queue})
     depths.record(session, job.queue, 1)
     metrics.after_commit(session, lambda model=job.model: metrics.JOBS_SUBMITTED.labels(model).inc())
-    public = VideoPublic.from_job(job, queue_position=max(depths.depth(session, job.queue), 1))
+    public = VideoPublic.from_job(job, queue_position=max(depths.with_pending(session, job.queue, committed), 1))
     return _add_event(session, job, now or job.created_at, public)
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, inspect, select
+from sqlalchemy import bindparam, event, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -110,6 +110,37 @@ def test_a_generated_key_comes_back(factory: sessionmaker[Session], key: ApiKey)
     with session_scope(factory) as session:
         rows = session.execute(select(JobEvent.id, JobEvent.data).where(JobEvent.job_id == job.id)).all()
     assert sorted(rows) == [(first.id, {"n": 1}), (second.id, {"n": 2})]
+
+
+def test_the_insert_also_returns_an_expression_read_in_the_same_statement(
+    factory: sessionmaker[Session], key: ApiKey
+) -> None:
+    """``also_return``: what the database computes for it, for a table without and with a generated key.
+    It reads other tables (as the queue depth does): SQLite's RETURNING sees the row just inserted,
+    PostgreSQL's subquery does not."""
+    earlier = [built_job(key, queue="test-inserts-also") for _ in range(3)]
+    done = utcnow()  # relayed already: the relay of other tests sharing the database must skip them
+    with session_scope(factory) as session:
+        for job in earlier:
+            insert_row(session, job)
+        for seq in (1, 2):
+            insert_row(session, JobEvent(job_id=earlier[0].id, seq=seq, type="video.queued", data={}, relayed_at=done))
+    events_of = select(func.count()).select_from(JobEvent).where(JobEvent.job_id == bindparam("also_job"))
+    jobs_on = select(func.count()).select_from(Job).where(Job.queue == bindparam("also_queue"))
+    job = built_job(key, queue="test-inserts-also")
+    with session_scope(factory) as session:
+        returned = insert_row(session, job, also_return=events_of.scalar_subquery(), params={"also_job": earlier[0].id})
+        assert returned == 2
+        event_row = JobEvent(job_id=job.id, seq=1, type="video.queued", data={}, relayed_at=done)
+        returned = insert_row(
+            session, event_row, also_return=jobs_on.scalar_subquery(), params={"also_queue": "test-inserts-also"}
+        )
+        assert returned == 4  # the three earlier jobs and this transaction's
+        assert event_row.id is not None  # the generated key still comes back
+        plain = JobEvent(job_id=job.id, seq=2, type="video.queued", data={}, relayed_at=done)
+        assert insert_row(session, plain) is None
+    with session_scope(factory) as session:
+        assert session.get(Job, job.id) is not None
 
 
 def test_a_duplicate_key_raises_before_the_instance_is_attached(factory: sessionmaker[Session], key: ApiKey) -> None:
