@@ -49,6 +49,7 @@ from jobs.relay import Publisher, Relay, add_to_outbox, run_after_commit
 from jobs.settings import Settings
 from jobs.states import JobStatus
 from jobs.storage import Storage
+from jobs.task_messages import redis_task_writer
 from jobs.webhooks.outbox import WebhookPublisher
 from jobs.workers import WorkerRegistry, WorkerStatus, make_worker_registry
 
@@ -110,18 +111,25 @@ class CeleryPublisher:
     def __init__(self, app: Celery, markers: DispatchMarkers) -> None:
         self.app = app
         self.markers = markers
+        # Render messages straight into a Redis broker (what send_task writes, without its CPU); None
+        # for other brokers, which take send_task.
+        self.writer = redis_task_writer(app, redis_client, RENDER_TASK)
 
     def publish(self, job_id: str, queue: str) -> None:
         self.app.send_task(RENDER_TASK, args=[job_id], queue=queue)
 
     def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
-        """Render messages for ``(job_id, queue)`` pairs, on one producer, in one Redis round trip
-        where kombu batches publishes (``Producer.batch``, kombu 5.7+; one by one before it).
+        """Render messages for ``(job_id, queue)`` pairs in one Redis round trip: written directly
+        (``jobs.task_messages``) on a Redis broker, else on one producer where kombu batches
+        publishes (``Producer.batch``, kombu 5.7+; one by one before it).
 
         The relay publishes an outbox batch at once: a round trip per message cost its thread a GIL
         hand-off each, and under a full load of submits the outbox fell ever further behind. A
         failure raises, and the caller counts every message as unsent (some may have gone: a render
         message is idempotent, the claim takes a job once)."""
+        if self.writer is not None:
+            self.writer.write([([job_id], queue) for job_id, queue in messages])
+            return
         with self.app.producer_or_acquire() as producer:
             batch = getattr(producer, "batch", None)
             with batch() if batch is not None else contextlib.nullcontext():
