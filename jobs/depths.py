@@ -103,6 +103,39 @@ def _forget_changes(session: Session, transaction: SessionTransaction) -> None:
         session.info.pop(_PENDING, None)
 
 
+def _carried_statement() -> Any:
+    statement = postgresql.insert(_TABLE).values(
+        queue=bindparam("carried_queue"), shard=bindparam("carried_shard"), queued=bindparam("carried_n")
+    )
+    upsert = statement.on_conflict_do_update(
+        index_elements=[_TABLE.c.queue, _TABLE.c.shard], set_={"queued": _TABLE.c.queued + statement.excluded.queued}
+    )
+    return upsert.cte("queue_depth_change")
+
+
+_CARRIED = _carried_statement()
+
+
+def carry(session: Session) -> tuple[Any, dict[str, Any]] | None:
+    """The transaction's counter change as a CTE and its parameters, for the transaction's last
+    statement to carry (``jobs.inserts.insert_row(carrying=...)``): it is then not written at the
+    commit, one statement less. A new job's transaction has one change (+1 to its queue), and its
+    event is the last INSERT before the commit, so the shard's row lock is held for as short a time
+    as before.
+
+    None (the change stays for the commit) on SQLite, which has no data-modifying CTEs, and when
+    the transaction changed more than one queue: those are written in queue order at the commit, so
+    that two transactions cannot take their locks in opposite orders."""
+    changes: dict[str, int] | None = session.info.get(_PENDING)
+    if not changes or len(changes) != 1 or session.get_bind().dialect.name != "postgresql":
+        return None
+    [(queue, change)] = changes.items()
+    if not change:
+        return None
+    session.info.pop(_PENDING)
+    return _CARRIED, {"carried_queue": queue, "carried_shard": random.randrange(SHARDS), "carried_n": change}
+
+
 def recount(session: Session) -> dict[str, int]:
     """Rewrite every queue's counters from an exact count (one row per queue; queues with no queued
     job lose theirs). On PostgreSQL the table is locked against writers first: transactions with

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Insert, insert, inspect
+from sqlalchemy import CTE, Column, ColumnElement, Insert, insert, inspect
 from sqlalchemy.orm import Mapper, Session, make_transient_to_detached
 
 _MISSING = object()
@@ -26,10 +26,10 @@ _MISSING = object()
 
 @functools.cache
 def _plan(
-    mapper: Mapper[Any], also: ColumnElement[Any] | None = None
+    mapper: Mapper[Any], also: ColumnElement[Any] | None = None, carrying: CTE | None = None
 ) -> tuple[list[tuple[str, Column[Any]]], Column[Any] | None, Insert]:
     """(attribute name, column) pairs, the generated key column if any, and the INSERT statement
-    (returning the generated key, then ``also``)."""
+    (returning the generated key, then ``also``; with ``carrying`` in its ``WITH``)."""
     table = mapper.local_table
     columns: list[tuple[str, Column[Any]]] = []
     generated: Column[Any] | None = None
@@ -41,6 +41,8 @@ def _plan(
             raise TypeError(f"{table.name}.{column.name}: a server default with no Python default")
         columns.append((mapper.get_property_by_column(column).key, column))
     statement = insert(table)
+    if carrying is not None:
+        statement = statement.add_cte(carrying)
     returned = [column for column in (generated, also) if column is not None]
     if returned:
         statement = statement.returning(*returned)
@@ -63,6 +65,7 @@ def insert_row(
     instance: object,
     *,
     also_return: ColumnElement[Any] | None = None,
+    carrying: CTE | None = None,
     params: dict[str, Any] | None = None,
 ) -> Any:
     """Write transient ``instance`` with one ``INSERT`` in ``session``'s transaction and attach it.
@@ -73,11 +76,13 @@ def insert_row(
 
     ``also_return``: an expression the same statement returns (a scalar subquery: a read that then
     costs no round trip of its own), built once and reused (statements are cached per expression);
-    ``params`` binds its parameters, whose names must not be column names. Returns its value, else None."""
+    ``carrying``: a data-modifying CTE (PostgreSQL) the statement runs too, another write that then
+    costs no statement of its own. ``params`` binds the parameters of both, whose names must not be
+    column names. Returns ``also_return``'s value, else None."""
     state = inspect(instance)
     if not state.transient:
         raise ValueError("insert_row takes a new instance that is not in a session")
-    columns, generated, statement = _plan(state.mapper, also_return)
+    columns, generated, statement = _plan(state.mapper, also_return, carrying)
     given = instance.__dict__
     values: dict[str, Any] = {}
     for attr, column in columns:

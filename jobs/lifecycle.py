@@ -79,7 +79,9 @@ def _append_event(session: Session, job: Job, now: datetime) -> JobEvent:
     return _add_event(session, job, now, VideoPublic.read(session=session, job=job))
 
 
-def _add_event(session: Session, job: Job, now: datetime, public: VideoPublic) -> JobEvent:
+def _add_event(session: Session, job: Job, now: datetime, public: VideoPublic, *, last: bool = False) -> JobEvent:
+    """``last``: no other write follows before the commit, so the INSERT also carries the queue
+    counter's change (``depths.carry``), where it can."""
     row = JobEvent(
         job_id=job.id,
         seq=job.last_event_seq,
@@ -87,7 +89,11 @@ def _add_event(session: Session, job: Job, now: datetime, public: VideoPublic) -
         data=public.model_dump(mode="json"),
         created_at=now,
     )
-    insert_row(session, row)  # one INSERT now, no unit-of-work flush at commit
+    carried = depths.carry(session) if last else None
+    if carried is None:
+        insert_row(session, row)  # one INSERT now, no unit-of-work flush at commit
+    else:
+        insert_row(session, row, carrying=carried[0], params=carried[1])
     session.info[EVENTS_PENDING] = True
     return row
 
@@ -110,7 +116,8 @@ def create(*, session: Session, job: Job, now: datetime | None = None) -> JobEve
     depths.record(session, job.queue, 1)
     metrics.after_commit(session, lambda model=job.model: metrics.JOBS_SUBMITTED.labels(model).inc())
     public = VideoPublic.from_job(job, queue_position=max(depths.with_pending(session, job.queue, committed), 1))
-    return _add_event(session, job, now or job.created_at, public)
+    # The last write of a submit's transaction: its event carries the depth counter's +1.
+    return _add_event(session, job, now or job.created_at, public, last=True)
 
 
 def delete(*, session: Session, job: Job) -> None:

@@ -241,3 +241,34 @@ def test_a_recount_frozen_mid_transaction_blocks_submits_only_until_its_session_
         assert counted(session_factory) == exact(session_factory)
     finally:
         frozen.invalidate()  # its connection was terminated by the server
+
+
+def test_a_submits_counter_change_rides_in_its_event_insert(session_factory, owner) -> None:
+    """The +1 is written by the event's INSERT (``depths.carry``): nothing is left for the commit,
+    the transaction sees its own change at once, and a rollback takes it back."""
+    from jobs import depths
+
+    recount_depths(session_factory)
+    before = counted(session_factory)
+    session = session_factory()
+    try:
+        job, _ = create_job(session=session, owner=owner, request=REQUEST)
+        assert not session.info.get("vidq.queue_depth_changes")  # carried: nothing pending
+        assert depths.depth(session, job.queue) == before.get(job.queue, 0) + 1  # written in the transaction
+        session.rollback()
+    finally:
+        session.close()
+    assert counted(session_factory) == before
+    new_job(session_factory, owner)
+    assert counted(session_factory) == exact(session_factory) != before
+
+
+def test_changes_to_several_queues_are_not_carried_but_written_in_queue_order_at_the_commit(session_factory) -> None:
+    from jobs import depths
+
+    with session_factory() as session:
+        depths.record(session, "test-carry-b", 1)
+        depths.record(session, "test-carry-a", -1)
+        assert depths.carry(session) is None
+        assert session.info["vidq.queue_depth_changes"] == {"test-carry-b": 1, "test-carry-a": -1}
+        session.rollback()
