@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import DateTime, Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -105,6 +105,30 @@ def ping_connections_idle_for(engine: Engine, idle_s: float) -> None:
             engine.dialect.do_ping(dbapi_conn)
         except engine.dialect.loaded_dbapi.Error as exc:
             raise sa_exc.DisconnectionError(f"a pooled connection failed its check: {exc}") from exc
+
+
+# A relay pass's transaction holds what every other relay waits for or skips: the fan-out lock, the
+# outbox and webhook-delivery rows it publishes. A process frozen in the middle of one (SIGSTOP, a VM
+# stall, a debugger) would stall dispatch for the whole service until its session ended, which for a
+# stopped process is never: PostgreSQL ends such a session once it has sat idle in its transaction
+# this long, and the pass is redone by whichever relay comes next. Longer than a broker publish can
+# take (2-s connect and 5-s socket timeouts, kombu's retries for webhook messages), which a pass
+# makes inside its transaction.
+RELAY_IDLE_TIMEOUT_S = 15.0
+_IDLE_BOUND = text("SELECT set_config('idle_in_transaction_session_timeout', :idle, true)")
+
+
+def idle_setting(seconds: float) -> str:
+    """``seconds`` as PostgreSQL's ``idle_in_transaction_session_timeout`` value."""
+    return f"{int(seconds * 1000)}ms"
+
+
+def bound_idle_transaction(session: Session, seconds: float | None = None) -> None:
+    """PostgreSQL ends ``session``'s connection should it sit idle in its current transaction for
+    ``seconds`` (default ``RELAY_IDLE_TIMEOUT_S``; this transaction only: ``set_config``'s
+    ``is_local``). Nothing on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_IDLE_BOUND, {"idle": idle_setting(RELAY_IDLE_TIMEOUT_S if seconds is None else seconds)})
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -41,7 +41,8 @@ from sqlalchemy import bindparam, event, insert, select, text, update
 from sqlalchemy.orm import InstrumentedAttribute, Session, load_only, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
-from jobs.db import session_scope, utcnow
+from jobs import db
+from jobs.db import bound_idle_transaction, idle_setting, session_scope, utcnow
 from jobs.events import EventBus, JobEventType, StatusEvent, publish_all
 from jobs.lifecycle import EVENTS_PENDING
 from jobs.models import DispatchOutbox, Job, JobEvent
@@ -53,6 +54,13 @@ log = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key of the fan-out ("vidq" in ASCII): one pass at a time across processes.
 FAN_OUT_LOCK_KEY = 0x76696471
+# The lock, and the bound on the transaction that holds it (jobs.db.RELAY_IDLE_TIMEOUT_S), in one statement.
+_LOCK_BOUNDED = text(
+    "SELECT set_config('idle_in_transaction_session_timeout', :idle, true), pg_advisory_xact_lock(:key)"
+)
+_TRY_LOCK_BOUNDED = text(
+    "SELECT set_config('idle_in_transaction_session_timeout', :idle, true), pg_try_advisory_xact_lock(:key)"
+)
 _PROCESS_LOCK = threading.Lock()  # the same for SQLite (embedded mode: one process)
 
 
@@ -105,6 +113,7 @@ def relay_outbox(
     ``VIDQ_REDISPATCH_AFTER_S``, routed afresh.
     """
     with session_scope(session_factory) as session:
+        bound_idle_transaction(session)  # a frozen relay does not keep these rows from the others
         rows = session.scalars(
             select(DispatchOutbox)
             .where(DispatchOutbox.published_at.is_(None))
@@ -208,12 +217,13 @@ def _jobs_by_id(
 @contextlib.contextmanager
 def _fan_out_lock(session: Session, *, wait: bool) -> Iterator[bool]:
     """Yields whether this pass holds the lock (always, when ``wait``)."""
-    if session.get_bind().dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":  # released with the transaction
+        params = {"key": FAN_OUT_LOCK_KEY, "idle": idle_setting(db.RELAY_IDLE_TIMEOUT_S)}
         if wait:
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FAN_OUT_LOCK_KEY})
+            session.execute(_LOCK_BOUNDED, params)
             yield True
-        else:  # released with the transaction
-            yield bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": FAN_OUT_LOCK_KEY}))
+        else:
+            yield bool(session.execute(_TRY_LOCK_BOUNDED, params).one()[1])
         return
     held = _PROCESS_LOCK.acquire(blocking=wait)
     try:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.db import session_scope, utcnow
+from jobs.db import bound_idle_transaction, session_scope, utcnow
 from jobs.errors import InvalidParameter
 from jobs.events import EVENT_FOR_STATUS, JobEventType
 from jobs.ids import new_ulid
@@ -192,6 +192,7 @@ def relay_webhooks(
     now = utcnow()
     lost_before = now - timedelta(seconds=settings.redispatch_after_s)
     with session_scope(session_factory) as session:
+        bound_idle_transaction(session)  # a frozen relay does not keep these rows from the others
         rows = session.scalars(
             select(WebhookDelivery)
             .where(

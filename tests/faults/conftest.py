@@ -18,7 +18,7 @@ import redis
 import uvicorn
 from minio import Minio
 from minio.versioningconfig import ENABLED, VersioningConfig
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
@@ -173,9 +173,16 @@ def _relay_state(stack: Stack, ids: list[str]) -> dict[str, object]:
     with session_scope(stack.session_factory) as session:
         rows = session.scalars(select(DispatchOutbox).where(DispatchOutbox.job_id.in_(ids))).all()
         unrelayed = session.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.relayed_at.is_(None)))
+        holders = session.execute(  # who holds the fan-out's advisory lock, and in what state
+            text(
+                "SELECT a.pid, a.state, now() - a.state_change FROM pg_locks l JOIN pg_stat_activity a"
+                " ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+            )
+        ).all()
         return {
             "outbox": [(row.job_id, row.published_at, row.publish_attempts, row.last_error) for row in rows],
             "events_not_fanned_out": unrelayed,
+            "fan_out_lock_held_by": [tuple(holder) for holder in holders],
         }
 
 

@@ -11,12 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import migrate
@@ -215,3 +216,100 @@ def test_a_relay_pass_costs_the_same_statements_for_one_job_or_many(fresh_factor
     one, _ = _statements_of_a_pass(fresh_factory, 1, owner_id)
     many, statements = _statements_of_a_pass(fresh_factory, 6, owner_id)
     assert many == one, statements
+
+
+# A relay process frozen (SIGSTOP, as a VM stall or a debugger would) in the middle of its pass: in the
+# fan-out, holding the fan-out lock; or in the outbox relay, holding its rows while it publishes.
+FROZEN_RELAY = """
+import os, signal, sys
+from jobs import db, relay
+from jobs.db import make_engine, make_session_factory
+from jobs.events import NullEventBus
+from jobs.settings import Settings
+
+db.RELAY_IDLE_TIMEOUT_S = float(sys.argv[2])
+
+def freeze():
+    print("frozen", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+factory = make_session_factory(make_engine(Settings()))
+if sys.argv[1] == "fan-out":
+    endpoints_of = relay.endpoints_of
+    def read_then_freeze(session, owners):
+        freeze()
+        return endpoints_of(session, owners)
+    relay.endpoints_of = read_then_freeze
+    relay.fan_out(session_factory=factory, bus=NullEventBus())
+else:
+    class FreezingPublisher:
+        def publish_many(self, messages):
+            freeze()
+    relay.relay_outbox(session_factory=factory, publisher=FreezingPublisher())
+"""
+
+
+class BatchRecorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def publish(self, job_id: str, queue: str) -> None:
+        self.sent.append((job_id, queue))
+
+    def publish_many(self, messages: list[tuple[str, str]]) -> None:
+        self.sent.extend(messages)
+
+
+@pytest.mark.parametrize("where", ["fan-out", "outbox"])
+def test_a_relay_frozen_mid_pass_holds_the_others_up_only_until_its_session_is_ended(
+    fresh_factory: sessionmaker[Session], empty_database: str, where: str
+) -> None:
+    """PostgreSQL ends the frozen relay's session after ``RELAY_IDLE_TIMEOUT_S`` idle in its
+    transaction (1 s here): its lock and rows are released and another relay does the work. Without
+    the bound the frozen process holds them for as long as it is stopped (here: the whole test)."""
+    from jobs.relay import relay_outbox
+
+    with session_scope(fresh_factory) as session:
+        owner = create_key(session=session, name="client").record
+    job_ids = [new_job(fresh_factory, owner) for _ in range(3)]
+    if where == "outbox":  # the events fanned out: the outbox rows wait to be published
+        assert fan_out(session_factory=fresh_factory, bus=RecordingBus()) == 3
+    env = {**os.environ, "VIDQ_DATABASE_URL": empty_database, "PYTHONPATH": str(ROOT)}
+    frozen = subprocess.Popen(
+        [sys.executable, "-c", FROZEN_RELAY, where, "1.0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert frozen.stdout is not None and frozen.stdout.readline() == b"frozen\n", frozen.stderr.read()  # type: ignore[union-attr]
+        publisher = BatchRecorder()
+
+        def another_pass() -> int | None:
+            if where == "fan-out":
+                return fan_out(session_factory=fresh_factory, bus=RecordingBus(), wait=False)
+            return relay_outbox(session_factory=fresh_factory, publisher=publisher)
+
+        held_up = another_pass()
+        assert held_up in (None, 0)  # the lock is taken, or the rows are: nothing for this pass
+        deadline = time.monotonic() + 20
+        done = another_pass()
+        while done in (None, 0) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            done = another_pass()
+        assert done == 3, f"the frozen relay still holds the {where} after 20 s"
+        if where == "outbox":
+            assert sorted(job_id for job_id, _ in publisher.sent) == sorted(job_ids)
+        with session_scope(fresh_factory) as session:  # the frozen relay's session is gone
+            assert not session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+                    " AND datname = current_database() AND state LIKE 'idle in transaction%'"
+                )
+            )
+    finally:
+        frozen.kill()
+        frozen.wait(timeout=10)
+
+
+def new_job(factory: sessionmaker[Session], owner: object) -> str:
+    with session_scope(factory) as session:
+        job, _ = create_job(session=session, owner=owner, request=JobRequest(prompt="a heron", model="tiny-wan"))  # type: ignore[arg-type]
+        return job.id
