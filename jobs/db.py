@@ -115,20 +115,26 @@ def ping_connections_idle_for(engine: Engine, idle_s: float) -> None:
 # take (2-s connect and 5-s socket timeouts, kombu's retries for webhook messages), which a pass
 # makes inside its transaction.
 RELAY_IDLE_TIMEOUT_S = 15.0
-_IDLE_BOUND = text("SELECT set_config('idle_in_transaction_session_timeout', :idle, true)")
+# The bound as a select-list item (``:idle``: ``relay_idle_bound()``), to ride in a transaction's first statement.
+IDLE_BOUND_SQL = "set_config('idle_in_transaction_session_timeout', :idle, true)"
+_IDLE_BOUND = text(f"SELECT {IDLE_BOUND_SQL}")
 
 
 def idle_setting(seconds: float) -> str:
-    """``seconds`` as PostgreSQL's ``idle_in_transaction_session_timeout`` value."""
+    """``seconds`` as a PostgreSQL duration setting (``idle_in_transaction_session_timeout``, ``lock_timeout``)."""
     return f"{int(seconds * 1000)}ms"
 
 
-def bound_idle_transaction(session: Session, seconds: float | None = None) -> None:
+def relay_idle_bound() -> str:
+    """``RELAY_IDLE_TIMEOUT_S`` as the ``:idle`` of ``IDLE_BOUND_SQL`` (read at each call)."""
+    return idle_setting(RELAY_IDLE_TIMEOUT_S)
+
+
+def bound_idle_transaction(session: Session) -> None:
     """PostgreSQL ends ``session``'s connection should it sit idle in its current transaction for
-    ``seconds`` (default ``RELAY_IDLE_TIMEOUT_S``; this transaction only: ``set_config``'s
-    ``is_local``). Nothing on SQLite."""
+    ``RELAY_IDLE_TIMEOUT_S`` (this transaction only: ``set_config``'s ``is_local``). Nothing on SQLite."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(_IDLE_BOUND, {"idle": idle_setting(RELAY_IDLE_TIMEOUT_S if seconds is None else seconds)})
+        session.execute(_IDLE_BOUND, {"idle": relay_idle_bound()})
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

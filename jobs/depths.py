@@ -8,9 +8,10 @@ in queue order (so two transactions that change several queues cannot deadlock o
 each to a random one of the queue's ``SHARDS`` rows (so concurrent submits rarely wait on one row
 lock, and only for their commit). A rolled-back transaction changes nothing.
 
-A new job's position (:func:`depth`) is the queue's committed depth plus its own transaction's
-changes: the jobs queued when it was accepted, itself included. Submits committing at the same
-moment do not see each other; reads later (``jobs.public.queue_position``) count the jobs ahead of
+A new job's position (``COMMITTED_DEPTH``, read by its own INSERT, then :func:`with_pending`) is
+the queue's committed depth plus its own transaction's changes: the jobs queued when it was
+accepted, itself included. Submits committing at the same moment do not see each other; reads later
+(``jobs.public.queue_position``) count the jobs ahead of
 it exactly. :func:`recount` (the sweeper, every ``RECOUNT_INTERVAL_S``) rewrites the counters from
 an exact count, so a crash between two writers or a hand-edited row cannot leave them wrong for long.
 """
@@ -26,6 +27,7 @@ from sqlalchemy import bindparam, delete, event, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, SessionTransaction
 
+from jobs.db import idle_setting
 from jobs.models import Job, QueueDepth
 from jobs.states import JobStatus
 
@@ -48,7 +50,6 @@ def record(session: Session, queue: str, change: int) -> None:
 
 
 _TABLE = QueueDepth.__table__
-_DEPTH = select(func.coalesce(func.sum(_TABLE.c.queued), 0)).where(_TABLE.c.queue == bindparam("queue"))
 
 
 def _add_statement(dialect: ModuleType) -> Any:
@@ -72,14 +73,8 @@ COMMITTED_DEPTH = (
 )
 
 
-def depth(session: Session, queue: str) -> int:
-    """The queue's queued jobs: committed counters plus this transaction's own changes."""
-    committed = session.connection().execute(_DEPTH, {"queue": queue}).scalar()
-    return with_pending(session, queue, committed)
-
-
 def with_pending(session: Session, queue: str, committed: int | None) -> int:
-    """``committed`` (the queue's committed depth, read by ``COMMITTED_DEPTH`` or ``depth``) plus
+    """The queue's queued jobs: ``committed`` (its committed depth, read by ``COMMITTED_DEPTH``) plus
     this transaction's own changes."""
     return int(committed or 0) + session.info.get(_PENDING, {}).get(queue, 0)
 
@@ -147,7 +142,7 @@ def recount(session: Session) -> dict[str, int]:
                 "SELECT set_config('lock_timeout', :wait, true),"
                 " set_config('idle_in_transaction_session_timeout', :idle, true)"
             ),
-            {"wait": f"{int(RECOUNT_LOCK_WAIT_S * 1000)}ms", "idle": f"{int(RECOUNT_IDLE_TIMEOUT_S * 1000)}ms"},
+            {"wait": idle_setting(RECOUNT_LOCK_WAIT_S), "idle": idle_setting(RECOUNT_IDLE_TIMEOUT_S)},
         )
         session.execute(text("LOCK TABLE queue_depths IN SHARE ROW EXCLUSIVE MODE"))
     session.execute(delete(QueueDepth))  # on SQLite this takes the database's write lock first

@@ -41,8 +41,7 @@ from sqlalchemy import bindparam, event, insert, select, text, update
 from sqlalchemy.orm import InstrumentedAttribute, Session, load_only, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
-from jobs import db
-from jobs.db import bound_idle_transaction, idle_setting, session_scope, utcnow
+from jobs.db import IDLE_BOUND_SQL, bound_idle_transaction, relay_idle_bound, session_scope, utcnow
 from jobs.events import EventBus, JobEventType, StatusEvent, publish_all
 from jobs.lifecycle import EVENTS_PENDING
 from jobs.models import DispatchOutbox, Job, JobEvent
@@ -55,12 +54,8 @@ log = logging.getLogger(__name__)
 # pg_advisory_xact_lock key of the fan-out ("vidq" in ASCII): one pass at a time across processes.
 FAN_OUT_LOCK_KEY = 0x76696471
 # The lock, and the bound on the transaction that holds it (jobs.db.RELAY_IDLE_TIMEOUT_S), in one statement.
-_LOCK_BOUNDED = text(
-    "SELECT set_config('idle_in_transaction_session_timeout', :idle, true), pg_advisory_xact_lock(:key)"
-)
-_TRY_LOCK_BOUNDED = text(
-    "SELECT set_config('idle_in_transaction_session_timeout', :idle, true), pg_try_advisory_xact_lock(:key)"
-)
+_LOCK_BOUNDED = text(f"SELECT {IDLE_BOUND_SQL}, pg_advisory_xact_lock(:key)")
+_TRY_LOCK_BOUNDED = text(f"SELECT {IDLE_BOUND_SQL}, pg_try_advisory_xact_lock(:key)")
 _PROCESS_LOCK = threading.Lock()  # the same for SQLite (embedded mode: one process)
 
 
@@ -218,7 +213,7 @@ def _jobs_by_id(
 def _fan_out_lock(session: Session, *, wait: bool) -> Iterator[bool]:
     """Yields whether this pass holds the lock (always, when ``wait``)."""
     if session.get_bind().dialect.name == "postgresql":  # released with the transaction
-        params = {"key": FAN_OUT_LOCK_KEY, "idle": idle_setting(db.RELAY_IDLE_TIMEOUT_S)}
+        params = {"key": FAN_OUT_LOCK_KEY, "idle": relay_idle_bound()}
         if wait:
             session.execute(_LOCK_BOUNDED, params)
             yield True

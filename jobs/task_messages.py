@@ -23,7 +23,7 @@ import base64
 import copy
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -82,7 +82,7 @@ class RedisTaskWriter:
         pipe.execute()
 
 
-def redis_task_writer(app: Celery, client_for: Any, task_name: str) -> RedisTaskWriter | None:
+def redis_task_writer(app: Celery, client_for: Callable[[str], redis.Redis], task_name: str) -> RedisTaskWriter | None:
     """A writer when ``app``'s broker is plain Redis with kombu's default key layout, else None.
     ``client_for(url)`` makes the Redis client (``jobs.broker.redis_client``)."""
     url = str(app.conf.broker_url or "")

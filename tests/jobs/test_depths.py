@@ -246,15 +246,16 @@ def test_a_recount_frozen_mid_transaction_blocks_submits_only_until_its_session_
 def test_a_submits_counter_change_rides_in_its_event_insert(session_factory, owner) -> None:
     """The +1 is written by the event's INSERT (``depths.carry``): nothing is left for the commit,
     the transaction sees its own change at once, and a rollback takes it back."""
-    from jobs import depths
-
     recount_depths(session_factory)
     before = counted(session_factory)
     session = session_factory()
     try:
         job, _ = create_job(session=session, owner=owner, request=REQUEST)
         assert not session.info.get("vidq.queue_depth_changes")  # carried: nothing pending
-        assert depths.depth(session, job.queue) == before.get(job.queue, 0) + 1  # written in the transaction
+        in_transaction = session.scalar(
+            select(func.coalesce(func.sum(QueueDepth.queued), 0)).where(QueueDepth.queue == job.queue)
+        )
+        assert in_transaction == before.get(job.queue, 0) + 1  # written in the transaction, not pending
         session.rollback()
     finally:
         session.close()
